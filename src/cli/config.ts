@@ -1,0 +1,21 @@
+import type { Command } from "commander";
+import { configJsonSchema, loadConfig } from "../core/config/load.js";
+
+/** `tollgate config validate FILE` and `tollgate config schema`. */
+export function registerConfigCommands(program: Command): void {
+  const config = program.command("config").description("check a config file, or print the config's JSON Schema");
+  config
+    .command("validate")
+    .description("validate FILE; exit 0 when valid, 1 with every problem (path in the file: what was expected) otherwise")
+    .argument("<file>", "the YAML config file")
+    .action((file: string) => {
+      loadConfig(file);
+      process.stdout.write(`${file}: valid\n`);
+    });
+  config
+    .command("schema")
+    .description("print the JSON Schema of the config file")
+    .action(() => {
+      process.stdout.write(`${JSON.stringify(configJsonSchema(), null, 2)}\n`);
+    });
+}

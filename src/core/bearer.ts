@@ -1,0 +1,44 @@
+import { AuthError } from "./errors.js";
+
+/** Longest bearer credential accepted, in bytes; longer ones are refused before any provider sees them. */
+export const MAX_CREDENTIAL_BYTES = 8192;
+
+// RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+const B64TOKEN = /^[A-Za-z0-9\-._~+/]+=*$/;
+
+const FORMAT = "Invalid Authorization header format";
+
+/**
+ * Extracts the bearer credential from the `Authorization` header value(s).
+ * Returns `undefined` when no header was sent (the caller decides what that
+ * means for the configured provider). Throws a 401 {@link AuthError} for
+ * anything that is not exactly one well-formed bearer credential: another
+ * scheme, an empty credential, two credentials (in one header or in two
+ * headers), one too long, or characters outside RFC 6750's b64token.
+ * The scheme is case-insensitive (RFC 7235 §2.1). The token is never part of
+ * an error message.
+ */
+export function parseBearer(
+  header: string | readonly string[] | undefined,
+  maxBytes: number = MAX_CREDENTIAL_BYTES,
+): string | undefined {
+  if (header === undefined) return undefined;
+  if (typeof header !== "string") {
+    if (header.length === 0) return undefined;
+    if (header.length > 1) throw new AuthError("invalid_request", `${FORMAT}: exactly one Authorization header is allowed`);
+    header = header[0]!;
+  }
+  const value = header.trim();
+  if (value === "") throw new AuthError("invalid_request", `${FORMAT}: expected 'Bearer <token>'`);
+  const space = value.search(/[ \t]/);
+  const scheme = space === -1 ? value : value.slice(0, space);
+  if (scheme.toLowerCase() !== "bearer") throw new AuthError("invalid_request", `${FORMAT}: expected 'Bearer <token>'`);
+  const credential = space === -1 ? "" : value.slice(space).trim();
+  if (credential === "") throw new AuthError("invalid_request", `${FORMAT}: empty bearer token`);
+  if (/[ \t,]/.test(credential)) throw new AuthError("invalid_request", `${FORMAT}: exactly one bearer token is allowed`);
+  if (Buffer.byteLength(credential) > maxBytes) {
+    throw new AuthError("invalid_request", `${FORMAT}: bearer token longer than ${maxBytes} bytes`);
+  }
+  if (!B64TOKEN.test(credential)) throw new AuthError("invalid_request", `${FORMAT}: bearer token contains characters not allowed by RFC 6750`);
+  return credential;
+}

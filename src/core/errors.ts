@@ -1,0 +1,160 @@
+/**
+ * Every error Tollgate can refuse a request with, in one place.
+ *
+ * Each class carries a stable `code` (callers branch on it, never on the
+ * message), the HTTP `status`, the OpenAI error `type`, and a `message` that
+ * is safe to show to the caller: no token, secret or upstream detail ever goes
+ * into one. The gateway and every adapter turn these into the OpenAI error
+ * envelope with {@link toErrorResponse}, in one function.
+ */
+
+/** The OpenAI error envelope, so that OpenAI SDK clients surface our errors. */
+export interface ErrorEnvelope {
+  error: { message: string; type: string; code: string; param: null };
+}
+
+export interface ErrorResponse {
+  status: number;
+  headers: Record<string, string>;
+  body: ErrorEnvelope;
+}
+
+/** Base class: a refusal with a status, a stable code and a safe message. */
+export class TollgateError extends Error {
+  readonly status: number;
+  readonly code: string;
+  readonly type: string;
+  readonly headers: Readonly<Record<string, string>>;
+
+  constructor(
+    status: number,
+    type: string,
+    code: string,
+    message: string,
+    headers: Record<string, string> = {},
+  ) {
+    super(message);
+    this.name = new.target.name;
+    this.status = status;
+    this.type = type;
+    this.code = code;
+    this.headers = headers;
+  }
+}
+
+/** Realm sent in every `WWW-Authenticate` challenge (RFC 6750 §3). */
+export const AUTH_REALM = "tollgate";
+
+/**
+ * 401: the credential is missing or was refused.
+ *
+ * `code` is `missing_credential` when nothing was sent (RFC 6750 §3.1: then
+ * the challenge carries no error attribute) and `invalid_token` otherwise.
+ */
+export class AuthError extends TollgateError {
+  constructor(code: "missing_credential" | "invalid_token" | "invalid_request", message: string) {
+    const challenge =
+      code === "missing_credential"
+        ? `Bearer realm="${AUTH_REALM}"`
+        : `Bearer realm="${AUTH_REALM}", error="${code}"`;
+    super(401, "authentication_error", code, message, { "www-authenticate": challenge });
+  }
+}
+
+/** 503: the identity service could not be reached, timed out or failed. */
+export class IdentityUnavailableError extends TollgateError {
+  constructor(message = "Authentication service unavailable") {
+    super(503, "service_unavailable", "identity_provider_unavailable", message, { "retry-after": "1" });
+  }
+}
+
+/** 403: authenticated, but not allowed. */
+export class ForbiddenError extends TollgateError {
+  constructor(message: string, code = "access_denied") {
+    super(403, "permission_error", code, message);
+  }
+}
+
+/** 404: the resource does not exist, or the caller may not know it does. */
+export class NotFoundError extends TollgateError {
+  constructor(message = "Not found", code = "not_found") {
+    super(404, "not_found_error", code, message);
+  }
+}
+
+/** 400: a request Tollgate cannot process safely (bad path, bad header). */
+export class BadRequestError extends TollgateError {
+  constructor(message: string, code = "invalid_request") {
+    super(400, "invalid_request_error", code, message);
+  }
+}
+
+/** 413: the request body exceeds `server.max_body_bytes`. */
+export class PayloadTooLargeError extends TollgateError {
+  constructor(limit: number) {
+    super(413, "invalid_request_error", "request_too_large", `Request body exceeds the limit of ${limit} bytes`);
+  }
+}
+
+/** 431: the request's headers exceed the server's limit. */
+export class HeadersTooLargeError extends TollgateError {
+  constructor() {
+    super(431, "invalid_request_error", "headers_too_large", "Request header fields too large");
+  }
+}
+
+/** 502: the upstream refused the connection, reset it or answered garbage. */
+export class UpstreamError extends TollgateError {
+  constructor(message = "Upstream server unavailable") {
+    super(502, "upstream_error", "bad_gateway", message);
+  }
+}
+
+/** 504: the upstream did not answer in time. */
+export class UpstreamTimeoutError extends TollgateError {
+  constructor(message = "Upstream server timed out") {
+    super(504, "upstream_error", "gateway_timeout", message);
+  }
+}
+
+/** 503: the gateway is shutting down and takes no new requests. */
+export class ShuttingDownError extends TollgateError {
+  constructor() {
+    super(503, "service_unavailable", "shutting_down", "Server is shutting down", {
+      connection: "close",
+      "retry-after": "1",
+    });
+  }
+}
+
+/**
+ * A configuration problem, found at start-up or by `tollgate config validate`.
+ * `issues` each name the path in the file and what was expected.
+ */
+export class ConfigError extends Error {
+  readonly code = "ERR_CONFIG";
+  readonly issues: readonly string[];
+
+  constructor(source: string, issues: readonly string[]) {
+    super(`${source}: invalid configuration\n${issues.map((i) => `  ${i}`).join("\n")}`);
+    this.name = "ConfigError";
+    this.issues = issues;
+  }
+}
+
+/**
+ * The one place an error becomes a response. Anything that is not a
+ * {@link TollgateError} is a bug or an unexpected failure: it becomes a
+ * generic 500 whose message reveals nothing about the cause.
+ */
+export function toErrorResponse(err: unknown): ErrorResponse {
+  const e =
+    err instanceof TollgateError
+      ? err
+      : new TollgateError(500, "server_error", "internal_error", "Internal server error");
+  return {
+    status: e.status,
+    headers: { "content-type": "application/json; charset=utf-8", ...e.headers },
+    body: { error: { message: e.message, type: e.type, code: e.code, param: null } },
+  };
+}

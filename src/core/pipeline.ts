@@ -1,0 +1,118 @@
+import { parseBearer } from "./bearer.js";
+import { AuthError, IdentityUnavailableError, TollgateError } from "./errors.js";
+import { canonicalTarget } from "./path.js";
+import type { AuthProvider } from "./providers/types.js";
+import type { User } from "./user.js";
+
+/**
+ * The request pipeline of DESIGN.md, framework-free. Adapters (the gateway,
+ * `tollgate/node`) turn their request into a {@link PipelineRequest}, call
+ * {@link Pipeline.authorize}, and either forward / handle the request with
+ * the returned {@link RequestContext} or turn the thrown error into a
+ * response with `toErrorResponse`.
+ *
+ * Stages, in order; the first that refuses ends the request:
+ *   1. canonical path            (400)        — path.ts
+ *   2. public route?             (skip 3–6)   — exact canonical match
+ *   3. authenticate              (401 / 503)  — bearer.ts + providers/
+ *   4. route policy and scopes   (403)        — not in this version
+ *   5. quota                     (429)        — not in this version
+ *   6. resource policy           (404 / 403)  — not in this version
+ *   7. forward                   (502 / 504)  — the gateway, with the context returned here
+ */
+
+/** A request as any adapter sees it. */
+export interface PipelineRequest {
+  readonly method: string;
+  /** The request target as received: path and query (`/v1/models?limit=2`). */
+  readonly url: string;
+  /**
+   * Headers, names lower-case. `authorization` is an array when the client sent
+   * several (Node keeps only the first; adapters must pass them all, see
+   * `authorizationHeaders`) so that two credentials are refused, not guessed between.
+   */
+  readonly headers: Readonly<Record<string, string | readonly string[] | undefined>>;
+  /** The peer's address (for header-trusting providers and anonymous quotas). */
+  readonly remoteAddress?: string | undefined;
+  /** Aborted when the client disconnects. */
+  readonly signal?: AbortSignal | undefined;
+}
+
+/** What the pipeline established about a request it let through. */
+export interface RequestContext {
+  /** Canonical path: what every stage matched and what goes upstream. */
+  readonly path: string;
+  /** Raw query string without `?`. */
+  readonly query: string;
+  /** True when the path is public and authentication was skipped. */
+  readonly public: boolean;
+  /** The authenticated caller; undefined on public paths and when authentication is off. */
+  readonly user: User | undefined;
+}
+
+export interface PipelineOptions {
+  /** Exact canonical paths that skip authentication. */
+  publicPaths: readonly string[];
+  /** The authentication provider; undefined turns authentication off. */
+  provider: AuthProvider | undefined;
+  /** Called with provider failures that became 503, for logging (never with a token). */
+  onProviderError?: (err: unknown) => void;
+}
+
+export interface Pipeline {
+  authorize(request: PipelineRequest): Promise<RequestContext>;
+}
+
+/**
+ * Collects every `Authorization` header from Node's `rawHeaders`, which keeps
+ * duplicates that `IncomingMessage.headers` silently drops.
+ */
+export function authorizationHeaders(rawHeaders: readonly string[]): string[] | undefined {
+  let found: string[] | undefined;
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    if (rawHeaders[i]!.length === 13 && rawHeaders[i]!.toLowerCase() === "authorization") {
+      (found ??= []).push(rawHeaders[i + 1] ?? "");
+    }
+  }
+  return found;
+}
+
+/** Builds the pipeline from its parts; see {@link PipelineOptions}. */
+export function createPipeline({ publicPaths, provider, onProviderError }: PipelineOptions): Pipeline {
+  // Exact match only: the reference exempts any path that merely ends in
+  // /health, so /v1/secret/health would skip authentication there.
+  const publicSet = new Set(publicPaths);
+
+  async function authenticate(request: PipelineRequest, path: string, query: string): Promise<User | undefined> {
+    if (!provider) return undefined;
+    let token: string | undefined;
+    if (provider.credential === "bearer") {
+      token = parseBearer(request.headers.authorization);
+      if (token === undefined) throw new AuthError("missing_credential", provider.authRequiredMessage);
+    }
+    try {
+      return await provider.authenticate({
+        token,
+        path,
+        query,
+        headers: request.headers as Record<string, string | string[] | undefined>,
+        remoteAddress: request.remoteAddress,
+        signal: request.signal,
+      });
+    } catch (err) {
+      if (err instanceof TollgateError) throw err;
+      // Fail closed: an unexpected failure of the identity check never lets a request through.
+      onProviderError?.(err);
+      throw new IdentityUnavailableError("Authentication service error");
+    }
+  }
+
+  return {
+    async authorize(request) {
+      const { path, query } = canonicalTarget(request.url);
+      if (publicSet.has(path)) return { path, query, public: true, user: undefined };
+      const user = await authenticate(request, path, query);
+      return { path, query, public: false, user };
+    },
+  };
+}

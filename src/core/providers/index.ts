@@ -1,0 +1,28 @@
+import type { ProviderConfig } from "../config/schema.js";
+import type { Logger } from "../log.js";
+import type { RecordStore } from "../stores/types.js";
+import { createApiKeyProvider } from "./api-key.js";
+import { createCustomProvider } from "./custom.js";
+import type { AuthProvider } from "./types.js";
+import { createUpstreamHeaderProvider } from "./upstream-header.js";
+
+export interface ProviderDeps {
+  /** The record store; required by `api_key`. */
+  store?: RecordStore | undefined;
+  log: Logger;
+  /** Clock in milliseconds; tests pass a fake one. */
+  now?: () => number;
+}
+
+/** Builds the provider a validated `server.auth.provider_config` describes. */
+export function createProvider(config: ProviderConfig, deps: ProviderDeps): AuthProvider {
+  switch (config.type) {
+    case "custom":
+      return createCustomProvider(config, deps);
+    case "upstream_header":
+      return createUpstreamHeaderProvider(config);
+    case "api_key":
+      if (!deps.store) throw new Error("the api_key provider needs a record store");
+      return createApiKeyProvider(config, { ...deps, store: deps.store });
+  }
+}

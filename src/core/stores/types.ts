@@ -1,0 +1,39 @@
+/**
+ * The record store: Tollgate's durable records (API keys now; resource owners
+ * later). `sqlite` by default, `postgres` for several replicas. Every method is
+ * safe to call from several processes sharing the same database.
+ */
+
+/** An API key as stored: never the key itself, only its SHA-256 hash. */
+export interface ApiKeyRecord {
+  /** Public identifier (`key_...`), safe to print and log. */
+  readonly id: string;
+  /** Hex SHA-256 of the full key. */
+  readonly hash: string;
+  /** The first characters of the key (`tg_abcd`), to help a human recognise it. */
+  readonly prefix: string;
+  readonly principal: string;
+  readonly attributes: Readonly<Record<string, readonly string[]>>;
+  /** Milliseconds since the epoch. */
+  readonly createdAt: number;
+  /** Milliseconds since the epoch; absent = never expires. */
+  readonly expiresAt?: number | undefined;
+  /** Milliseconds since the epoch; absent = active. */
+  readonly revokedAt?: number | undefined;
+}
+
+export interface RecordStore {
+  /** `sqlite` or `postgres`. */
+  readonly kind: string;
+  /** Stores a new key. Rejects if the id or hash already exists. */
+  insertApiKey(record: ApiKeyRecord): Promise<void>;
+  /** The key with this hash, revoked or not; undefined when unknown. */
+  findApiKeyByHash(hash: string): Promise<ApiKeyRecord | undefined>;
+  /** All keys, oldest first, revoked ones included. */
+  listApiKeys(): Promise<ApiKeyRecord[]>;
+  /** Marks the key with this id or hash revoked; resolves to the record, or undefined when unknown. */
+  revokeApiKey(idOrHash: string, at: number): Promise<ApiKeyRecord | undefined>;
+  /** Number of keys that are neither revoked nor expired at `now`. */
+  countActiveApiKeys(now: number): Promise<number>;
+  close(): Promise<void>;
+}
