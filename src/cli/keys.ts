@@ -1,3 +1,151 @@
 import type { Command } from "commander";
-// PLACEHOLDER: replaced by the API key work.
-export function registerKeysCommands(_program: Command): void {}
+import { defaultConfig, loadConfig } from "../core/config/load.js";
+import type { StorageConfig } from "../core/config/schema.js";
+import { API_KEY_PREFIX, apiKeyStatus, createApiKey, hashApiKey, parseAttributes, parseDuration } from "../core/keys.js";
+import { openRecordStore } from "../core/stores/index.js";
+import type { ApiKeyRecord, RecordStore } from "../core/stores/types.js";
+
+// This module imports the stores, keys and config only, never the providers:
+// managing keys must work whatever state the gateway's code is in.
+
+interface ConfigOption {
+  config?: string;
+}
+
+/**
+ * `tollgate keys create|list|revoke`: manage Tollgate's own API keys in the
+ * record store of the config (`storage`), the same store `tollgate serve`
+ * authenticates against.
+ */
+export function registerKeysCommands(program: Command): void {
+  const keys = program
+    .command("keys")
+    .description("create, list and revoke Tollgate API keys (for the api_key auth provider)");
+
+  keys
+    .command("create")
+    .description(
+      "create a key; prints the key alone on stdout (details on stderr); it is never shown again",
+    )
+    .option("-c, --config <file>", "config file whose `storage` holds the keys (default: ./data/tollgate.db)")
+    .requiredOption("-p, --principal <name>", "who the key authenticates as")
+    .option(
+      "-a, --attr <name=value>",
+      "an attribute of the key's user, repeatable; `roles=a,b` is the same as `roles=a` `roles=b`",
+      (pair: string, previous: string[] = []) => [...previous, pair],
+    )
+    .option("-e, --expires <duration>", "expire after this long: 45s, 15m, 12h, 30d, 2w (default: never)")
+    .action(async (opts: ConfigOption & { principal: string; attr?: string[]; expires?: string }) => {
+      // Validate every argument before touching the store.
+      const now = Date.now();
+      const attributes = parseAttributes(opts.attr ?? []);
+      const expiresAt = opts.expires === undefined ? undefined : now + parseDuration(opts.expires);
+      if (opts.principal.trim() === "") throw new Error("--principal must not be empty");
+      await withStore(opts, async (store) => {
+        const { key, record } = await createApiKey(store, { principal: opts.principal, attributes, expiresAt, now });
+        // The key alone on stdout, so `KEY=$(tollgate keys create ...)` captures exactly it.
+        process.stdout.write(`${key}\n`);
+        process.stderr.write(
+          [
+            `created API key ${record.id} (store this key now: it is not shown again)`,
+            `  principal:  ${record.principal}`,
+            `  attributes: ${formatAttributes(record.attributes) || "(none)"}`,
+            `  expires:    ${record.expiresAt === undefined ? "never" : isoTime(record.expiresAt)}`,
+          ].join("\n") + "\n",
+        );
+      });
+    });
+
+  keys
+    .command("list")
+    .description("list every key (never the key or its hash) with its status: active, revoked or expired")
+    .option("-c, --config <file>", "config file whose `storage` holds the keys (default: ./data/tollgate.db)")
+    .option("--json", "print a JSON array instead of a table")
+    .action(async (opts: ConfigOption & { json?: boolean }) => {
+      await withStore(opts, async (store) => {
+        const records = await store.listApiKeys();
+        const now = Date.now();
+        if (opts.json) {
+          process.stdout.write(`${JSON.stringify(records.map((r) => toJson(r, now)), null, 2)}\n`);
+        } else if (records.length === 0) {
+          process.stderr.write("no API keys yet; create one with `tollgate keys create --principal NAME`\n");
+        } else {
+          process.stdout.write(formatTable(records, now));
+        }
+      });
+    });
+
+  keys
+    .command("revoke")
+    .description("revoke a key by its id (key_...) or the full key; a running gateway refuses it within a second")
+    .option("-c, --config <file>", "config file whose `storage` holds the keys (default: ./data/tollgate.db)")
+    .argument("<id-or-key>", "the key's id as `keys list` shows it, or the key itself")
+    .action(async (idOrKey: string, opts: ConfigOption) => {
+      // A full key is looked up by its hash; the store is never given the key.
+      const ref = idOrKey.startsWith(API_KEY_PREFIX) ? hashApiKey(idOrKey) : idOrKey;
+      await withStore(opts, async (store) => {
+        const at = Date.now();
+        const record = await store.revokeApiKey(ref, at);
+        if (!record) throw new Error("no such key");
+        const earlier = record.revokedAt !== undefined && record.revokedAt < at;
+        process.stdout.write(
+          earlier
+            ? `API key ${record.id} (principal ${record.principal}) was already revoked at ${isoTime(record.revokedAt!)}\n`
+            : `revoked API key ${record.id} (principal ${record.principal})\n`,
+        );
+      });
+    });
+}
+
+function storageOf(opts: ConfigOption): StorageConfig {
+  return (opts.config === undefined ? defaultConfig() : loadConfig(opts.config)).storage;
+}
+
+async function withStore(opts: ConfigOption, work: (store: RecordStore) => Promise<void>): Promise<void> {
+  const store = await openRecordStore(storageOf(opts));
+  try {
+    await work(store);
+  } finally {
+    await store.close();
+  }
+}
+
+function isoTime(ms: number): string {
+  return new Date(ms).toISOString();
+}
+
+function formatAttributes(attributes: ApiKeyRecord["attributes"]): string {
+  return Object.entries(attributes)
+    .map(([name, values]) => `${name}=${values.join(",")}`)
+    .join(" ");
+}
+
+function toJson(record: ApiKeyRecord, now: number) {
+  return {
+    id: record.id,
+    prefix: record.prefix,
+    principal: record.principal,
+    attributes: record.attributes,
+    created_at: isoTime(record.createdAt),
+    expires_at: record.expiresAt === undefined ? null : isoTime(record.expiresAt),
+    revoked_at: record.revokedAt === undefined ? null : isoTime(record.revokedAt),
+    status: apiKeyStatus(record, now),
+  };
+}
+
+function formatTable(records: readonly ApiKeyRecord[], now: number): string {
+  const header = ["ID", "PREFIX", "PRINCIPAL", "ATTRIBUTES", "CREATED", "EXPIRES", "STATUS"];
+  const rows = records.map((r) => [
+    r.id,
+    r.prefix,
+    r.principal,
+    formatAttributes(r.attributes) || "-",
+    isoTime(r.createdAt),
+    r.expiresAt === undefined ? "never" : isoTime(r.expiresAt),
+    apiKeyStatus(r, now),
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
+  return [header, ...rows]
+    .map((row) => row.map((cell, i) => (i === row.length - 1 ? cell : cell.padEnd(widths[i]!))).join("  "))
+    .join("\n") + "\n";
+}

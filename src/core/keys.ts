@@ -1,0 +1,175 @@
+import { createHash, randomBytes } from "node:crypto";
+import type { ApiKeyRecord, RecordStore } from "./stores/types.js";
+
+/**
+ * Tollgate's own API keys: how they are made, hashed and described.
+ *
+ * A key is `tg_` + 43 characters of base64url (32 random bytes, 256 bits):
+ * far beyond guessing, so a plain SHA-256 of it is a safe thing to store and
+ * index (a slow password hash buys nothing against a 256-bit secret and
+ * would cost every request). The key itself is shown once, at creation,
+ * and never stored.
+ */
+
+/** Every key starts with this, so a leaked one is recognisable (secret scanners, logs). */
+export const API_KEY_PREFIX = "tg_";
+
+/** The exact shape of a key `createApiKey` issues. */
+export const API_KEY_PATTERN = /^tg_[A-Za-z0-9_-]{43}$/;
+
+/** How many leading characters of a key are kept in the record, to help a human recognise it. */
+const PREFIX_LENGTH = 10;
+
+/** The longest `parseDuration` accepts: far enough for any real expiry, short of `Date`'s range. */
+const MAX_DURATION_MS = 100 * 365 * 24 * 3600 * 1000;
+
+const UNIT_MS: Readonly<Record<string, number>> = {
+  s: 1000,
+  m: 60 * 1000,
+  h: 3600 * 1000,
+  d: 24 * 3600 * 1000,
+  w: 7 * 24 * 3600 * 1000,
+};
+
+/** A key's state at a moment, as `tollgate keys list` shows it. */
+export type ApiKeyStatus = "active" | "revoked" | "expired";
+
+/** Rejected by a store when a new key's id or hash is already taken. */
+export class DuplicateApiKeyError extends Error {
+  readonly code = "ERR_DUPLICATE_API_KEY";
+  constructor(options?: ErrorOptions) {
+    super("an API key with this id or hash already exists", options);
+    this.name = "DuplicateApiKeyError";
+  }
+}
+
+/**
+ * The hex SHA-256 of a key: what the store keeps and looks keys up by.
+ *
+ * @example hashApiKey("tg_...") // "9f86d0...", 64 hex characters
+ */
+export function hashApiKey(key: string): string {
+  return createHash("sha256").update(key, "utf8").digest("hex");
+}
+
+/**
+ * Issues a new key for `principal`, stores its hash, and returns the key (to
+ * show once) with its record. `expiresAt` is absolute milliseconds since the
+ * epoch and must be after `now`.
+ *
+ * @example
+ * const { key, record } = await createApiKey(store, { principal: "alice", attributes: { roles: ["admin"] } });
+ */
+export async function createApiKey(
+  store: RecordStore,
+  opts: { principal: string; attributes?: Record<string, string[]>; expiresAt?: number; now?: number },
+): Promise<{ key: string; record: ApiKeyRecord }> {
+  const now = opts.now ?? Date.now();
+  if (typeof opts.principal !== "string" || opts.principal.trim() === "") {
+    throw new Error("the principal must be a non-empty string");
+  }
+  if (opts.expiresAt !== undefined && !(Number.isSafeInteger(opts.expiresAt) && opts.expiresAt > now)) {
+    throw new Error("the expiry must be a time in the future");
+  }
+  const attributes = checkAttributes(opts.attributes ?? {});
+  const key = API_KEY_PREFIX + randomBytes(32).toString("base64url");
+  const record: ApiKeyRecord = {
+    id: `key_${randomBytes(8).toString("hex")}`,
+    hash: hashApiKey(key),
+    prefix: key.slice(0, PREFIX_LENGTH),
+    principal: opts.principal,
+    attributes,
+    createdAt: now,
+    expiresAt: opts.expiresAt,
+    revokedAt: undefined,
+  };
+  await store.insertApiKey(record);
+  return { key, record };
+}
+
+/**
+ * Milliseconds in a duration written as a positive whole number and one
+ * unit: `45s`, `15m`, `12h`, `30d`, `2w`. Anything else (no unit, `0d`,
+ * `-1d`, `1.5h`, `1d12h`, more than 100 years) throws.
+ *
+ * @example parseDuration("30d") // 2_592_000_000
+ */
+export function parseDuration(text: string): number {
+  const match = /^\s*(\d+)\s*([smhdw])\s*$/.exec(text);
+  if (!match) {
+    throw new Error(`invalid duration ${JSON.stringify(text)}: expected a whole number and a unit, e.g. 45s, 15m, 12h, 30d, 2w`);
+  }
+  const ms = Number(match[1]) * UNIT_MS[match[2]!]!;
+  if (ms <= 0) throw new Error(`invalid duration ${JSON.stringify(text)}: must be more than zero`);
+  if (!(ms <= MAX_DURATION_MS)) throw new Error(`invalid duration ${JSON.stringify(text)}: at most 100 years`);
+  return ms;
+}
+
+/**
+ * Attributes from `name=value` pairs, as `--attr` gives them. A name given
+ * several times accumulates its values, and a comma separates several values
+ * in one pair: `roles=admin,user` is the same as `roles=admin` `roles=user`.
+ * Values are kept in order, without duplicates; spaces around names and
+ * values are dropped. The value may itself contain
+ * `=` (the first one splits). A pair without `=`, with an empty name, or with
+ * an empty value (`roles=`, `roles=a,,b`) throws.
+ *
+ * @example parseAttributes(["roles=admin,user", "teams=ml"]) // { roles: ["admin", "user"], teams: ["ml"] }
+ */
+export function parseAttributes(pairs: readonly string[]): Record<string, string[]> {
+  // A Map, not an object literal: a name like `__proto__` must become an
+  // ordinary attribute, not reach the object's prototype.
+  const attributes = new Map<string, string[]>();
+  for (const pair of pairs) {
+    const eq = pair.indexOf("=");
+    if (eq === -1) throw new Error(`invalid attribute ${JSON.stringify(pair)}: expected name=value`);
+    const name = pair.slice(0, eq).trim();
+    if (name === "") throw new Error(`invalid attribute ${JSON.stringify(pair)}: the name is empty`);
+    const values = pair.slice(eq + 1).split(",").map((v) => v.trim());
+    if (values.some((v) => v === "")) throw new Error(`invalid attribute ${JSON.stringify(pair)}: empty value`);
+    const list = attributes.get(name) ?? [];
+    for (const value of values) if (!list.includes(value)) list.push(value);
+    attributes.set(name, list);
+  }
+  return Object.fromEntries(attributes);
+}
+
+/**
+ * A key's state at `now`: revoked wins over expired; a key is expired from
+ * the millisecond of its `expiresAt` on.
+ */
+export function apiKeyStatus(record: ApiKeyRecord, now: number): ApiKeyStatus {
+  if (record.revokedAt !== undefined) return "revoked";
+  if (record.expiresAt !== undefined && record.expiresAt <= now) return "expired";
+  return "active";
+}
+
+/**
+ * Attributes as read back from a store's JSON column. Anything that is not
+ * an object of string lists is dropped rather than trusted: the column is
+ * only ever written by {@link createApiKey}, so a mismatch means tampering
+ * or corruption, and no attribute is safer than a wrong one.
+ */
+export function decodeAttributes(json: string): Record<string, string[]> {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(json);
+  } catch {
+    return {};
+  }
+  if (!parsed || typeof parsed !== "object" || Array.isArray(parsed)) return {};
+  const entries = Object.entries(parsed).filter(
+    (entry): entry is [string, string[]] => Array.isArray(entry[1]) && entry[1].every((v) => typeof v === "string"),
+  );
+  return Object.fromEntries(entries);
+}
+
+function checkAttributes(attributes: Record<string, string[]>): Record<string, string[]> {
+  const entries = Object.entries(attributes);
+  for (const [name, values] of entries) {
+    if (name === "" || !Array.isArray(values) || !values.every((v) => typeof v === "string")) {
+      throw new Error(`attribute ${JSON.stringify(name)} must have a non-empty name and a list of strings`);
+    }
+  }
+  return Object.fromEntries(entries.map(([name, values]) => [name, [...values]]));
+}

@@ -1,0 +1,163 @@
+import pg from "pg";
+import { decodeAttributes, DuplicateApiKeyError } from "../keys.js";
+import type { ApiKeyRecord, RecordStore } from "./types.js";
+
+/**
+ * Connections per process. Key lookups are single indexed reads and the
+ * gateway caches them, so a few connections serve thousands of requests a
+ * second; a small pool keeps N gateway workers well under the server's
+ * `max_connections`.
+ */
+const POOL_SIZE = 4;
+/** Give up connecting after this long, so a down database becomes a 503, not a hang. */
+const CONNECT_TIMEOUT_MS = 5000;
+/** Give up on a query after this long (client side: also covers a dead network). */
+const QUERY_TIMEOUT_MS = 10_000;
+/**
+ * Key of the transaction-level advisory lock held while creating the schema:
+ * two processes starting at once would otherwise race in CREATE TABLE IF NOT
+ * EXISTS and one would fail on the catalog's unique index. Any fixed number
+ * works; this one spells "tollgate" in ASCII.
+ */
+const SCHEMA_LOCK_KEY = "8390043843661231205"; // 0x746f6c6c67617465
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS tollgate_api_keys (
+  id TEXT PRIMARY KEY,
+  hash TEXT NOT NULL UNIQUE,
+  prefix TEXT NOT NULL,
+  principal TEXT NOT NULL,
+  attributes TEXT NOT NULL,
+  created_at BIGINT NOT NULL,
+  expires_at BIGINT,
+  revoked_at BIGINT
+)`;
+
+const COLUMNS = "id, hash, prefix, principal, attributes, created_at, expires_at, revoked_at";
+
+/** PostgreSQL's code for a unique-constraint violation. */
+const UNIQUE_VIOLATION = "23505";
+
+/**
+ * The record store in PostgreSQL, for several gateway replicas.
+ *
+ * Tables are named `tollgate_*` and created in the first schema of the
+ * connection's `search_path` (normally `public`); to keep them in their own
+ * schema, add `?options=-c%20search_path%3Dtollgate` to the URL (the schema
+ * must exist). Every write is one statement, committed on return, so every
+ * replica sees a revocation as soon as `revokeApiKey` resolves.
+ *
+ * @example
+ * const store = await openPostgresRecordStore("postgres://tollgate@db/tollgate");
+ */
+export async function openPostgresRecordStore(url: string): Promise<RecordStore> {
+  const pool = new pg.Pool({
+    connectionString: url,
+    max: POOL_SIZE,
+    connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
+    query_timeout: QUERY_TIMEOUT_MS,
+    idleTimeoutMillis: 30_000,
+    application_name: "tollgate",
+  });
+  // An idle connection dropped by the server is reported here; without a
+  // listener pg would crash the process. The pool replaces the connection and
+  // the next query that cannot get one fails on its own, so nothing to do.
+  pool.on("error", () => {});
+
+  try {
+    await createSchema(pool);
+  } catch (err) {
+    await pool.end().catch(() => {});
+    throw err;
+  }
+
+  let closed = false;
+  const query = async (text: string, values: unknown[] = []) => {
+    if (closed) throw new Error("the record store is closed");
+    return (await pool.query(text, values)).rows as Record<string, unknown>[];
+  };
+
+  return {
+    kind: "postgres",
+    async insertApiKey(record) {
+      try {
+        await query(`INSERT INTO tollgate_api_keys (${COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, [
+          record.id,
+          record.hash,
+          record.prefix,
+          record.principal,
+          JSON.stringify(record.attributes),
+          record.createdAt,
+          record.expiresAt ?? null,
+          record.revokedAt ?? null,
+        ]);
+      } catch (err) {
+        if ((err as { code?: unknown })?.code === UNIQUE_VIOLATION) throw new DuplicateApiKeyError({ cause: err });
+        throw err;
+      }
+    },
+    async findApiKeyByHash(hash) {
+      const [row] = await query(`SELECT ${COLUMNS} FROM tollgate_api_keys WHERE hash = $1`, [hash]);
+      return row ? fromRow(row) : undefined;
+    },
+    async listApiKeys() {
+      return (await query(`SELECT ${COLUMNS} FROM tollgate_api_keys ORDER BY created_at, id`)).map(fromRow);
+    },
+    async revokeApiKey(idOrHash, at) {
+      // COALESCE keeps the first revocation time when a key is revoked twice.
+      const [row] = await query(
+        `UPDATE tollgate_api_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2 OR hash = $2 RETURNING ${COLUMNS}`,
+        [at, idOrHash],
+      );
+      return row ? fromRow(row) : undefined;
+    },
+    async countActiveApiKeys(now) {
+      const [row] = await query(
+        "SELECT COUNT(*) AS n FROM tollgate_api_keys WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1)",
+        [now],
+      );
+      return Number(row?.n ?? 0);
+    },
+    async close() {
+      if (closed) return;
+      closed = true;
+      await pool.end();
+    },
+  };
+}
+
+async function createSchema(pool: pg.Pool): Promise<void> {
+  const client = await pool.connect();
+  let failure: Error | undefined;
+  try {
+    await client.query("BEGIN");
+    await client.query("SELECT pg_advisory_xact_lock($1)", [SCHEMA_LOCK_KEY]);
+    await client.query(SCHEMA);
+    await client.query("COMMIT");
+  } catch (err) {
+    failure = err instanceof Error ? err : new Error(String(err));
+    await client.query("ROLLBACK").catch(() => {});
+    throw err;
+  } finally {
+    // A connection that failed mid-transaction is discarded, not reused.
+    client.release(failure);
+  }
+}
+
+/** BIGINT columns arrive as strings (pg does not risk precision); milliseconds fit a double exactly. */
+function optionalNumber(value: unknown): number | undefined {
+  return value === null || value === undefined ? undefined : Number(value);
+}
+
+function fromRow(row: Record<string, unknown>): ApiKeyRecord {
+  return {
+    id: String(row.id),
+    hash: String(row.hash),
+    prefix: String(row.prefix),
+    principal: String(row.principal),
+    attributes: decodeAttributes(String(row.attributes)),
+    createdAt: Number(row.created_at),
+    expiresAt: optionalNumber(row.expires_at),
+    revokedAt: optionalNumber(row.revoked_at),
+  };
+}

@@ -1,0 +1,162 @@
+import { mkdirSync } from "node:fs";
+import { dirname, resolve } from "node:path";
+import { decodeAttributes, DuplicateApiKeyError } from "../keys.js";
+import { openSqliteDatabase, type SqliteDriverName, type SqliteRow, type SqliteValue } from "./sqlite-driver.js";
+import type { ApiKeyRecord, RecordStore } from "./types.js";
+
+/** How long a statement waits for another process's write lock before failing (ms). */
+const BUSY_TIMEOUT_MS = 5000;
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS tollgate_api_keys (
+  id TEXT PRIMARY KEY,
+  hash TEXT NOT NULL UNIQUE,
+  prefix TEXT NOT NULL,
+  principal TEXT NOT NULL,
+  attributes TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  expires_at INTEGER,
+  revoked_at INTEGER
+);
+`;
+
+const COLUMNS = "id, hash, prefix, principal, attributes, created_at, expires_at, revoked_at";
+
+export interface SqliteRecordStoreOptions {
+  /** Force one SQLite driver (tests); by default the best this runtime has. */
+  driver?: SqliteDriverName | undefined;
+}
+
+/**
+ * The record store in a SQLite file: the embedded default.
+ *
+ * Several processes (gateway workers, `tollgate keys`) may open the same
+ * file at once: WAL mode lets readers run beside the one writer, and the busy
+ * timeout makes a writer wait for the lock instead of failing at once. Every
+ * statement commits by itself, so a revocation is visible to every other
+ * connection as soon as `revokeApiKey` resolves.
+ *
+ * A relative `dbPath` is resolved against the current directory; its folder
+ * is created if missing.
+ *
+ * @example
+ * const store = await openSqliteRecordStore("./data/tollgate.db");
+ * try { await store.listApiKeys(); } finally { await store.close(); }
+ */
+export async function openSqliteRecordStore(dbPath: string, options: SqliteRecordStoreOptions = {}): Promise<RecordStore> {
+  const inMemory = dbPath === ":memory:";
+  const path = inMemory ? dbPath : resolve(dbPath);
+  if (!inMemory) {
+    try {
+      mkdirSync(dirname(path), { recursive: true });
+    } catch (err) {
+      throw new Error(`cannot create the folder for the SQLite database ${path}: ${reason(err)}`, { cause: err });
+    }
+  }
+  const db = await openSqliteDatabase(path, { driver: options.driver }).catch((err: unknown) => {
+    throw new Error(`cannot open the SQLite database ${path}: ${reason(err)}`, { cause: err });
+  });
+  try {
+    // busy_timeout first: switching to WAL needs a lock another process may hold.
+    db.exec(`PRAGMA busy_timeout = ${BUSY_TIMEOUT_MS}`);
+    if (!inMemory) db.exec("PRAGMA journal_mode = WAL");
+    // NORMAL is durable across process crashes in WAL mode; only a power cut
+    // can lose the last commits, and fsync on every key lookup is not worth it.
+    db.exec("PRAGMA synchronous = NORMAL");
+    db.exec(SCHEMA);
+  } catch (err) {
+    db.close();
+    throw new Error(`cannot open the SQLite database ${path}: ${reason(err)}`, { cause: err });
+  }
+
+  const insert = db.prepare(`INSERT INTO tollgate_api_keys (${COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`);
+  const byHash = db.prepare(`SELECT ${COLUMNS} FROM tollgate_api_keys WHERE hash = ?`);
+  const all = db.prepare(`SELECT ${COLUMNS} FROM tollgate_api_keys ORDER BY created_at, id`);
+  // COALESCE keeps the first revocation time when a key is revoked twice.
+  const revoke = db.prepare(
+    `UPDATE tollgate_api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ? OR hash = ? RETURNING ${COLUMNS}`,
+  );
+  const countActive = db.prepare(
+    "SELECT COUNT(*) AS n FROM tollgate_api_keys WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)",
+  );
+
+  let closed = false;
+  const open = () => {
+    if (closed) throw new Error("the record store is closed");
+  };
+
+  return {
+    kind: "sqlite",
+    async insertApiKey(record) {
+      open();
+      try {
+        insert.run(...toParams(record));
+      } catch (err) {
+        if (/UNIQUE constraint failed|PRIMARY KEY/i.test(String((err as Error)?.message))) {
+          throw new DuplicateApiKeyError({ cause: err });
+        }
+        throw err;
+      }
+    },
+    async findApiKeyByHash(hash) {
+      open();
+      const row = byHash.get(hash);
+      return row ? fromRow(row) : undefined;
+    },
+    async listApiKeys() {
+      open();
+      return all.all().map(fromRow);
+    },
+    async revokeApiKey(idOrHash, at) {
+      open();
+      const row = revoke.get(at, idOrHash, idOrHash);
+      return row ? fromRow(row) : undefined;
+    },
+    async countActiveApiKeys(now) {
+      open();
+      return Number(countActive.get(now)?.n ?? 0);
+    },
+    async close() {
+      if (closed) return;
+      closed = true;
+      db.close();
+    },
+  };
+}
+
+/** An error's message on one line (the CLI reports one line), with the errno code when there is one. */
+function reason(err: unknown): string {
+  const e = err as NodeJS.ErrnoException;
+  const message = (e instanceof Error ? e.message : String(err)).replace(/\s+/g, " ").trim();
+  return e?.code && !message.includes(e.code) ? `${e.code}: ${message}` : message;
+}
+
+function toParams(record: ApiKeyRecord): SqliteValue[] {
+  return [
+    record.id,
+    record.hash,
+    record.prefix,
+    record.principal,
+    JSON.stringify(record.attributes),
+    record.createdAt,
+    record.expiresAt ?? null,
+    record.revokedAt ?? null,
+  ];
+}
+
+function optionalNumber(value: unknown): number | undefined {
+  return value === null || value === undefined ? undefined : Number(value);
+}
+
+function fromRow(row: SqliteRow): ApiKeyRecord {
+  return {
+    id: String(row.id),
+    hash: String(row.hash),
+    prefix: String(row.prefix),
+    principal: String(row.principal),
+    attributes: decodeAttributes(String(row.attributes)),
+    createdAt: Number(row.created_at),
+    expiresAt: optionalNumber(row.expires_at),
+    revokedAt: optionalNumber(row.revoked_at),
+  };
+}

@@ -1,0 +1,304 @@
+/**
+ * The record store contract, run against every backend: SQLite through each
+ * driver this runtime can load, and PostgreSQL. One table of cases, so the
+ * backends cannot drift apart.
+ */
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, describe, test, type TestContext } from "node:test";
+import pg from "pg";
+import { DuplicateApiKeyError } from "../../../src/core/keys.js";
+import { openPostgresRecordStore } from "../../../src/core/stores/postgres.js";
+import { openSqliteDatabase, type SqliteDriverName } from "../../../src/core/stores/sqlite-driver.js";
+import { openSqliteRecordStore } from "../../../src/core/stores/sqlite.js";
+import type { ApiKeyRecord, RecordStore } from "../../../src/core/stores/types.js";
+import { requireService } from "../../support/services.js";
+
+/** A place both stores of a case share: a SQLite file or a PostgreSQL schema. */
+interface Backend {
+  name: string;
+  /** Resolves undefined when the backend cannot run here (the test is then skipped). */
+  prepare(t: TestContext): Promise<{ open(): Promise<RecordStore>; cleanup(): Promise<void> } | undefined>;
+}
+
+const tempRoot = mkdtempSync(join(tmpdir(), "tollgate-record-store-"));
+after(() => rmSync(tempRoot, { recursive: true, force: true }));
+let counter = 0;
+
+function sqliteBackend(driver: SqliteDriverName): Backend {
+  return {
+    name: `sqlite (${driver})`,
+    async prepare(t) {
+      try {
+        (await openSqliteDatabase(":memory:", { driver })).close();
+      } catch (err) {
+        t.skip(`${driver} is not available in Node ${process.version}`);
+        return undefined;
+      }
+      const dbPath = join(tempRoot, `case-${++counter}`, "records.db");
+      return { open: () => openSqliteRecordStore(dbPath, { driver }), cleanup: async () => {} };
+    },
+  };
+}
+
+/** Each case gets its own schema, chosen by the URL's search_path, so parallel runs never meet. */
+const postgresBackend: Backend = {
+  name: "postgres",
+  async prepare(t) {
+    const url = await requireService(t, "postgres");
+    if (!url) return undefined;
+    const schema = `tollgate_test_${process.pid}_${++counter}_${Date.now()}`;
+    const admin = new pg.Client({ connectionString: url });
+    await admin.connect();
+    await admin.query(`CREATE SCHEMA "${schema}"`);
+    const scoped = new URL(url);
+    scoped.searchParams.set("options", `-c search_path=${schema}`);
+    return {
+      open: () => openPostgresRecordStore(scoped.toString()),
+      async cleanup() {
+        await admin.query(`DROP SCHEMA "${schema}" CASCADE`);
+        await admin.end();
+      },
+    };
+  },
+};
+
+const backends: Backend[] = [sqliteBackend("node:sqlite"), sqliteBackend("better-sqlite3"), postgresBackend];
+
+let serial = 0;
+function record(overrides: Partial<ApiKeyRecord> = {}): ApiKeyRecord {
+  const n = ++serial;
+  return {
+    id: `key_${n.toString(16).padStart(16, "0")}`,
+    hash: n.toString(16).padStart(64, "a"),
+    prefix: `tg_${n}`.padEnd(10, "x"),
+    principal: `user-${n}`,
+    attributes: { roles: ["admin", "user"], teams: ["ml"] },
+    createdAt: 1_700_000_000_000 + n,
+    expiresAt: undefined,
+    revokedAt: undefined,
+    ...overrides,
+  };
+}
+
+interface Case {
+  name: string;
+  run(open: () => Promise<RecordStore>): Promise<void>;
+}
+
+/** Opens a store, runs `work`, closes it whatever happens. */
+async function using<T>(open: () => Promise<RecordStore>, work: (store: RecordStore) => Promise<T>): Promise<T> {
+  const store = await open();
+  try {
+    return await work(store);
+  } finally {
+    await store.close();
+  }
+}
+
+const cases: Case[] = [
+  {
+    name: "a stored key is found by its hash with every field as it was inserted",
+    run: (open) =>
+      using(open, async (store) => {
+        const key = record({ expiresAt: 1_800_000_000_000 });
+        await store.insertApiKey(key);
+        assert.deepEqual(await store.findApiKeyByHash(key.hash), key);
+      }),
+  },
+  {
+    name: "a key without expiry or revocation reads back with both absent, not null",
+    run: (open) =>
+      using(open, async (store) => {
+        const key = record();
+        await store.insertApiKey(key);
+        const found = await store.findApiKeyByHash(key.hash);
+        assert.equal(found?.expiresAt, undefined);
+        assert.equal(found?.revokedAt, undefined);
+        assert.equal(typeof found?.createdAt, "number");
+      }),
+  },
+  {
+    name: "an unknown hash finds nothing",
+    run: (open) =>
+      using(open, async (store) => {
+        await store.insertApiKey(record());
+        assert.equal(await store.findApiKeyByHash("f".repeat(64)), undefined);
+      }),
+  },
+  {
+    name: "a second key with the same id or the same hash is refused and the first is kept",
+    run: (open) =>
+      using(open, async (store) => {
+        const first = record();
+        await store.insertApiKey(first);
+        await assert.rejects(store.insertApiKey(record({ id: first.id })), DuplicateApiKeyError);
+        await assert.rejects(store.insertApiKey(record({ hash: first.hash })), DuplicateApiKeyError);
+        assert.deepEqual(await store.listApiKeys(), [first]);
+      }),
+  },
+  {
+    name: "keys are listed oldest first, revoked ones included",
+    run: (open) =>
+      using(open, async (store) => {
+        const newest = record({ createdAt: 3000 });
+        const oldest = record({ createdAt: 1000, revokedAt: 1500 });
+        const middle = record({ createdAt: 2000 });
+        for (const key of [newest, oldest, middle]) await store.insertApiKey(key);
+        assert.deepEqual(
+          (await store.listApiKeys()).map((k) => k.id),
+          [oldest.id, middle.id, newest.id],
+        );
+      }),
+  },
+  {
+    name: "an empty store lists no keys and counts none active",
+    run: (open) =>
+      using(open, async (store) => {
+        assert.deepEqual(await store.listApiKeys(), []);
+        assert.equal(await store.countActiveApiKeys(Date.now()), 0);
+      }),
+  },
+  {
+    name: "revoking by id marks the key revoked at the given time and returns it",
+    run: (open) =>
+      using(open, async (store) => {
+        const key = record();
+        await store.insertApiKey(key);
+        assert.deepEqual(await store.revokeApiKey(key.id, 42_000), { ...key, revokedAt: 42_000 });
+        assert.equal((await store.findApiKeyByHash(key.hash))?.revokedAt, 42_000);
+      }),
+  },
+  {
+    name: "revoking by hash works like revoking by id",
+    run: (open) =>
+      using(open, async (store) => {
+        const key = record();
+        await store.insertApiKey(key);
+        assert.equal((await store.revokeApiKey(key.hash, 7))?.id, key.id);
+        assert.equal((await store.findApiKeyByHash(key.hash))?.revokedAt, 7);
+      }),
+  },
+  {
+    name: "revoking an unknown key resolves undefined and changes nothing",
+    run: (open) =>
+      using(open, async (store) => {
+        const key = record();
+        await store.insertApiKey(key);
+        assert.equal(await store.revokeApiKey("key_0000000000000000", 1), undefined);
+        assert.deepEqual(await store.listApiKeys(), [key]);
+      }),
+  },
+  {
+    name: "revoking a key twice keeps the first revocation time",
+    run: (open) =>
+      using(open, async (store) => {
+        const key = record();
+        await store.insertApiKey(key);
+        await store.revokeApiKey(key.id, 100);
+        assert.equal((await store.revokeApiKey(key.id, 200))?.revokedAt, 100);
+      }),
+  },
+  {
+    name: "active keys exclude revoked keys and keys expired at or before now",
+    run: (open) =>
+      using(open, async (store) => {
+        const now = 10_000;
+        await store.insertApiKey(record()); // active: never expires
+        await store.insertApiKey(record({ expiresAt: now + 1 })); // active
+        await store.insertApiKey(record({ expiresAt: now })); // expired this very millisecond
+        await store.insertApiKey(record({ expiresAt: now - 1 })); // expired
+        await store.insertApiKey(record({ revokedAt: 5 })); // revoked
+        assert.equal(await store.countActiveApiKeys(now), 2);
+      }),
+  },
+  {
+    name: "attributes with unusual names and values come back exactly",
+    run: (open) =>
+      using(open, async (store) => {
+        // An own property named __proto__, as parseAttributes produces for `--attr __proto__=x`.
+        const attributes = Object.fromEntries([["__proto__", ["x"]], ["a.b", ["c=d", "e,f", "ü"]], ["empty", []]]);
+        const key = record({ principal: "ünïcödé 'quoted' \"user\"; DROP TABLE x", attributes });
+        await store.insertApiKey(key);
+        assert.deepEqual(await store.findApiKeyByHash(key.hash), key);
+      }),
+  },
+  {
+    name: "a closed store refuses every call and closing again is harmless",
+    run: async (open) => {
+      const store = await open();
+      await store.close();
+      await assert.rejects(store.findApiKeyByHash("a".repeat(64)), /closed/);
+      await assert.rejects(store.insertApiKey(record()), /closed/);
+      await assert.rejects(store.listApiKeys(), /closed/);
+      await assert.rejects(store.revokeApiKey("key_x", 1), /closed/);
+      await assert.rejects(store.countActiveApiKeys(1), /closed/);
+      await store.close();
+    },
+  },
+  {
+    name: "two stores opened at once on one database both work, and each sees the other's writes at once",
+    run: async (open) => {
+      const [a, b] = await Promise.all([open(), open()]);
+      try {
+        const key = record();
+        await a.insertApiKey(key);
+        assert.equal((await b.findApiKeyByHash(key.hash))?.revokedAt, undefined);
+        await b.revokeApiKey(key.id, 99);
+        assert.equal((await a.findApiKeyByHash(key.hash))?.revokedAt, 99);
+      } finally {
+        await Promise.all([a.close(), b.close()]);
+      }
+    },
+  },
+  {
+    name: "reopening a database keeps its keys",
+    run: async (open) => {
+      const key = record();
+      await using(open, (store) => store.insertApiKey(key));
+      assert.deepEqual(await using(open, (store) => store.listApiKeys()), [key]);
+    },
+  },
+];
+
+for (const backend of backends) {
+  describe(`the ${backend.name} record store`, () => {
+    for (const c of cases) {
+      test(c.name, async (t) => {
+        const place = await backend.prepare(t);
+        if (!place) return;
+        try {
+          await c.run(place.open);
+        } finally {
+          await place.cleanup();
+        }
+      });
+    }
+  });
+}
+
+test("the postgres store fails to open, with the server's reason, when the database does not exist", async (t) => {
+  const url = await requireService(t, "postgres");
+  if (!url) return;
+  const missing = new URL(url);
+  missing.pathname = "/tollgate_no_such_database";
+  await assert.rejects(openPostgresRecordStore(missing.toString()), /does not exist/);
+});
+
+test("the postgres store fails to open within its connect timeout when nothing listens", async () => {
+  // Port 1 on loopback refuses at once: the point is a rejection, not a hang.
+  await assert.rejects(openPostgresRecordStore("postgres://postgres@127.0.0.1:1/test"), /ECONNREFUSED|connect/);
+});
+
+test("eight postgres stores starting at once on a fresh schema all open (schema creation does not race)", async (t) => {
+  const place = await postgresBackend.prepare(t);
+  if (!place) return;
+  try {
+    const stores = await Promise.all(Array.from({ length: 8 }, () => place.open()));
+    await Promise.all(stores.map((s) => s.close()));
+  } finally {
+    await place.cleanup();
+  }
+});
