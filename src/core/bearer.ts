@@ -10,8 +10,8 @@ const FORMAT = "Invalid Authorization header format";
 
 /**
  * Extracts the bearer credential from the `Authorization` header value(s).
- * Returns `undefined` when no header was sent (the caller decides what that
- * means for the configured provider). Throws a 401 {@link AuthError} for
+ * Returns `undefined` when no header was sent, or one empty header (the caller
+ * decides what that means for the configured provider). Throws a 401 {@link AuthError} for
  * anything that is not exactly one well-formed bearer credential: another
  * scheme, an empty credential, two credentials (in one header or in two
  * headers), one too long, or characters outside RFC 6750's b64token.
@@ -29,7 +29,10 @@ export function parseBearer(
     header = header[0]!;
   }
   const value = header.trim();
-  if (value === "") throw new AuthError("invalid_request", `${FORMAT}: expected 'Bearer <token>'`);
+  // An empty header carries no credential: as in the reference, the caller
+  // gets the provider's "Authentication required" message, and RFC 6750 §3.1
+  // says such a challenge carries no error code.
+  if (value === "") return undefined;
   const space = value.search(/[ \t]/);
   const scheme = space === -1 ? value : value.slice(0, space);
   if (scheme.toLowerCase() !== "bearer") throw new AuthError("invalid_request", `${FORMAT}: expected 'Bearer <token>'`);

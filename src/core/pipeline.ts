@@ -1,6 +1,6 @@
 import { parseBearer } from "./bearer.js";
 import { AuthError, IdentityUnavailableError, TollgateError } from "./errors.js";
-import { canonicalTarget } from "./path.js";
+import { canonicalPath, canonicalTarget } from "./path.js";
 import type { AuthProvider } from "./providers/types.js";
 import type { User } from "./user.js";
 
@@ -77,11 +77,21 @@ export function authorizationHeaders(rawHeaders: readonly string[]): string[] | 
   return found;
 }
 
-/** Builds the pipeline from its parts; see {@link PipelineOptions}. */
+function canonicalPublicPath(path: string): string {
+  try {
+    return canonicalPath(path);
+  } catch {
+    throw new Error(`public path ${JSON.stringify(path)} is not an absolute path such as /health`);
+  }
+}
+
+/** Builds the pipeline from its parts; see {@link PipelineOptions}. Throws when a public path is not an absolute path. */
 export function createPipeline({ publicPaths, provider, onProviderError }: PipelineOptions): Pipeline {
   // Exact match only: the reference exempts any path that merely ends in
-  // /health, so /v1/secret/health would skip authentication there.
-  const publicSet = new Set(publicPaths);
+  // /health, so /v1/secret/health would skip authentication there. Matched
+  // canonical against canonical: a library caller's "/health/" must still
+  // match, and the config loader has already canonicalised its own.
+  const publicSet = new Set(publicPaths.map(canonicalPublicPath));
 
   async function authenticate(request: PipelineRequest, path: string, query: string): Promise<User | undefined> {
     if (!provider) return undefined;

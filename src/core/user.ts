@@ -11,7 +11,9 @@ export interface User {
 
 /** Builds a frozen {@link User}, dropping attribute entries that are not string lists. */
 export function makeUser(principal: string, attributes: Record<string, unknown> = {}): User {
-  const clean: Record<string, readonly string[]> = {};
+  // Null prototype: an attribute named `__proto__` (from a token's claims or an
+  // auth service's answer) must stay data and never become the object's prototype.
+  const clean: Record<string, readonly string[]> = Object.create(null) as Record<string, readonly string[]>;
   for (const [name, values] of Object.entries(attributes)) {
     if (Array.isArray(values) && values.every((v) => typeof v === "string")) {
       clean[name] = Object.freeze([...values]);

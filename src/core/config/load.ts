@@ -89,7 +89,11 @@ export function parseConfig(
     }
     throw err;
   }
-  const result = configSchema.safeParse(substituted);
+  return validate(substituted, source, at);
+}
+
+function validate(value: unknown, source: string, at: (path: Path) => string): Config {
+  const result = configSchema.safeParse(value);
   if (!result.success) {
     const issues = result.error.issues
       .flatMap(describeIssue)
@@ -97,6 +101,21 @@ export function parseConfig(
     throw new ConfigError(source, [...new Set(issues)]);
   }
   return deepFreeze(result.data);
+}
+
+/**
+ * Validates a config given as an object (what a library user writes in code)
+ * and fills in the defaults. No `${env.NAME}` substitution: code reads
+ * `process.env` itself. A validated {@link Config} passes unchanged, so this
+ * is safe to call on either. Throws {@link ConfigError} naming each path.
+ *
+ * @example validateConfig({ server: { auth: { provider_config: { type: "custom", endpoint: "http://127.0.0.1:9000/validate" } } } })
+ */
+export function validateConfig(value: unknown, source = "config"): Config {
+  if (value === null || typeof value !== "object" || Array.isArray(value)) {
+    throw new ConfigError(source, ["(top level): expected a mapping of sections (server, upstream, storage, logging)"]);
+  }
+  return validate(value, source, () => "");
 }
 
 /** Reads and validates a config file; see {@link parseConfig}. */

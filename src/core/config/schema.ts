@@ -1,3 +1,4 @@
+import { isIP } from "node:net";
 import { z } from "zod";
 import { canonicalPath } from "../path.js";
 
@@ -33,6 +34,22 @@ const headerName = z
   .regex(/^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/, "expected an HTTP header name")
   .transform((s) => s.toLowerCase());
 
+/** `10.0.0.1`, `10.0.0.0/8`, `::1`, `fd00::/8` */
+const addressOrCidr = z.string().refine((s) => {
+  const [address = "", prefix, ...rest] = s.split("/");
+  const family = isIP(address);
+  if (family === 0 || rest.length > 0) return false;
+  if (prefix === undefined) return true;
+  const bits = Number(prefix);
+  return /^\d+$/.test(prefix) && bits <= (family === 4 ? 32 : 128);
+}, "expected an IP address or CIDR such as 10.0.0.0/8");
+
+/**
+ * A secret given as `${env.NAME}` whose value happens to look like a number
+ * (`12345`) is typed as a number by env substitution; a secret is always text.
+ */
+const secretString = z.union([z.string().min(1), z.number().transform(String)]);
+
 const positiveMs = z.number().int().positive();
 
 const tlsClient = {
@@ -57,7 +74,7 @@ export const upstreamHeaderProviderSchema = z
       .optional()
       .describe("header holding a JSON object of string lists, e.g. {\"roles\": [\"admin\"]}"),
     trusted_proxies: z
-      .array(z.string().min(1))
+      .array(addressOrCidr)
       .optional()
       .describe("when set, only peers in these addresses/CIDRs may assert identity; others get 401"),
   })
@@ -162,7 +179,7 @@ const serverSchema = z.strictObject({
 
 const upstreamSchema = z.strictObject({
   url: httpUrl.default(DEFAULT_UPSTREAM).describe("base URL of the OpenAI-compatible server to forward to"),
-  api_key: z.string().min(1).optional().describe("sent upstream as `Authorization: Bearer` instead of the client's credential"),
+  api_key: secretString.optional().describe("sent upstream as `Authorization: Bearer` instead of the client's credential"),
   principal_header: headerName.optional().describe("header that carries the authenticated principal upstream (unset: not sent)"),
   connect_timeout_ms: positiveMs.default(10_000).describe("connecting to the upstream (then 502)"),
   response_timeout_ms: positiveMs.default(600_000).describe("waiting for the upstream's response headers (then 504)"),

@@ -1,0 +1,207 @@
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { loadConfig, validateConfig } from "../core/config/load.js";
+import type { Config, ConfigInput } from "../core/config/schema.js";
+import { TollgateError, toErrorResponse } from "../core/errors.js";
+import { createLogger, type Logger } from "../core/log.js";
+import { authorizationHeaders, createPipeline, type Pipeline, type PipelineRequest, type RequestContext } from "../core/pipeline.js";
+import { createProvider } from "../core/providers/index.js";
+import type { AuthProvider } from "../core/providers/types.js";
+import type { RecordStore } from "../core/stores/types.js";
+
+/**
+ * Tollgate's pipeline for a plain `node:http` server, without the gateway:
+ *
+ * ```ts
+ * const tollgate = await createTollgate({ configFile: "tollgate.yaml" });
+ * http.createServer(async (req, res) => {
+ *   const ctx = await tollgate.authenticate(req, res);
+ *   if (!ctx) return; // already answered: 401, 503, ... as an OpenAI error
+ *   res.end(`hello ${ctx.user?.principal}`);
+ * }).listen(3000);
+ * ```
+ *
+ * Only the `server` section (auth provider, public paths), `storage` (for
+ * `api_key`) and `logging` of the config matter here; `upstream` is the
+ * gateway's.
+ */
+
+export interface TollgateOptions {
+  /**
+   * The configuration as an object, in the shape of `tollgate.yaml`; it is
+   * validated and its defaults filled in (no `${env.NAME}` substitution: read
+   * `process.env` in code). Give this or `configFile`.
+   */
+  config?: ConfigInput | Config;
+  /** A `tollgate.yaml` to load, with `${env.NAME}` substitution. Give this or `config`. */
+  configFile?: string;
+  /** Where log lines go; default: JSON lines on stdout at `logging.level`, credentials redacted. */
+  log?: Logger;
+  /**
+   * The record store the `api_key` provider looks keys up in. Default: the
+   * one `storage` describes, opened here and closed by `close()`. A store you
+   * pass stays yours to close.
+   */
+  store?: RecordStore;
+  /** Clock in milliseconds; tests pass a fake one. */
+  now?: () => number;
+}
+
+/** The pipeline bound to one configuration; see {@link createTollgate}. */
+export interface Tollgate {
+  /** The validated configuration in use (frozen). */
+  readonly config: Config;
+  /** The framework-free pipeline, for adapters of other frameworks. */
+  readonly pipeline: Pipeline;
+  /**
+   * Runs the pipeline on a request. Resolves with what it established, or
+   * rejects with a `TollgateError` (turn it into a response with {@link sendError}).
+   * Pass `signal` to stop waiting for the identity service when the client goes away.
+   */
+  authorize(req: IncomingMessage, signal?: AbortSignal): Promise<RequestContext>;
+  /**
+   * Runs the pipeline and, when it refuses, answers the request itself with
+   * the OpenAI error envelope (status, `WWW-Authenticate` on 401, ...).
+   * Resolves with the context when the request may proceed, `undefined` when
+   * the response has already been sent.
+   */
+  authenticate(req: IncomingMessage, res: ServerResponse): Promise<RequestContext | undefined>;
+  /** Closes the provider's connections and the record store Tollgate opened; idempotent. */
+  close(): Promise<void>;
+}
+
+/**
+ * Builds the provider `server.auth` describes (opening the record store when
+ * it is `api_key`) and the pipeline around it. Throws a `ConfigError` for an
+ * invalid configuration, naming each path.
+ *
+ * @example
+ * const tollgate = await createTollgate({
+ *   config: { server: { auth: { provider_config: { type: "custom", endpoint: "http://127.0.0.1:9000/validate" } } } },
+ * });
+ */
+export async function createTollgate(options: TollgateOptions): Promise<Tollgate> {
+  const config = resolveConfig(options);
+  const log = (options.log ?? createLogger(config.logging.level)).child({ component: "tollgate" });
+  const providerConfig = config.server.auth?.provider_config;
+  if (!providerConfig) log.warn("no server.auth in the configuration: authentication is off, every request passes");
+
+  let ownedStore: RecordStore | undefined;
+  let store = options.store;
+  if (providerConfig?.type === "api_key" && !store) {
+    // Loaded only when needed, so that users of the other providers never
+    // load a database driver.
+    const { openRecordStore } = await import("../core/stores/index.js");
+    store = ownedStore = await openRecordStore(config.storage);
+  }
+
+  let provider: AuthProvider | undefined;
+  try {
+    provider = providerConfig ? createProvider(providerConfig, { store, log, now: options.now }) : undefined;
+  } catch (err) {
+    await ownedStore?.close();
+    throw err;
+  }
+
+  const pipeline = createPipeline({
+    publicPaths: config.server.public_paths,
+    provider,
+    onProviderError: (err) => log.error({ err }, "authentication provider failed; answered 503"),
+  });
+
+  async function authorize(req: IncomingMessage, signal?: AbortSignal): Promise<RequestContext> {
+    return pipeline.authorize(toPipelineRequest(req, signal));
+  }
+
+  let closing: Promise<void> | undefined;
+
+  return {
+    config,
+    pipeline,
+    authorize,
+    async authenticate(req, res) {
+      // The response closing before we answered means the client went away:
+      // stop waiting on the identity service for it.
+      const controller = new AbortController();
+      const onClose = () => {
+        if (!res.writableEnded) controller.abort();
+      };
+      res.once("close", onClose);
+      try {
+        return await authorize(req, controller.signal);
+      } catch (err) {
+        if (!(err instanceof TollgateError)) log.error({ err }, "unexpected error in the pipeline; answered 500");
+        sendError(res, err);
+        return undefined;
+      } finally {
+        res.off("close", onClose);
+      }
+    },
+    close() {
+      closing ??= (async () => {
+        try {
+          await provider?.close();
+        } finally {
+          await ownedStore?.close();
+        }
+      })();
+      return closing;
+    },
+  };
+}
+
+function resolveConfig({ config, configFile }: TollgateOptions): Config {
+  if (config !== undefined && configFile !== undefined) throw new TypeError("createTollgate: give either config or configFile, not both");
+  if (configFile !== undefined) return loadConfig(configFile);
+  if (config !== undefined) return validateConfig(config, "createTollgate config");
+  throw new TypeError("createTollgate: give config (an object) or configFile (a path to tollgate.yaml)");
+}
+
+/**
+ * Turns a `node:http` request into what the pipeline reads. Every
+ * `Authorization` header is kept (Node's `req.headers` keeps only the first,
+ * so a second credential would otherwise go unseen), and so is every copy of
+ * any other repeated header, as a list: identity headers sent twice are then
+ * refused rather than merged.
+ */
+export function toPipelineRequest(req: IncomingMessage, signal?: AbortSignal): PipelineRequest {
+  return {
+    method: req.method ?? "GET",
+    url: req.url ?? "/",
+    headers: requestHeaders(req),
+    remoteAddress: req.socket.remoteAddress,
+    signal,
+  };
+}
+
+function requestHeaders(req: IncomingMessage): Record<string, string | string[] | undefined> {
+  const headers: Record<string, string | string[] | undefined> = { ...req.headers };
+  headers.authorization = authorizationHeaders(req.rawHeaders);
+  const raw = req.rawHeaders;
+  const seen = new Set<string>();
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!.toLowerCase();
+    if (!seen.has(name)) {
+      seen.add(name);
+    } else if (name !== "authorization" && name !== "set-cookie") {
+      // Node joins some repeats with ", " and drops others; the list keeps them all.
+      headers[name] = req.headersDistinct[name];
+    }
+  }
+  return headers;
+}
+
+/**
+ * Answers with the OpenAI error envelope for `err` (`toErrorResponse`):
+ * a `TollgateError`'s status, headers and safe message, or a bare 500 for
+ * anything else. When the response has already started it can only be cut.
+ */
+export function sendError(res: ServerResponse, err: unknown): void {
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  const { status, headers, body } = toErrorResponse(err);
+  const text = JSON.stringify(body);
+  res.writeHead(status, { ...headers, "content-length": Buffer.byteLength(text) });
+  res.end(text);
+}
