@@ -1,0 +1,397 @@
+#!/usr/bin/env node
+import { createHash } from "node:crypto";
+import { realpathSync } from "node:fs";
+import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+
+/**
+ * A small OpenAI-compatible server: enough of the API for `tollgate serve
+ * --demo`, the README's tour and the end-to-end tests, with no model behind
+ * it. Replies are deterministic: chat echoes the last user message, embeddings
+ * are derived from a hash of the input.
+ *
+ * Routes: `GET /health`, `GET /v1/models`, `GET /v1/models/{id}`,
+ * `POST /v1/chat/completions` (SSE with `stream: true`), `POST /v1/completions`,
+ * `POST /v1/embeddings`, `/echo/*` (any method: answers what it received) and
+ * `GET /_demo/requests` (the requests recorded so far, newest last).
+ *
+ * Request headers steer it, for tests: `x-demo-delay-ms` (wait before the
+ * response headers), `x-demo-chunk-delay-ms` (wait between SSE events),
+ * `x-demo-status` (answer this status with an OpenAI error body),
+ * `x-demo-reset-after-chunks` (cut the connection after N SSE events).
+ *
+ * It has no authentication and echoes headers back: never expose it.
+ */
+
+/** A request as the demo upstream received it. */
+export interface DemoRequest {
+  readonly id: number;
+  readonly method: string;
+  /** Path as received, without the query. */
+  readonly path: string;
+  /** Raw query string without `?`. */
+  readonly query: string;
+  /** Headers, names lower-case, repeated ones joined as Node joins them. */
+  readonly headers: Record<string, string | string[] | undefined>;
+  /** The body as text ("" for none). */
+  body: string;
+  /** True when the client went away before the response was complete. */
+  aborted: boolean;
+  /** True when the response was sent completely. */
+  completed: boolean;
+}
+
+export interface DemoUpstreamOptions {
+  /** Default 0: any free port. */
+  port?: number;
+  /** Default 127.0.0.1. */
+  host?: string;
+  /** Pause between SSE events when the request does not say (`x-demo-chunk-delay-ms`); default 0. */
+  chunkDelayMs?: number;
+}
+
+export interface DemoUpstream {
+  /** Base URL, `http://127.0.0.1:PORT`. */
+  readonly url: string;
+  /** Requests received so far (the last {@link MAX_RECORDED}), oldest first. */
+  readonly requests: readonly DemoRequest[];
+  /** Stops listening and cuts open connections. */
+  close(): Promise<void>;
+}
+
+/** How many requests the demo upstream remembers. */
+export const MAX_RECORDED = 500;
+
+/** The models the demo upstream serves. */
+export const DEMO_MODELS = ["demo-small", "demo-embed"] as const;
+
+const CREATED = 1_700_000_000;
+
+function sleep(ms: number, res: ServerResponse): Promise<void> {
+  if (ms <= 0) return Promise.resolve();
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms);
+    res.once("close", done);
+    function done() {
+      clearTimeout(timer);
+      res.off("close", done);
+      resolve();
+    }
+  });
+}
+
+function numberHeader(req: IncomingMessage, name: string): number | undefined {
+  const value = req.headers[name];
+  if (typeof value !== "string") return undefined;
+  const n = Number(value);
+  return Number.isFinite(n) && n >= 0 ? n : undefined;
+}
+
+function sendJson(res: ServerResponse, status: number, body: unknown): void {
+  if (res.destroyed) return;
+  const text = JSON.stringify(body);
+  res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(text) });
+  res.end(text);
+}
+
+function sendError(res: ServerResponse, status: number, message: string, code: string, type = "invalid_request_error"): void {
+  sendJson(res, status, { error: { message, type, param: null, code } });
+}
+
+function words(text: string): string[] {
+  return text.split(/\s+/).filter(Boolean);
+}
+
+/** Text content of a chat message (string, or the text parts of a content array). */
+function messageText(content: unknown): string {
+  if (typeof content === "string") return content;
+  if (Array.isArray(content)) {
+    return content
+      .map((part) => (part && typeof part === "object" && typeof (part as { text?: unknown }).text === "string" ? (part as { text: string }).text : ""))
+      .join(" ");
+  }
+  return "";
+}
+
+/** A deterministic unit vector for `text`: the same input always embeds the same. */
+export function demoEmbedding(text: string, dimensions = 8): number[] {
+  const vector: number[] = [];
+  let block = createHash("sha256").update(text).digest();
+  while (vector.length < dimensions) {
+    for (let i = 0; i + 1 < block.length && vector.length < dimensions; i += 2) {
+      vector.push(block.readUInt16BE(i) / 65535 - 0.5);
+    }
+    block = createHash("sha256").update(block).digest();
+  }
+  const norm = Math.hypot(...vector) || 1;
+  return vector.map((v) => v / norm);
+}
+
+function asFloat32Base64(vector: number[]): string {
+  return Buffer.from(new Float32Array(vector).buffer).toString("base64");
+}
+
+function parseJsonBody(text: string): Record<string, unknown> | undefined {
+  try {
+    const value: unknown = JSON.parse(text);
+    return value && typeof value === "object" && !Array.isArray(value) ? (value as Record<string, unknown>) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Starts the demo upstream; see the module comment for what it serves. */
+export async function startDemoUpstream(options: DemoUpstreamOptions = {}): Promise<DemoUpstream> {
+  const { port = 0, host = "127.0.0.1", chunkDelayMs = 0 } = options;
+  const requests: DemoRequest[] = [];
+  let nextId = 1;
+  let sequence = 0;
+
+  const server = createServer((req, res) => {
+    const url = new URL(req.url ?? "/", "http://demo.invalid");
+    const q = (req.url ?? "").indexOf("?");
+    const record: DemoRequest = {
+      id: nextId++,
+      method: req.method ?? "GET",
+      path: url.pathname,
+      query: q === -1 ? "" : (req.url ?? "").slice(q + 1),
+      headers: { ...req.headers },
+      body: "",
+      aborted: false,
+      completed: false,
+    };
+    requests.push(record);
+    if (requests.length > MAX_RECORDED) requests.shift();
+    res.once("close", () => {
+      if (res.writableFinished) record.completed = true;
+      else record.aborted = true;
+    });
+
+    const chunks: Buffer[] = [];
+    req.on("data", (chunk: Buffer) => chunks.push(chunk));
+    req.on("error", () => res.destroy());
+    req.on("end", () => {
+      record.body = Buffer.concat(chunks).toString("utf8");
+      handle(req, res, record).catch(() => res.destroy());
+    });
+  });
+
+  async function handle(req: IncomingMessage, res: ServerResponse, record: DemoRequest): Promise<void> {
+    await sleep(numberHeader(req, "x-demo-delay-ms") ?? 0, res);
+    if (res.destroyed) return;
+    const status = numberHeader(req, "x-demo-status");
+    if (status !== undefined && status >= 200 && status <= 599 && record.path !== "/_demo/requests") {
+      sendError(res, status, `demo upstream answered ${status} as asked`, "demo_status", "demo_error");
+      return;
+    }
+    const { method, path } = record;
+
+    if (path === "/echo" || path.startsWith("/echo/")) {
+      sendJson(res, 200, { method, path, query: record.query, headers: record.headers, body: record.body });
+      return;
+    }
+    if (method === "GET" && path === "/_demo/requests") {
+      sendJson(res, 200, { data: requests.filter((r) => r !== record) });
+      return;
+    }
+    if (method === "GET" && (path === "/health" || path === "/v1/health")) {
+      sendJson(res, 200, { status: "OK" });
+      return;
+    }
+    if (method === "GET" && path === "/v1/models") {
+      sendJson(res, 200, { object: "list", data: DEMO_MODELS.map(model) });
+      return;
+    }
+    if (method === "GET" && path.startsWith("/v1/models/")) {
+      const id = decodeURIComponent(path.slice("/v1/models/".length));
+      if ((DEMO_MODELS as readonly string[]).includes(id)) sendJson(res, 200, model(id));
+      else sendError(res, 404, `The model '${id}' does not exist`, "model_not_found");
+      return;
+    }
+    if (method === "POST" && path === "/v1/chat/completions") return chat(req, res, record);
+    if (method === "POST" && path === "/v1/completions") return completion(req, res, record);
+    if (method === "POST" && path === "/v1/embeddings") return embeddings(res, record);
+    sendError(res, 404, `Unknown route ${method} ${path}`, "unknown_route");
+  }
+
+  function model(id: string) {
+    return { id, object: "model", created: CREATED, owned_by: "tollgate-demo" };
+  }
+
+  function requestBody(res: ServerResponse, record: DemoRequest): Record<string, unknown> | undefined {
+    const body = parseJsonBody(record.body);
+    if (!body) sendError(res, 400, "We could not parse the JSON body of your request.", "invalid_json");
+    else if (typeof body.model !== "string" || body.model === "") {
+      sendError(res, 400, "you must provide a model parameter", "missing_model");
+      return undefined;
+    }
+    return body;
+  }
+
+  async function chat(req: IncomingMessage, res: ServerResponse, record: DemoRequest): Promise<void> {
+    const body = requestBody(res, record);
+    if (!body) return;
+    const messages = Array.isArray(body.messages) ? (body.messages as { role?: unknown; content?: unknown }[]) : [];
+    const lastUser = [...messages].reverse().find((m) => m && m.role === "user");
+    const reply = `You said: ${messageText(lastUser?.content) || "(nothing)"}`;
+    const promptTokens = messages.reduce((n, m) => n + words(messageText(m?.content)).length, 0);
+    const usage = usageOf(promptTokens, words(reply).length);
+    const id = `chatcmpl-demo-${++sequence}`;
+    const modelId = body.model as string;
+
+    if (body.stream !== true) {
+      sendJson(res, 200, {
+        id,
+        object: "chat.completion",
+        created: CREATED,
+        model: modelId,
+        choices: [{ index: 0, message: { role: "assistant", content: reply, refusal: null }, logprobs: null, finish_reason: "stop" }],
+        usage,
+      });
+      return;
+    }
+    const includeUsage = (body.stream_options as { include_usage?: unknown } | undefined)?.include_usage === true;
+    const base = { id, object: "chat.completion.chunk", created: CREATED, model: modelId, system_fingerprint: null };
+    const chunk = (delta: Record<string, unknown>, finish: string | null) => ({
+      ...base,
+      choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }],
+      ...(includeUsage ? { usage: null } : {}),
+    });
+    const events: unknown[] = [chunk({ role: "assistant", content: "", refusal: null }, null)];
+    words(reply).forEach((word, i) => events.push(chunk({ content: i === 0 ? word : ` ${word}` }, null)));
+    events.push(chunk({}, "stop"));
+    if (includeUsage) events.push({ ...base, choices: [], usage });
+    await streamEvents(req, res, events);
+  }
+
+  async function completion(req: IncomingMessage, res: ServerResponse, record: DemoRequest): Promise<void> {
+    const body = requestBody(res, record);
+    if (!body) return;
+    const prompt = Array.isArray(body.prompt) ? body.prompt.map(String).join(" ") : typeof body.prompt === "string" ? body.prompt : "";
+    const text = `You said: ${prompt || "(nothing)"}`;
+    const id = `cmpl-demo-${++sequence}`;
+    const base = { id, object: "text_completion", created: CREATED, model: body.model as string };
+    const usage = usageOf(words(prompt).length, words(text).length);
+    if (body.stream !== true) {
+      sendJson(res, 200, { ...base, choices: [{ index: 0, text, logprobs: null, finish_reason: "stop" }], usage });
+      return;
+    }
+    const events: unknown[] = words(text).map((word, i) => ({
+      ...base,
+      choices: [{ index: 0, text: i === 0 ? word : ` ${word}`, logprobs: null, finish_reason: null }],
+    }));
+    events.push({ ...base, choices: [{ index: 0, text: "", logprobs: null, finish_reason: "stop" }] });
+    if ((body.stream_options as { include_usage?: unknown } | undefined)?.include_usage === true) {
+      events.push({ ...base, choices: [], usage });
+    }
+    await streamEvents(req, res, events);
+  }
+
+  function embeddings(res: ServerResponse, record: DemoRequest): void {
+    const body = requestBody(res, record);
+    if (!body) return;
+    const inputs = Array.isArray(body.input) ? body.input.map((v) => (typeof v === "string" ? v : JSON.stringify(v))) : [String(body.input ?? "")];
+    const dimensions = typeof body.dimensions === "number" && body.dimensions > 0 && body.dimensions <= 4096 ? body.dimensions : 8;
+    const base64 = body.encoding_format === "base64";
+    sendJson(res, 200, {
+      object: "list",
+      data: inputs.map((input, index) => {
+        const vector = demoEmbedding(input, dimensions);
+        return { object: "embedding", index, embedding: base64 ? asFloat32Base64(vector) : vector };
+      }),
+      model: body.model,
+      usage: { prompt_tokens: inputs.reduce((n, s) => n + words(s).length, 0), total_tokens: inputs.reduce((n, s) => n + words(s).length, 0) },
+    });
+  }
+
+  function usageOf(prompt: number, completionTokens: number) {
+    return { prompt_tokens: prompt, completion_tokens: completionTokens, total_tokens: prompt + completionTokens };
+  }
+
+  /** Server-sent events in OpenAI's wire format: `data: <json>\n\n` each, then `data: [DONE]`. */
+  async function streamEvents(req: IncomingMessage, res: ServerResponse, events: unknown[]): Promise<void> {
+    const delay = numberHeader(req, "x-demo-chunk-delay-ms") ?? chunkDelayMs;
+    const resetAfter = numberHeader(req, "x-demo-reset-after-chunks");
+    res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" });
+    res.flushHeaders();
+    for (let i = 0; i < events.length; i++) {
+      if (res.destroyed) return;
+      if (resetAfter !== undefined && i >= resetAfter) {
+        res.socket?.destroy();
+        return;
+      }
+      if (i > 0) await sleep(delay, res);
+      if (res.destroyed) return;
+      res.write(`data: ${JSON.stringify(events[i])}\n\n`);
+    }
+    if (delay > 0) await sleep(delay, res);
+    if (!res.destroyed) res.end("data: [DONE]\n\n");
+  }
+
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, host, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+  const address = server.address() as AddressInfo;
+  const urlHost = address.family === "IPv6" ? `[${address.address}]` : address.address;
+
+  return {
+    url: `http://${urlHost}:${address.port}`,
+    requests,
+    close() {
+      return new Promise((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      });
+    },
+  };
+}
+
+/**
+ * `node dist/demo/upstream.js [--port N] [--host H] [--chunk-delay-ms N]`:
+ * prints the base URL alone on the first line of stdout once it listens;
+ * exits 0 on SIGTERM / SIGINT.
+ */
+export async function main(argv: readonly string[] = process.argv.slice(2)): Promise<void> {
+  const { values } = parseArgs({
+    args: [...argv],
+    options: {
+      port: { type: "string", default: "0" },
+      host: { type: "string", default: "127.0.0.1" },
+      "chunk-delay-ms": { type: "string", default: "0" },
+    },
+  });
+  const upstream = await startDemoUpstream({
+    port: Number(values.port),
+    host: values.host,
+    chunkDelayMs: Number(values["chunk-delay-ms"]),
+  });
+  process.stdout.write(`${upstream.url}\n`);
+  const stop = () => {
+    void upstream.close().then(() => process.exit(0));
+  };
+  process.once("SIGTERM", stop);
+  process.once("SIGINT", stop);
+}
+
+function isMain(): boolean {
+  const entry = process.argv[1];
+  if (!entry) return false;
+  try {
+    return realpathSync(entry) === realpathSync(fileURLToPath(import.meta.url));
+  } catch {
+    return false;
+  }
+}
+
+if (isMain()) {
+  main().catch((err: unknown) => {
+    process.stderr.write(`demo upstream: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exit(1);
+  });
+}
