@@ -89,6 +89,27 @@ export class BadRequestError extends TollgateError {
   }
 }
 
+/** 405: a method the gateway does not serve (TRACE, CONNECT, ...). */
+export class MethodNotAllowedError extends TollgateError {
+  constructor(method: string) {
+    super(405, "invalid_request_error", "method_not_allowed", `Method ${method} is not allowed`);
+  }
+}
+
+/** 408: the client took too long to send its request. */
+export class RequestTimeoutError extends TollgateError {
+  constructor() {
+    super(408, "invalid_request_error", "request_timeout", "Request timed out");
+  }
+}
+
+/** 415: a Content-Type header that cannot be parsed. */
+export class UnsupportedMediaTypeError extends TollgateError {
+  constructor() {
+    super(415, "invalid_request_error", "unsupported_media_type", "Invalid Content-Type header");
+  }
+}
+
 /** 413: the request body exceeds `server.max_body_bytes`. */
 export class PayloadTooLargeError extends TollgateError {
   constructor(limit: number) {

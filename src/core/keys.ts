@@ -173,3 +173,22 @@ function checkAttributes(attributes: Record<string, string[]>): Record<string, s
   }
   return Object.fromEntries(entries.map(([name, values]) => [name, [...values]]));
 }
+
+/**
+ * An API key row as either store reads it back (column names as in the
+ * `tollgate_api_keys` table). Millisecond columns may arrive as strings
+ * (PostgreSQL's BIGINT: pg does not risk precision); they fit a double exactly.
+ */
+export function apiKeyFromRow(row: Readonly<Record<string, unknown>>): ApiKeyRecord {
+  const optionalNumber = (value: unknown) => (value === null || value === undefined ? undefined : Number(value));
+  return {
+    id: String(row.id),
+    hash: String(row.hash),
+    prefix: String(row.prefix),
+    principal: String(row.principal),
+    attributes: decodeAttributes(String(row.attributes)),
+    createdAt: Number(row.created_at),
+    expiresAt: optionalNumber(row.expires_at),
+    revokedAt: optionalNumber(row.revoked_at),
+  };
+}

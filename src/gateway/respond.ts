@@ -3,7 +3,9 @@ import type { Socket } from "node:net";
 import {
   BadRequestError,
   HeadersTooLargeError,
+  RequestTimeoutError,
   TollgateError,
+  UnsupportedMediaTypeError,
   toErrorResponse,
   type ErrorResponse,
 } from "../core/errors.js";
@@ -31,11 +33,11 @@ export function gatewayError(err: unknown, rawUrl?: string): unknown {
       }
       return new BadRequestError("Invalid request path", "invalid_path");
     case "FST_ERR_CTP_INVALID_MEDIA_TYPE":
-      return new TollgateError(415, "invalid_request_error", "unsupported_media_type", "Invalid Content-Type header");
+      return new UnsupportedMediaTypeError();
     case "HPE_HEADER_OVERFLOW":
       return new HeadersTooLargeError();
     case "ERR_HTTP_REQUEST_TIMEOUT":
-      return new TollgateError(408, "invalid_request_error", "request_timeout", "Request timed out");
+      return new RequestTimeoutError();
   }
   // undici failing on the upstream's response body before anything was sent on.
   if (typeof code === "string" && code.startsWith("UND_ERR_")) return upstreamFailure(err);

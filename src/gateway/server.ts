@@ -4,9 +4,10 @@ import type { AddressInfo, Socket } from "node:net";
 import { performance } from "node:perf_hooks";
 import fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import type { Config } from "../core/config/schema.js";
-import { ConfigError, NotFoundError, ShuttingDownError, TollgateError, UpstreamError, UpstreamTimeoutError } from "../core/errors.js";
+import { ConfigError, MethodNotAllowedError, NotFoundError, ShuttingDownError, TollgateError, UpstreamError, UpstreamTimeoutError } from "../core/errors.js";
 import type { Logger } from "../core/log.js";
-import { authorizationHeaders, createPipeline, type Pipeline, type RequestContext } from "../core/pipeline.js";
+import { toPipelineRequest } from "../adapters/node.js";
+import { createPipeline, type Pipeline, type RequestContext } from "../core/pipeline.js";
 import { createProvider } from "../core/providers/index.js";
 import type { AuthProvider } from "../core/providers/types.js";
 import type { RecordStore } from "../core/stores/types.js";
@@ -215,7 +216,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     const method = request.raw.method ?? "";
     const err = FORWARDED_METHODS.includes(method)
       ? new NotFoundError()
-      : new TollgateError(405, "invalid_request_error", "method_not_allowed", `Method ${method} is not allowed`);
+      : new MethodNotAllowedError(method);
     sendError(request, reply, err);
   });
 
@@ -224,14 +225,9 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     if (closing) throw new ShuttingDownError();
     const raw = request.raw;
     checkDeclaredLength(raw.headers, maxBodyBytes);
-    state.context = await pipeline.authorize({
-      method: raw.method ?? "GET",
-      url: raw.url ?? "",
-      // Every Authorization header, not just Node's first, so that two are refused.
-      headers: { ...raw.headers, authorization: authorizationHeaders(raw.rawHeaders) },
-      remoteAddress: raw.socket.remoteAddress,
-      signal: state.abort.signal,
-    });
+    // Every copy of a repeated header (two Authorization headers, two identity
+    // headers) reaches the pipeline, so that it refuses rather than guesses.
+    state.context = await pipeline.authorize(toPipelineRequest(raw, state.abort.signal));
   });
 
   app.route({

@@ -1,10 +1,11 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { DEFAULT_PUBLIC_PATHS } from "../../src/core/config/schema.js";
-import { AuthError, BadRequestError, IdentityUnavailableError, TollgateError, toErrorResponse } from "../../src/core/errors.js";
+import { AuthError, BadRequestError, IdentityUnavailableError, toErrorResponse } from "../../src/core/errors.js";
 import { authorizationHeaders, createPipeline, type PipelineRequest } from "../../src/core/pipeline.js";
 import type { AuthProvider, AuthRequest } from "../../src/core/providers/types.js";
 import { makeUser } from "../../src/core/user.js";
+import { refusal } from "../support/refusal.js";
 
 const TOKEN = "tok-0123456789";
 
@@ -32,16 +33,6 @@ function tokenProvider(behaviour: (req: AuthRequest) => Promise<ReturnType<typeo
 
 function request(url: string, headers: PipelineRequest["headers"] = {}): PipelineRequest {
   return { method: "GET", url, headers, remoteAddress: "127.0.0.1" };
-}
-
-async function refusal(promise: Promise<unknown>): Promise<TollgateError> {
-  try {
-    await promise;
-  } catch (err) {
-    assert.ok(err instanceof TollgateError, `expected a TollgateError, got ${String(err)}`);
-    return err;
-  }
-  assert.fail("expected the pipeline to refuse");
 }
 
 describe("pipeline: public paths", () => {

@@ -1,10 +1,10 @@
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
-import net from "node:net";
 import { after, before, describe, test } from "node:test";
 import { startCustomAuth, type CustomAuthServer } from "../support/custom-auth.js";
 import { linesContaining, rawRequest, startGateway, type GatewayProcess, type RawResponse } from "../support/gateway.js";
 import { startUpstreamProcess, type UpstreamProcess } from "../support/upstream.js";
+import { closedPort } from "../support/refusal.js";
 
 // Every way a request can fail, end to end: the exact status, envelope and
 // headers the client sees, and that the gateway keeps serving afterwards.
@@ -14,15 +14,6 @@ const MAX_BODY = 1024;
 
 interface Envelope {
   error: { message: string; type: string; code: string; param: null };
-}
-
-/** A port nothing listens on (bound, then released). */
-async function closedPort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
 }
 
 async function assertEnvelope(

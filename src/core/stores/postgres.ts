@@ -1,5 +1,5 @@
 import pg from "pg";
-import { decodeAttributes, DuplicateApiKeyError } from "../keys.js";
+import { apiKeyFromRow, DuplicateApiKeyError } from "../keys.js";
 import type { ApiKeyRecord, RecordStore } from "./types.js";
 
 /**
@@ -98,10 +98,10 @@ export async function openPostgresRecordStore(url: string): Promise<RecordStore>
     },
     async findApiKeyByHash(hash) {
       const [row] = await query(`SELECT ${COLUMNS} FROM tollgate_api_keys WHERE hash = $1`, [hash]);
-      return row ? fromRow(row) : undefined;
+      return row ? apiKeyFromRow(row) : undefined;
     },
     async listApiKeys() {
-      return (await query(`SELECT ${COLUMNS} FROM tollgate_api_keys ORDER BY created_at, id`)).map(fromRow);
+      return (await query(`SELECT ${COLUMNS} FROM tollgate_api_keys ORDER BY created_at, id`)).map(apiKeyFromRow);
     },
     async revokeApiKey(idOrHash, at) {
       // COALESCE keeps the first revocation time when a key is revoked twice.
@@ -109,7 +109,7 @@ export async function openPostgresRecordStore(url: string): Promise<RecordStore>
         `UPDATE tollgate_api_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2 OR hash = $2 RETURNING ${COLUMNS}`,
         [at, idOrHash],
       );
-      return row ? fromRow(row) : undefined;
+      return row ? apiKeyFromRow(row) : undefined;
     },
     async countActiveApiKeys(now) {
       const [row] = await query(
@@ -142,22 +142,4 @@ async function createSchema(pool: pg.Pool): Promise<void> {
     // A connection that failed mid-transaction is discarded, not reused.
     client.release(failure);
   }
-}
-
-/** BIGINT columns arrive as strings (pg does not risk precision); milliseconds fit a double exactly. */
-function optionalNumber(value: unknown): number | undefined {
-  return value === null || value === undefined ? undefined : Number(value);
-}
-
-function fromRow(row: Record<string, unknown>): ApiKeyRecord {
-  return {
-    id: String(row.id),
-    hash: String(row.hash),
-    prefix: String(row.prefix),
-    principal: String(row.principal),
-    attributes: decodeAttributes(String(row.attributes)),
-    createdAt: Number(row.created_at),
-    expiresAt: optionalNumber(row.expires_at),
-    revokedAt: optionalNumber(row.revoked_at),
-  };
 }

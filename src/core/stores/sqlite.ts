@@ -1,6 +1,6 @@
 import { mkdirSync } from "node:fs";
 import { dirname, resolve } from "node:path";
-import { decodeAttributes, DuplicateApiKeyError } from "../keys.js";
+import { apiKeyFromRow, DuplicateApiKeyError } from "../keys.js";
 import { openSqliteDatabase, type SqliteDriverName, type SqliteRow, type SqliteValue } from "./sqlite-driver.js";
 import type { ApiKeyRecord, RecordStore } from "./types.js";
 
@@ -101,16 +101,16 @@ export async function openSqliteRecordStore(dbPath: string, options: SqliteRecor
     async findApiKeyByHash(hash) {
       open();
       const row = byHash.get(hash);
-      return row ? fromRow(row) : undefined;
+      return row ? apiKeyFromRow(row) : undefined;
     },
     async listApiKeys() {
       open();
-      return all.all().map(fromRow);
+      return all.all().map(apiKeyFromRow);
     },
     async revokeApiKey(idOrHash, at) {
       open();
       const row = revoke.get(at, idOrHash, idOrHash);
-      return row ? fromRow(row) : undefined;
+      return row ? apiKeyFromRow(row) : undefined;
     },
     async countActiveApiKeys(now) {
       open();
@@ -142,21 +142,4 @@ function toParams(record: ApiKeyRecord): SqliteValue[] {
     record.expiresAt ?? null,
     record.revokedAt ?? null,
   ];
-}
-
-function optionalNumber(value: unknown): number | undefined {
-  return value === null || value === undefined ? undefined : Number(value);
-}
-
-function fromRow(row: SqliteRow): ApiKeyRecord {
-  return {
-    id: String(row.id),
-    hash: String(row.hash),
-    prefix: String(row.prefix),
-    principal: String(row.principal),
-    attributes: decodeAttributes(String(row.attributes)),
-    createdAt: Number(row.created_at),
-    expiresAt: optionalNumber(row.expires_at),
-    revokedAt: optionalNumber(row.revoked_at),
-  };
 }

@@ -1,15 +1,15 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { AuthError, IdentityUnavailableError, TollgateError } from "../../../src/core/errors.js";
+import { AuthError, IdentityUnavailableError } from "../../../src/core/errors.js";
 import { createCustomProvider, MAX_AUTH_RESPONSE_BYTES, parsePythonQuery, type CustomProviderConfig } from "../../../src/core/providers/custom.js";
 import type { AuthProvider, AuthRequest } from "../../../src/core/providers/types.js";
 import { startCustomAuth, type CustomAuthServer } from "../../support/custom-auth.js";
 import { captureLog } from "../../support/log.js";
+import { closedPort, refusal } from "../../support/refusal.js";
 
 const TOKEN = "sk-test-0123456789abcdef";
 const OTHER_TOKEN = "sk-unknown-9876543210";
@@ -23,25 +23,6 @@ function authRequest(overrides: Partial<AuthRequest> = {}): AuthRequest {
     remoteAddress: "127.0.0.1",
     ...overrides,
   };
-}
-
-async function refusal(promise: Promise<unknown>): Promise<TollgateError> {
-  try {
-    await promise;
-  } catch (err) {
-    assert.ok(err instanceof TollgateError, `expected a TollgateError, got ${String(err)}`);
-    return err;
-  }
-  assert.fail("expected the provider to refuse");
-}
-
-/** A port on 127.0.0.1 that nothing listens on. */
-async function closedPort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
 }
 
 describe("custom provider", () => {

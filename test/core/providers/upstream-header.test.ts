@@ -1,12 +1,12 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { TollgateError } from "../../../src/core/errors.js";
 import type { AuthRequest } from "../../../src/core/providers/types.js";
 import {
   createUpstreamHeaderProvider,
   MAX_PRINCIPAL_LENGTH,
   type UpstreamHeaderProviderConfig,
 } from "../../../src/core/providers/upstream-header.js";
+import { refusal } from "../../support/refusal.js";
 
 function provider(overrides: Partial<UpstreamHeaderProviderConfig> = {}) {
   return createUpstreamHeaderProvider({
@@ -19,16 +19,6 @@ function provider(overrides: Partial<UpstreamHeaderProviderConfig> = {}) {
 
 function request(headers: AuthRequest["headers"], remoteAddress = "10.1.2.3"): AuthRequest {
   return { token: undefined, path: "/v1/models", query: "", headers, remoteAddress };
-}
-
-async function refusal(promise: Promise<unknown>): Promise<TollgateError> {
-  try {
-    await promise;
-  } catch (err) {
-    assert.ok(err instanceof TollgateError, `expected a TollgateError, got ${String(err)}`);
-    return err;
-  }
-  assert.fail("expected the provider to refuse");
 }
 
 describe("upstream_header provider", () => {
