@@ -12,11 +12,11 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { after, describe, test } from "node:test";
-import pg from "pg";
 import { createApiKey, hashApiKey } from "../../src/core/keys.js";
 import { openRecordStore } from "../../src/core/stores/index.js";
 import type { StorageConfig } from "../../src/core/config/schema.js";
 import { requireService } from "../support/services.js";
+import { scopedPostgres } from "../support/postgres.js";
 
 const repoRoot = resolve(import.meta.dirname, "../..");
 const mainTs = join(repoRoot, "src/cli/main.ts");
@@ -266,15 +266,10 @@ test("every keys command answers --help with its usage and exit 0", async () => 
 test("create, list and revoke work the same against a PostgreSQL store", async (t) => {
   const url = await requireService(t, "postgres");
   if (!url) return;
-  const schema = `tollgate_test_cli_${process.pid}_${Date.now()}`;
-  const admin = new pg.Client({ connectionString: url });
-  await admin.connect();
-  await admin.query(`CREATE SCHEMA "${schema}"`);
+  const { url: scoped, schema, admin, drop } = await scopedPostgres(url, "cli");
   try {
-    const scoped = new URL(url);
-    scoped.searchParams.set("options", `-c search_path=${schema}`);
     const file = join(tempRoot, `pg-${++counter}.yaml`);
-    writeFileSync(file, `storage:\n  type: postgres\n  url: ${JSON.stringify(scoped.toString())}\n`);
+    writeFileSync(file, `storage:\n  type: postgres\n  url: ${JSON.stringify(scoped)}\n`);
 
     const created = await tollgate(["keys", "create", "-c", file, "-p", "pg-alice", "-a", "roles=admin"]);
     assert.equal(created.code, 0, created.stderr);
@@ -288,7 +283,6 @@ test("create, list and revoke work the same against a PostgreSQL store", async (
     assert.equal(rows[0].principal, "pg-alice");
     assert.notEqual(rows[0].revoked_at, null);
   } finally {
-    await admin.query(`DROP SCHEMA "${schema}" CASCADE`);
-    await admin.end();
+    await drop();
   }
 });

@@ -8,13 +8,13 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, test, type TestContext } from "node:test";
-import pg from "pg";
 import { DuplicateApiKeyError } from "../../../src/core/keys.js";
 import { openPostgresRecordStore } from "../../../src/core/stores/postgres.js";
 import { openSqliteDatabase, type SqliteDriverName } from "../../../src/core/stores/sqlite-driver.js";
 import { openSqliteRecordStore } from "../../../src/core/stores/sqlite.js";
 import type { ApiKeyRecord, RecordStore } from "../../../src/core/stores/types.js";
 import { requireService } from "../../support/services.js";
+import { scopedPostgres } from "../../support/postgres.js";
 
 /** A place both stores of a case share: a SQLite file or a PostgreSQL schema. */
 interface Backend {
@@ -49,19 +49,8 @@ const postgresBackend: Backend = {
   async prepare(t) {
     const url = await requireService(t, "postgres");
     if (!url) return undefined;
-    const schema = `tollgate_test_${process.pid}_${++counter}_${Date.now()}`;
-    const admin = new pg.Client({ connectionString: url });
-    await admin.connect();
-    await admin.query(`CREATE SCHEMA "${schema}"`);
-    const scoped = new URL(url);
-    scoped.searchParams.set("options", `-c search_path=${schema}`);
-    return {
-      open: () => openPostgresRecordStore(scoped.toString()),
-      async cleanup() {
-        await admin.query(`DROP SCHEMA "${schema}" CASCADE`);
-        await admin.end();
-      },
-    };
+    const scoped = await scopedPostgres(url, "store");
+    return { open: () => openPostgresRecordStore(scoped.url), cleanup: scoped.drop };
   },
 };
 
