@@ -106,8 +106,14 @@ try {
   const gateway = `http://127.0.0.1:${gatewayPort}`;
   await waitFor(`${gateway}/health`);
 
+  const bareProxyPort = await freePort();
+  children.push(startProcess([join(root, "bench/bare-proxy.mjs"), "--port", String(bareProxyPort), "--upstream", upstream]));
+  const bareProxy = `http://127.0.0.1:${bareProxyPort}`;
+  await waitFor(`${bareProxy}/v1/models`);
+
   const scenarios = [
     { name: "direct to the upstream", url: `${upstream}/v1/models`, headers: {} },
+    { name: "bare Node proxy (undici, no auth)", url: `${bareProxy}/v1/models`, headers: {} },
     { name: "tollgate, api_key auth", url: `${gateway}/v1/models`, headers: { authorization: `Bearer ${key}` } },
   ];
   for (const s of scenarios) {
@@ -129,13 +135,17 @@ try {
     p50_ms: median(s.runs.map((r) => r.p50)),
     p99_ms: median(s.runs.map((r) => r.p99)),
   }));
-  for (const r of rows) r.ratio = Number((r.rps / base).toFixed(2));
+  const bare = rows[1].rps;
+  for (const r of rows) {
+    r.ratio_direct = Number((r.rps / base).toFixed(2));
+    r.ratio_bare_proxy = Number((r.rps / bare).toFixed(2));
+  }
   const md = [
     `Node ${process.version}, ${CONNECTIONS} connections, ${DURATION}s per run, median of ${ROUNDS} rounds, GET /v1/models (small JSON).`,
     "",
-    "| scenario | req/s | p50 ms | p99 ms | ratio to direct |",
-    "| --- | ---: | ---: | ---: | ---: |",
-    ...rows.map((r) => `| ${r.scenario} | ${r.rps} | ${r.p50_ms} | ${r.p99_ms} | ${r.ratio.toFixed(2)} |`),
+    "| scenario | req/s | p50 ms | p99 ms | ratio to direct | ratio to bare proxy |",
+    "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ...rows.map((r) => `| ${r.scenario} | ${r.rps} | ${r.p50_ms} | ${r.p99_ms} | ${r.ratio_direct.toFixed(2)} | ${r.ratio_bare_proxy.toFixed(2)} |`),
     "",
   ].join("\n");
   console.log(md);
