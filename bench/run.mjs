@@ -10,8 +10,10 @@
 //
 // Knobs: BENCH_DURATION (seconds per run, default 5), BENCH_ROUNDS (default 3),
 // BENCH_CONNECTIONS (default 50), BENCH_WARMUP (seconds, default 2).
+// Micro-benchmarks live in bench/micro/*.mjs (helpers start with `_`): each runs in its own process,
+// prints a Markdown section, and keeps to a second or two when BENCH_QUICK=1.
 import { spawn, execFileSync } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from "node:fs";
+import { mkdtempSync, readdirSync, rmSync, writeFileSync, mkdirSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
@@ -148,9 +150,20 @@ try {
     ...rows.map((r) => `| ${r.scenario} | ${r.rps} | ${r.p50_ms} | ${r.p99_ms} | ${r.ratio_direct.toFixed(2)} | ${r.ratio_bare_proxy.toFixed(2)} |`),
     "",
   ].join("\n");
-  console.log(md);
+  // Micro-benchmarks: every bench/micro/*.mjs runs in its own process and
+  // prints a Markdown section (a heading and a table) on stdout.
+  const micro = [];
+  for (const file of readdirSync(join(root, "bench/micro")).filter((f) => f.endsWith(".mjs") && !f.startsWith("_")).sort()) {
+    const out = execFileSync(process.execPath, [join(root, "bench/micro", file)], {
+      stdio: ["ignore", "pipe", "inherit"],
+      env: { ...process.env, BENCH_QUICK: DURATION <= 1 ? "1" : "" },
+    });
+    micro.push(out.toString().trim());
+  }
+  const report = [md, ...micro].join("\n\n") + "\n";
+  console.log(report);
   mkdirSync(join(root, "bench/results"), { recursive: true });
-  writeFileSync(join(root, "bench/results/latest.md"), md);
+  writeFileSync(join(root, "bench/results/latest.md"), report);
   writeFileSync(join(root, "bench/results/latest.json"), JSON.stringify({ node: process.version, connections: CONNECTIONS, duration: DURATION, rounds: ROUNDS, rows }, null, 2));
 } finally {
   stopping = true;
