@@ -1,9 +1,8 @@
-import { readFileSync } from "node:fs";
-import { Agent, request } from "undici";
 import type { ProviderConfig } from "../config/schema.js";
 import { AuthError, IdentityUnavailableError } from "../errors.js";
 import type { Logger } from "../log.js";
 import { makeUser, type User } from "../user.js";
+import { createHttpClient, isPlainObject, OutboundError, serviceUrl, type HttpResponse } from "./http.js";
 import type { AuthProvider, AuthRequest } from "./types.js";
 
 /** `server.auth.provider_config` of type `custom`, defaults filled in. */
@@ -22,10 +21,6 @@ export interface CustomProviderDeps {
  */
 export const MAX_AUTH_RESPONSE_BYTES = 1024 * 1024;
 
-// Non-200 bodies are only drained so the connection can be reused; their
-// content is never used, so a small limit is enough.
-const MAX_DRAINED_BYTES = 64 * 1024;
-
 const INVALID_FORMAT = "Invalid authentication response format";
 
 /** The body POSTed to the endpoint: Llama Stack's `AuthRequest`, field for field. */
@@ -37,8 +32,6 @@ interface CustomAuthRequestBody {
     params: Record<string, string[]>;
   };
 }
-
-class ResponseTooLargeError extends Error {}
 
 /**
  * Validates bearer tokens against an HTTP endpoint of the operator's own, as
@@ -71,7 +64,7 @@ export function createCustomProvider(config: CustomProviderConfig, deps: CustomP
   const log = deps.log.child({ component: "auth.custom" });
   const now = deps.now ?? Date.now;
 
-  const url = parseEndpoint(endpoint);
+  const url = serviceUrl(endpoint, "custom auth provider", "endpoint");
   // Credentials in the endpoint URL (`https://user:pass@auth/validate`) are
   // sent as HTTP Basic, as the reference's HTTP client does; undici would
   // silently drop them.
@@ -87,17 +80,13 @@ export function createCustomProvider(config: CustomProviderConfig, deps: CustomP
     ? `Authentication required. Please provide your API key as a Bearer token (validated by ${host})`
     : "Authentication required. Please provide your API key as a Bearer token in the Authorization header";
 
-  const ca = config.tls_cafile === undefined ? undefined : readCaFile(config.tls_cafile);
-  const verify = config.verify_tls || ca !== undefined;
-  if (!verify) log.warn({ host }, "TLS certificate verification is off for the custom auth endpoint (verify_tls: false)");
-
-  // One connection pool per provider, closed with it: no hidden global agent.
-  const agent = new Agent({
-    connect: { rejectUnauthorized: verify, ...(ca !== undefined ? { ca } : {}) },
-    connectTimeout: timeoutMs,
-    headersTimeout: timeoutMs,
-    bodyTimeout: timeoutMs,
+  const http = createHttpClient({
+    timeoutMs,
+    verifyTls: config.verify_tls,
+    tlsCafile: config.tls_cafile,
+    owner: "custom auth provider",
   });
+  if (!http.verifiesTls) log.warn({ host }, "TLS certificate verification is off for the custom auth endpoint (verify_tls: false)");
 
   async function authenticate(req: AuthRequest): Promise<User> {
     if (req.token === undefined) throw new AuthError("missing_credential", authRequiredMessage);
@@ -106,79 +95,53 @@ export function createCustomProvider(config: CustomProviderConfig, deps: CustomP
       request: { path: req.path, headers: forwardedHeaders(req.headers), params: parsePythonQuery(req.query) },
     };
 
-    // One deadline for the whole exchange (connect, headers and body), and the
-    // client's own signal: a caller that went away stops costing us a request.
-    const controller = new AbortController();
-    let timedOut = false;
-    const timer = setTimeout(() => {
-      timedOut = true;
-      controller.abort();
-    }, timeoutMs);
-    const onClientAbort = () => controller.abort();
-    if (req.signal?.aborted) controller.abort();
-    else req.signal?.addEventListener("abort", onClientAbort, { once: true });
-
     const started = now();
-    const unavailable = (err: unknown): IdentityUnavailableError => {
-      const timeout = timedOut || isUndiciTimeout(err);
-      if (req.signal?.aborted && !timedOut) {
-        log.debug({ host }, "client went away during authentication");
-        return new IdentityUnavailableError("Authentication cancelled: the client closed the connection");
-      }
-      log.warn({ host, ms: now() - started, err: describeError(err) }, timeout ? "custom auth endpoint timed out" : "custom auth endpoint unreachable");
-      return new IdentityUnavailableError(timeout ? "Authentication service timeout" : "Authentication service unavailable");
-    };
-
+    let res: HttpResponse;
     try {
-      let res: Awaited<ReturnType<typeof request>>;
-      try {
-        res = await request(url, {
-          method: "POST",
-          dispatcher: agent,
-          headers: {
-            "content-type": "application/json",
-            accept: "application/json",
-            ...(endpointAuthorization ? { authorization: endpointAuthorization } : {}),
-          },
-          body: JSON.stringify(body),
-          signal: controller.signal,
-        });
-      } catch (err) {
-        throw unavailable(err);
-      }
-
-      const status = res.statusCode;
-      if (status !== 200) {
-        await res.body.dump({ limit: MAX_DRAINED_BYTES }).catch(() => undefined);
-        if (status >= 500) {
-          log.warn({ host, status, ms: now() - started }, "custom auth endpoint failed");
-          throw new IdentityUnavailableError("Authentication service error");
-        }
-        log.debug({ host, status, ms: now() - started }, "custom auth endpoint refused the credential");
-        throw new AuthError("invalid_token", `Authentication failed: ${status}`);
-      }
-
-      let text: string;
-      try {
-        text = await readCapped(res.body, contentLength(res.headers["content-length"]), MAX_AUTH_RESPONSE_BYTES);
-      } catch (err) {
-        if (err instanceof ResponseTooLargeError) {
-          log.warn({ host, limit: MAX_AUTH_RESPONSE_BYTES }, "custom auth endpoint answered a body over the size limit");
-          throw new AuthError("invalid_token", INVALID_FORMAT);
-        }
-        throw unavailable(err);
-      }
-      const user = parseAuthResponse(text);
-      if (!user) {
-        log.warn({ host }, "custom auth endpoint answered 200 with an invalid body");
+      res = await http.request(url, {
+        method: "POST",
+        headers: {
+          "content-type": "application/json",
+          accept: "application/json",
+          ...(endpointAuthorization ? { authorization: endpointAuthorization } : {}),
+        },
+        body: JSON.stringify(body),
+        signal: req.signal,
+        maxBytes: MAX_AUTH_RESPONSE_BYTES,
+        // Non-200 bodies are never used: they are only drained.
+        readBody: (status) => status === 200,
+      });
+    } catch (err) {
+      if (!(err instanceof OutboundError)) throw err;
+      if (err.kind === "too_large") {
+        log.warn({ host, limit: MAX_AUTH_RESPONSE_BYTES }, "custom auth endpoint answered a body over the size limit");
         throw new AuthError("invalid_token", INVALID_FORMAT);
       }
-      log.debug({ host, principal: user.principal, ms: now() - started }, "authenticated");
-      return user;
-    } finally {
-      clearTimeout(timer);
-      req.signal?.removeEventListener("abort", onClientAbort);
+      if (err.kind === "cancelled") {
+        log.debug({ host }, "client went away during authentication");
+        throw new IdentityUnavailableError("Authentication cancelled: the client closed the connection");
+      }
+      const timeout = err.kind === "timeout";
+      log.warn({ host, ms: now() - started, err: err.detail }, timeout ? "custom auth endpoint timed out" : "custom auth endpoint unreachable");
+      throw new IdentityUnavailableError(timeout ? "Authentication service timeout" : "Authentication service unavailable");
     }
+
+    const status = res.status;
+    if (status !== 200) {
+      if (status >= 500) {
+        log.warn({ host, status, ms: now() - started }, "custom auth endpoint failed");
+        throw new IdentityUnavailableError("Authentication service error");
+      }
+      log.debug({ host, status, ms: now() - started }, "custom auth endpoint refused the credential");
+      throw new AuthError("invalid_token", `Authentication failed: ${status}`);
+    }
+    const user = parseAuthResponse(res.body);
+    if (!user) {
+      log.warn({ host }, "custom auth endpoint answered 200 with an invalid body");
+      throw new AuthError("invalid_token", INVALID_FORMAT);
+    }
+    log.debug({ host, principal: user.principal, ms: now() - started }, "authenticated");
+    return user;
   }
 
   return {
@@ -187,23 +150,11 @@ export function createCustomProvider(config: CustomProviderConfig, deps: CustomP
     authRequiredMessage,
     authenticate,
     async close() {
-      await agent.close();
+      await http.close();
     },
   };
 }
 
-function parseEndpoint(endpoint: string): URL {
-  let url: URL;
-  try {
-    url = new URL(endpoint);
-  } catch {
-    throw new Error("custom auth provider: endpoint is not a valid URL");
-  }
-  if (url.protocol !== "http:" && url.protocol !== "https:") {
-    throw new Error("custom auth provider: endpoint must be an http:// or https:// URL");
-  }
-  return url;
-}
 
 function percentDecoded(text: string): string {
   try {
@@ -213,13 +164,6 @@ function percentDecoded(text: string): string {
   }
 }
 
-function readCaFile(file: string): Buffer {
-  try {
-    return readFileSync(file);
-  } catch (err) {
-    throw new Error(`custom auth provider: cannot read tls_cafile ${file}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
-  }
-}
 
 /**
  * The request's headers as the endpoint receives them: lower-case names,
@@ -296,32 +240,8 @@ function unquotePlus(text: string): string {
   return utf8.decode(out.subarray(0, n));
 }
 
-function contentLength(value: string | string[] | undefined): number | undefined {
-  if (typeof value !== "string" || !/^\d+$/.test(value)) return undefined;
-  return Number(value);
-}
 
-async function readCapped(body: AsyncIterable<Buffer> & { destroy(): void }, declared: number | undefined, max: number): Promise<string> {
-  if (declared !== undefined && declared > max) {
-    body.destroy();
-    throw new ResponseTooLargeError();
-  }
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of body) {
-    size += chunk.length;
-    if (size > max) {
-      body.destroy();
-      throw new ResponseTooLargeError();
-    }
-    chunks.push(chunk);
-  }
-  return Buffer.concat(chunks, size).toString("utf8");
-}
 
-function isPlainObject(value: unknown): value is Record<string, unknown> {
-  return typeof value === "object" && value !== null && !Array.isArray(value);
-}
 
 /**
  * `{principal, attributes?, message?}` as Llama Stack's `AuthResponse`
@@ -356,18 +276,4 @@ export function isStringListRecord(value: unknown): value is Record<string, stri
   return true;
 }
 
-function isUndiciTimeout(err: unknown): boolean {
-  const code = (err as { code?: unknown } | null)?.code;
-  return code === "UND_ERR_CONNECT_TIMEOUT" || code === "UND_ERR_HEADERS_TIMEOUT" || code === "UND_ERR_BODY_TIMEOUT";
-}
 
-/** What is safe to log about a transport failure: its code and message, which carry no credential. */
-function describeError(err: unknown): { code?: string; message: string } {
-  if (err instanceof Error) {
-    const code = (err as NodeJS.ErrnoException).code;
-    const cause = (err as { cause?: unknown }).cause;
-    const causeCode = cause instanceof Error ? (cause as NodeJS.ErrnoException).code : undefined;
-    return { ...((code ?? causeCode) ? { code: code ?? causeCode } : {}), message: err.message };
-  }
-  return { message: String(err) };
-}

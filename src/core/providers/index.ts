@@ -3,6 +3,9 @@ import type { Logger } from "../log.js";
 import type { RecordStore } from "../stores/types.js";
 import { createApiKeyProvider } from "./api-key.js";
 import { createCustomProvider } from "./custom.js";
+import { createGitHubProvider } from "./github.js";
+import { createKubernetesProvider } from "./kubernetes.js";
+import { createOAuth2Provider } from "./oauth2.js";
 import type { AuthProvider } from "./types.js";
 import { createUpstreamHeaderProvider } from "./upstream-header.js";
 
@@ -24,5 +27,11 @@ export function createProvider(config: ProviderConfig, deps: ProviderDeps): Auth
     case "api_key":
       if (!deps.store) throw new Error("the api_key provider needs a record store");
       return createApiKeyProvider(config, { ...deps, store: deps.store });
+    case "oauth2_token":
+      return createOAuth2Provider(config, deps);
+    case "github_token":
+      return createGitHubProvider(config, deps);
+    case "kubernetes":
+      return createKubernetesProvider(config, deps);
   }
 }

@@ -1,0 +1,214 @@
+import assert from "node:assert/strict";
+import http from "node:http";
+import type { AddressInfo } from "node:net";
+import { after, before, describe, test } from "node:test";
+import { providerConfigSchema } from "../../../src/core/config/schema.js";
+import { createOAuth2Provider, type OAuth2Provider, type OAuth2ProviderConfig } from "../../../src/core/providers/oauth2.js";
+import { captureLog } from "../../support/log.js";
+import { CLIENT_ID, CLIENT_SECRET, OPAQUE_RESOURCE, POST_CLIENT_ID, POST_CLIENT_SECRET, startOidc, type OidcServer } from "../../support/oidc.js";
+
+type Outcome = { status: number; message: string } | { principal: string; attributes: Record<string, readonly string[]> };
+
+/** A stand-in introspection endpoint for answers a real provider never gives (500, not JSON, slow). */
+async function startScriptedEndpoint(answer: (body: string, req: http.IncomingMessage, res: http.ServerResponse) => void) {
+  const calls: { body: string; authorization: string | undefined }[] = [];
+  const server = http.createServer((req, res) => {
+    let body = "";
+    req.on("data", (c: Buffer) => (body += c.toString()));
+    req.on("end", () => {
+      calls.push({ body, authorization: req.headers.authorization });
+      answer(body, req, res);
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/introspect`,
+    calls,
+    async close() {
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+    },
+  };
+}
+
+describe("oauth2_token with introspection (RFC 7662)", () => {
+  let idp: OidcServer;
+  const captured = captureLog();
+  const providers: OAuth2Provider[] = [];
+  const tokensSeen: string[] = [];
+  let clockOffsetMs = 0;
+  const now = () => Date.now() + clockOffsetMs;
+
+  function provider(overrides: Record<string, unknown> = {}, introspection: Record<string, unknown> = {}): OAuth2Provider {
+    const config = providerConfigSchema.parse({
+      type: "oauth2_token",
+      cache_ttl_ms: 0,
+      ...overrides,
+      introspection: { url: idp.introspectionUrl, client_id: CLIENT_ID, client_secret: CLIENT_SECRET, ...introspection },
+    }) as OAuth2ProviderConfig;
+    const p = createOAuth2Provider(config, { log: captured.log, now });
+    providers.push(p);
+    return p;
+  }
+
+  async function outcome(p: OAuth2Provider, token: string): Promise<Outcome> {
+    tokensSeen.push(token);
+    try {
+      const user = await p.authenticate({ token, path: "/v1/models", query: "", headers: {} });
+      return { principal: user.principal, attributes: user.attributes };
+    } catch (err) {
+      const e = err as { status?: number; message: string };
+      return { status: e.status ?? 0, message: e.message };
+    }
+  }
+
+  before(async () => {
+    idp = await startOidc();
+  });
+
+  after(async () => {
+    for (const p of providers) await p.close();
+    await idp.close();
+  });
+
+  test("an active opaque token is accepted; the principal falls back to client_id and claims map to attributes", async () => {
+    const result = await outcome(provider(), await idp.token(OPAQUE_RESOURCE));
+    assert.deepEqual(result, { principal: CLIENT_ID, attributes: { teams: ["ml", "research"], namespaces: ["acme"] } });
+  });
+
+  test("client_secret_post (send_secret_in_body) works against the provider too", async () => {
+    const p = provider({}, { client_id: POST_CLIENT_ID, client_secret: POST_CLIENT_SECRET, send_secret_in_body: true });
+    assert.equal((await outcome(p, await idp.token(OPAQUE_RESOURCE)) as { principal: string }).principal, CLIENT_ID);
+  });
+
+  test("a revoked token is refused with 401 Token not active", async () => {
+    const p = provider();
+    const token = await idp.token(OPAQUE_RESOURCE);
+    assert.equal("principal" in (await outcome(p, token)), true);
+    await idp.revoke(token);
+    assert.deepEqual(await outcome(p, token), { status: 401, message: "Token not active" });
+  });
+
+  test("a token the provider never issued is not active", async () => {
+    assert.deepEqual(await outcome(provider(), "not-a-token-the-provider-knows"), { status: 401, message: "Token not active" });
+  });
+
+  test("wrong client credentials make introspection fail with a 401 naming the status", async () => {
+    const p = provider({}, { client_secret: "wrong-secret" });
+    assert.deepEqual(await outcome(p, await idp.token(OPAQUE_RESOURCE)), { status: 401, message: "Token introspection failed: 401" });
+  });
+
+  test("an unreachable provider gives 503, and the next request after it is back succeeds", async () => {
+    const p = provider({ timeout_ms: 2000 });
+    const token = await idp.token(OPAQUE_RESOURCE);
+    await idp.stop();
+    try {
+      assert.deepEqual(await outcome(p, token), { status: 503, message: "Token introspection service unavailable" });
+    } finally {
+      await idp.restart();
+    }
+    assert.equal("principal" in (await outcome(p, token)), true);
+  });
+
+  test("with a cache, a revoked token keeps passing only until cache_ttl_ms", async () => {
+    const p = provider({ cache_ttl_ms: 10_000 });
+    const token = await idp.token(OPAQUE_RESOURCE);
+    assert.equal("principal" in (await outcome(p, token)), true);
+    await idp.revoke(token);
+    assert.equal("principal" in (await outcome(p, token)), true);
+    clockOffsetMs = 11_000;
+    try {
+      assert.deepEqual(await outcome(p, token), { status: 401, message: "Token not active" });
+    } finally {
+      clockOffsetMs = 0;
+    }
+  });
+
+  test("the endpoint receives the token as a form field and the client by HTTP Basic (form-encoded first)", async () => {
+    const endpoint = await startScriptedEndpoint((_b, _q, res) => res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ active: true, sub: "u1", username: "name1", scope: "a b" })));
+    try {
+      const p = provider({ claims_mapping: { scope: "scopes" } }, { url: endpoint.url, client_id: "my client", client_secret: "s:ecret" });
+      assert.deepEqual(await outcome(p, "opaque-1"), { principal: "u1", attributes: { scopes: ["a", "b"] } });
+      assert.equal(endpoint.calls[0]!.body, "token=opaque-1");
+      assert.equal(endpoint.calls[0]!.authorization, `Basic ${Buffer.from("my+client:s%3Aecret").toString("base64")}`);
+    } finally {
+      await endpoint.close();
+    }
+  });
+
+  test("with send_secret_in_body the client id and secret travel in the form and no Authorization header is sent", async () => {
+    const endpoint = await startScriptedEndpoint((_b, _q, res) => res.writeHead(200).end(JSON.stringify({ active: true, username: "only-username" })));
+    try {
+      const p = provider({}, { url: endpoint.url, client_id: "myclient", client_secret: "abcdefg", send_secret_in_body: true });
+      assert.equal((await outcome(p, "opaque-2") as { principal: string }).principal, "only-username");
+      assert.deepEqual(Object.fromEntries(new URLSearchParams(endpoint.calls[0]!.body)), { token: "opaque-2", client_id: "myclient", client_secret: "abcdefg" });
+      assert.equal(endpoint.calls[0]!.authorization, undefined);
+    } finally {
+      await endpoint.close();
+    }
+  });
+
+  test("a 500 from the endpoint is a 401 naming the status, as in the reference", async () => {
+    const endpoint = await startScriptedEndpoint((_b, _q, res) => res.writeHead(500).end("{}"));
+    try {
+      assert.deepEqual(await outcome(provider({}, { url: endpoint.url }), "opaque-3"), { status: 401, message: "Token introspection failed: 500" });
+    } finally {
+      await endpoint.close();
+    }
+  });
+
+  test("a 200 that is not JSON is refused with 401", async () => {
+    const endpoint = await startScriptedEndpoint((_b, _q, res) => res.writeHead(200).end("<html>login</html>"));
+    try {
+      assert.deepEqual(await outcome(provider({}, { url: endpoint.url }), "opaque-4"), { status: 401, message: "Token introspection error" });
+    } finally {
+      await endpoint.close();
+    }
+  });
+
+  test("an endpoint slower than timeout_ms gives 503", async () => {
+    const endpoint = await startScriptedEndpoint((_b, _q, res) => setTimeout(() => res.writeHead(200).end("{\"active\":true,\"sub\":\"x\"}"), 1500));
+    try {
+      assert.deepEqual(await outcome(provider({ timeout_ms: 200 }, { url: endpoint.url }), "opaque-5"), { status: 503, message: "Token introspection timeout" });
+    } finally {
+      await endpoint.close();
+    }
+  });
+
+  test("active answers are cached, never beyond the token's exp, and inactive ones only briefly", async () => {
+    const exp = Math.floor(Date.now() / 1000) + 20;
+    const endpoint = await startScriptedEndpoint((body, _q, res) => {
+      const token = new URLSearchParams(body).get("token");
+      res.writeHead(200).end(JSON.stringify(token === "good" ? { active: true, sub: "u", exp } : { active: false }));
+    });
+    try {
+      const p = provider({ cache_ttl_ms: 60_000 }, { url: endpoint.url });
+      for (let i = 0; i < 5; i++) assert.equal("principal" in (await outcome(p, "good")), true);
+      for (let i = 0; i < 5; i++) assert.deepEqual(await outcome(p, "dead"), { status: 401, message: "Token not active" });
+      assert.equal(endpoint.calls.length, 2);
+      clockOffsetMs = 6_000; // past the brief inactive cache, within the active one
+      await outcome(p, "good");
+      await outcome(p, "dead");
+      assert.equal(endpoint.calls.length, 3);
+      clockOffsetMs = 21_000; // past exp: asked again, though cache_ttl_ms is longer
+      await outcome(p, "good");
+      assert.equal(endpoint.calls.length, 4);
+    } finally {
+      clockOffsetMs = 0;
+      await endpoint.close();
+    }
+  });
+
+  test("the message for a missing token names the introspection host, as Llama Stack's does", () => {
+    const host = new URL(idp.introspectionUrl).host;
+    assert.equal(provider().authRequiredMessage, `Authentication required. Please provide a valid OAuth2 Bearer token validated by ${host}`);
+  });
+
+  test("no token or client secret ever appears in the log", () => {
+    const text = captured.text();
+    assert.ok(text.includes("introspection"));
+    for (const secret of [...tokensSeen.filter((t) => t.length > 12), CLIENT_SECRET, POST_CLIENT_SECRET, "abcdefg"]) {
+      assert.equal(text.includes(secret), false, "a secret was logged");
+    }
+  });
+});
