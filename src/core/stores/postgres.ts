@@ -1,6 +1,7 @@
 import pg from "pg";
 import { apiKeyFromRow, DuplicateApiKeyError } from "../keys.js";
-import type { ApiKeyRecord, RecordStore } from "./types.js";
+import { ownerFromRow } from "./owners.js";
+import type { ApiKeyRecord, OwnerRecord, RecordStore } from "./types.js";
 
 /**
  * Connections per process. Key lookups are single indexed reads and the
@@ -31,7 +32,17 @@ CREATE TABLE IF NOT EXISTS tollgate_api_keys (
   created_at BIGINT NOT NULL,
   expires_at BIGINT,
   revoked_at BIGINT
+);
+CREATE TABLE IF NOT EXISTS tollgate_owners (
+  type TEXT NOT NULL,
+  id TEXT NOT NULL,
+  principal TEXT NOT NULL,
+  attributes TEXT NOT NULL,
+  created_at BIGINT NOT NULL,
+  PRIMARY KEY (type, id)
 )`;
+
+const OWNER_COLUMNS = "type, id, principal, attributes, created_at";
 
 const COLUMNS = "id, hash, prefix, principal, attributes, created_at, expires_at, revoked_at";
 
@@ -117,6 +128,28 @@ export async function openPostgresRecordStore(url: string): Promise<RecordStore>
         [now],
       );
       return Number(row?.n ?? 0);
+    },
+    async putOwner(record) {
+      await query(
+        "INSERT INTO tollgate_owners (type, id, principal, attributes, created_at) VALUES ($1, $2, $3, $4, $5) " +
+          "ON CONFLICT (type, id) DO UPDATE SET principal = EXCLUDED.principal, attributes = EXCLUDED.attributes, created_at = EXCLUDED.created_at",
+        [record.type, record.id, record.principal, JSON.stringify(record.attributes), record.createdAt],
+      );
+    },
+    async findOwner(type, id) {
+      const [row] = await query(`SELECT ${OWNER_COLUMNS} FROM tollgate_owners WHERE type = $1 AND id = $2`, [type, id]);
+      return row ? ownerFromRow(row) : undefined;
+    },
+    async findOwners(type, ids) {
+      const found = new Map<string, OwnerRecord>();
+      if (ids.length === 0) return found;
+      const rows = await query(`SELECT ${OWNER_COLUMNS} FROM tollgate_owners WHERE type = $1 AND id = ANY($2::text[])`, [type, [...ids]]);
+      for (const row of rows) found.set(String(row.id), ownerFromRow(row));
+      return found;
+    },
+    async deleteOwner(type, id) {
+      const rows = await query("DELETE FROM tollgate_owners WHERE type = $1 AND id = $2 RETURNING id", [type, id]);
+      return rows.length > 0;
     },
     async close() {
       if (closed) return;

@@ -1,8 +1,9 @@
 import { mkdirSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { apiKeyFromRow, DuplicateApiKeyError } from "../keys.js";
+import { ownerFromRow } from "./owners.js";
 import { openSqliteDatabase, type SqliteDriverName, type SqliteRow, type SqliteValue } from "./sqlite-driver.js";
-import type { ApiKeyRecord, RecordStore } from "./types.js";
+import type { ApiKeyRecord, OwnerRecord, RecordStore } from "./types.js";
 
 /** How long a statement waits for another process's write lock before failing (ms). */
 const BUSY_TIMEOUT_MS = 5000;
@@ -17,6 +18,14 @@ CREATE TABLE IF NOT EXISTS tollgate_api_keys (
   created_at INTEGER NOT NULL,
   expires_at INTEGER,
   revoked_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS tollgate_owners (
+  type TEXT NOT NULL,
+  id TEXT NOT NULL,
+  principal TEXT NOT NULL,
+  attributes TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  PRIMARY KEY (type, id)
 );
 `;
 
@@ -80,6 +89,13 @@ export async function openSqliteRecordStore(dbPath: string, options: SqliteRecor
     "SELECT COUNT(*) AS n FROM tollgate_api_keys WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)",
   );
 
+  const putOwner = db.prepare(
+    "INSERT INTO tollgate_owners (type, id, principal, attributes, created_at) VALUES (?, ?, ?, ?, ?) " +
+      "ON CONFLICT (type, id) DO UPDATE SET principal = excluded.principal, attributes = excluded.attributes, created_at = excluded.created_at",
+  );
+  const ownerById = db.prepare("SELECT type, id, principal, attributes, created_at FROM tollgate_owners WHERE type = ? AND id = ?");
+  const deleteOwner = db.prepare("DELETE FROM tollgate_owners WHERE type = ? AND id = ?");
+
   let closed = false;
   const open = () => {
     if (closed) throw new Error("the record store is closed");
@@ -115,6 +131,28 @@ export async function openSqliteRecordStore(dbPath: string, options: SqliteRecor
     async countActiveApiKeys(now) {
       open();
       return Number(countActive.get(now)?.n ?? 0);
+    },
+    async putOwner(record) {
+      open();
+      putOwner.run(record.type, record.id, record.principal, JSON.stringify(record.attributes), record.createdAt);
+    },
+    async findOwner(type, id) {
+      open();
+      const row = ownerById.get(type, id);
+      return row ? ownerFromRow(row) : undefined;
+    },
+    async findOwners(type, ids) {
+      open();
+      const found = new Map<string, OwnerRecord>();
+      for (const id of new Set(ids)) {
+        const row = ownerById.get(type, id);
+        if (row) found.set(id, ownerFromRow(row));
+      }
+      return found;
+    },
+    async deleteOwner(type, id) {
+      open();
+      return Number(deleteOwner.run(type, id).changes ?? 0) > 0;
     },
     async close() {
       if (closed) return;

@@ -22,6 +22,19 @@ export interface ApiKeyRecord {
   readonly revokedAt?: number | undefined;
 }
 
+/** Who created a resource through the gateway: recorded from the create response's `id`. */
+export interface OwnerRecord {
+  /** Resource type (`file`, `vector_store`, ...). */
+  readonly type: string;
+  /** The upstream's identifier (`file-abc123`). */
+  readonly id: string;
+  readonly principal: string;
+  /** The creator's attributes at creation time. */
+  readonly attributes: Readonly<Record<string, readonly string[]>>;
+  /** Milliseconds since the epoch. */
+  readonly createdAt: number;
+}
+
 export interface RecordStore {
   /** `sqlite` or `postgres`. */
   readonly kind: string;
@@ -35,5 +48,13 @@ export interface RecordStore {
   revokeApiKey(idOrHash: string, at: number): Promise<ApiKeyRecord | undefined>;
   /** Number of keys that are neither revoked nor expired at `now`. */
   countActiveApiKeys(now: number): Promise<number>;
+  /** Records (or replaces) the owner of a resource. */
+  putOwner(record: OwnerRecord): Promise<void>;
+  /** The owner of `type`/`id`; undefined when the gateway never saw it created. */
+  findOwner(type: string, id: string): Promise<OwnerRecord | undefined>;
+  /** The owners of several resources of one type at once (list filtering), keyed by id; unknown ids are absent. */
+  findOwners(type: string, ids: readonly string[]): Promise<Map<string, OwnerRecord>>;
+  /** Forgets the owner of a deleted resource; true when there was one. */
+  deleteOwner(type: string, id: string): Promise<boolean>;
   close(): Promise<void>;
 }

@@ -1,0 +1,279 @@
+import type { IncomingMessage } from "node:http";
+import { Readable } from "node:stream";
+import { BadRequestError, ForbiddenError, NotFoundError, UpstreamError } from "../core/errors.js";
+import type { Logger } from "../core/log.js";
+import type { Pipeline, RequestContext } from "../core/pipeline.js";
+import type { Owner } from "../core/policy/conditions.js";
+import { resourceKey } from "../core/policy/evaluate.js";
+import { routeMatchPath } from "../core/policy/routes.js";
+import type { OwnerRecord, RecordStore } from "../core/stores/types.js";
+import type { Catalog, CatalogMatch } from "./catalog.js";
+import type { UpstreamResponse } from "./forward.js";
+import { formField, readJsonBody, type BufferedBody } from "./request-body.js";
+
+/**
+ * Stage 6 in the gateway: the resource policy applied to real OpenAI-style
+ * traffic, driven by the catalog (catalog.ts).
+ *
+ * - read/update/delete of `/{type}/{id}[/...]`: the owner is looked up in the
+ *   record store and the policy decides; a denied read is a 404 (the caller
+ *   must not learn that the resource exists), anything else a 403.
+ * - `model` in an inference body: a read of `model::<id>`; denied → 404 as if
+ *   the model did not exist, before anything reaches the upstream.
+ * - create: checked as `create` of `type::*`; after a 2xx answer the new id
+ *   (from the JSON body, or the first event of a stream) is recorded with the
+ *   caller as owner, before the client sees the answer (JSON) or as soon as it
+ *   appears (streams).
+ * - list: the upstream's page is filtered to what the caller may read; when
+ *   filtering leaves fewer items than asked for and the upstream has more,
+ *   further upstream pages are fetched (`after` = the upstream's last id), so
+ *   a page never ends early while readable items remain.
+ */
+
+/** Largest upstream answer the gateway buffers to filter or to read an id from. */
+export const MAX_INSPECTED_RESPONSE_BYTES = 16 * 1024 * 1024;
+/** Upper bound on upstream pages fetched to fill one filtered page. */
+export const MAX_LIST_PAGES = 50;
+/** A list page size when the client asks none: OpenAI's default. */
+const DEFAULT_LIST_LIMIT = 20;
+
+/** What `before` decided for one request: what to forward and what to do with the answer. */
+export interface GuardedRequest {
+  readonly match: CatalogMatch;
+  /** The buffered body to forward instead of the client's stream (when it was read). */
+  readonly body: BufferedBody | undefined;
+  /** True when the answer must be read (create, list, delete): ask the upstream for an uncompressed one. */
+  readonly inspectResponse: boolean;
+}
+
+export interface ResourceGuardOptions {
+  readonly pipeline: Pipeline;
+  readonly catalog: Catalog;
+  /** Where owners are recorded; without one every resource is unowned. */
+  readonly store: RecordStore | undefined;
+  readonly maxBodyBytes: number;
+  readonly log: Logger;
+  readonly now?: () => number;
+}
+
+/** Fetches another page of a list from the upstream (same request, another query string). */
+export type FetchPage = (query: string) => Promise<UpstreamResponse>;
+
+export interface ResourceGuard {
+  /** Before forwarding: throws 404/403 when denied; undefined when the request touches no catalogued resource. */
+  before(raw: IncomingMessage, context: RequestContext): Promise<GuardedRequest | undefined>;
+  /** After the upstream answered: records owners, filters lists; returns the answer to relay. */
+  after(guarded: GuardedRequest, context: RequestContext, upstream: UpstreamResponse, fetchPage: FetchPage): Promise<UpstreamResponse>;
+}
+
+/** Builds the guard; see the module comment. */
+export function createResourceGuard({ pipeline, catalog, store, maxBodyBytes, log, now = Date.now }: ResourceGuardOptions): ResourceGuard {
+  async function ownerOf(type: string, id: string): Promise<Owner | undefined> {
+    return store ? await store.findOwner(type, id) : undefined;
+  }
+
+  function deny(match: CatalogMatch, action: string): never {
+    if (action === "read") {
+      throw match.type === "model"
+        ? new NotFoundError("The model does not exist or you do not have access to it.", "model_not_found")
+        : new NotFoundError(`No such ${match.type}`, "not_found");
+    }
+    throw new ForbiddenError(`Access denied: you may not ${action} this ${match.type}`, "access_denied");
+  }
+
+  async function bodyResource(raw: IncomingMessage, context: RequestContext, match: CatalogMatch, field: string): Promise<BufferedBody> {
+    const body = await readJsonBody(raw, maxBodyBytes);
+    let value: unknown;
+    if (body.json !== undefined) {
+      value = typeof body.json === "object" && body.json !== null && !Array.isArray(body.json) ? (body.json as Record<string, unknown>)[field] : undefined;
+    } else {
+      value = await formField(body, String(raw.headers["content-type"] ?? ""), field);
+    }
+    if (value === undefined && match.entry.optional) return body;
+    if (typeof value !== "string" || value === "") {
+      throw new BadRequestError(`Missing or invalid ${field}: a string is required`, "invalid_request");
+    }
+    const key = resourceKey(match.type, value);
+    if (!pipeline.checkAccess(context, "read", { key, owner: await ownerOf(match.type, value) }).allowed) deny(match, "read");
+    return body;
+  }
+
+  return {
+    async before(raw, context) {
+      const match = catalog.match(raw.method ?? "GET", routeMatchPath(context.path), context.path);
+      if (!match) return undefined;
+      switch (match.action) {
+        case "list":
+          return { match, body: undefined, inspectResponse: true };
+        case "create": {
+          const decision = pipeline.checkAccess(context, "create", { key: resourceKey(match.type, "*"), owner: undefined });
+          if (!decision.allowed) deny(match, "create");
+          // POST /v1/responses also names a model: a read of it.
+          const body = match.type === "response" && match.entry.path.endsWith("/responses") ? await bodyResource(raw, context, { ...match, type: "model", entry: { ...match.entry, optional: false } }, "model") : undefined;
+          return { match, body, inspectResponse: true };
+        }
+        default: {
+          if (match.bodyField !== undefined) {
+            return { match, body: await bodyResource(raw, context, match, match.bodyField), inspectResponse: false };
+          }
+          if (match.pathId === undefined) return undefined;
+          const owner = await ownerOf(match.type, match.pathId);
+          const key = resourceKey(match.type, match.pathId);
+          if (!pipeline.checkAccess(context, match.action, { key, owner }).allowed) deny(match, match.action);
+          return { match, body: undefined, inspectResponse: match.action === "delete" };
+        }
+      }
+    },
+
+    async after(guarded, context, upstream, fetchPage) {
+      const { match } = guarded;
+      if (upstream.status < 200 || upstream.status >= 300) return upstream;
+      if (match.action === "delete") {
+        // The resource is gone: forget its owner (a later id reuse starts unowned).
+        if (store && match.pathId !== undefined && match.entry.path.endsWith("{id}")) {
+          await store.deleteOwner(match.type, match.pathId).catch((err: unknown) => log.warn({ err: String(err) }, "could not forget an owner"));
+        }
+        return upstream;
+      }
+      if (match.action === "create") return recordCreated(guarded, context, upstream);
+      if (match.action === "list") return filterList(guarded, context, upstream, fetchPage);
+      return upstream;
+    },
+  };
+
+  async function record(match: CatalogMatch, context: RequestContext, id: string): Promise<void> {
+    if (!store || !context.user) return;
+    const owner: OwnerRecord = { type: match.type, id, principal: context.user.principal, attributes: context.user.attributes, createdAt: now() };
+    await store.putOwner(owner);
+    log.info({ audit: true, event: "owner_recorded", principal: owner.principal, resource: resourceKey(match.type, id) }, "resource owner recorded");
+  }
+
+  async function recordCreated(guarded: GuardedRequest, context: RequestContext, upstream: UpstreamResponse): Promise<UpstreamResponse> {
+    const field = guarded.match.responseField ?? "id";
+    const type = String(upstream.headers["content-type"] ?? "");
+    if (type.startsWith("text/event-stream")) return tapStream(guarded.match, context, upstream, field);
+    const bytes = await readAll(upstream.body);
+    const id = idIn(parseJson(bytes), field);
+    if (id !== undefined) await record(guarded.match, context, id);
+    else log.warn({ resource_type: guarded.match.type }, "created resource has no id in the response: owner not recorded");
+    return withBody(upstream, bytes);
+  }
+
+  /** Streams stay streams: the first event carrying the id records the owner, the bytes go on untouched. */
+  function tapStream(match: CatalogMatch, context: RequestContext, upstream: UpstreamResponse, field: string): UpstreamResponse {
+    let text = "";
+    let done = false;
+    upstream.body.on("data", (chunk: Buffer) => {
+      if (done) return;
+      text += chunk.toString("utf8");
+      for (const line of text.split("\n")) {
+        if (!line.startsWith("data:")) continue;
+        const event = parseJson(Buffer.from(line.slice(5).trim()));
+        const id = idIn((event as { response?: unknown } | undefined)?.response, field) ?? idIn(event, field);
+        if (id !== undefined) {
+          done = true;
+          void record(match, context, id).catch((err: unknown) => log.warn({ err: String(err) }, "could not record an owner"));
+          return;
+        }
+      }
+      if (text.length > 65_536) done = true;
+    });
+    return upstream;
+  }
+
+  async function filterList(guarded: GuardedRequest, context: RequestContext, upstream: UpstreamResponse, fetchPage: FetchPage): Promise<UpstreamResponse> {
+    const bytes = await readAll(upstream.body);
+    const first = parseJson(bytes) as ListPage | undefined;
+    if (!first || !Array.isArray(first.data)) {
+      // Not an OpenAI list (`{data: [...]}`): there are no items to name, so
+      // nothing to filter; relayed as it came, and said in the log.
+      log.warn({ resource_type: guarded.match.type }, "list route answered something that is not a list: relayed unfiltered");
+      return withBody(upstream, bytes);
+    }
+    const params = new URLSearchParams(context.query);
+    const paginated = typeof first.has_more === "boolean";
+    const limit = Number(params.get("limit")) > 0 ? Number(params.get("limit")) : paginated ? DEFAULT_LIST_LIMIT : Infinity;
+    const kept: Record<string, unknown>[] = [];
+    let page: ListPage = first;
+    let upstreamHasMore = false;
+    for (let pages = 1; ; pages++) {
+      kept.push(...(await readable(guarded.match.type, context, page.data)));
+      upstreamHasMore = page.has_more === true;
+      const lastId = idIn(page.data.at(-1), "id") ?? (typeof page.last_id === "string" ? page.last_id : undefined);
+      if (kept.length >= limit || !upstreamHasMore || lastId === undefined) break;
+      if (pages >= MAX_LIST_PAGES) break;
+      params.set("after", lastId);
+      const next = await fetchPage(params.toString());
+      if (next.status < 200 || next.status >= 300) {
+        next.body.destroy();
+        throw new UpstreamError("Upstream failed while listing");
+      }
+      const parsed = parseJson(await readAll(next.body)) as ListPage | undefined;
+      if (!parsed || !Array.isArray(parsed.data)) throw new UpstreamError("Upstream answered a list without data");
+      page = parsed;
+    }
+    const data = kept.slice(0, limit);
+    const out: Record<string, unknown> = { ...first, data };
+    if (paginated) {
+      out.has_more = kept.length > limit || upstreamHasMore;
+      out.first_id = idIn(data[0], "id") ?? null;
+      out.last_id = idIn(data.at(-1), "id") ?? null;
+    }
+    return withBody(upstream, Buffer.from(JSON.stringify(out)));
+  }
+
+  async function readable(type: string, context: RequestContext, items: unknown[]): Promise<Record<string, unknown>[]> {
+    const ids = items.map((item) => idIn(item, "id")).filter((id): id is string => id !== undefined);
+    const owners = store ? await store.findOwners(type, ids) : new Map<string, OwnerRecord>();
+    const out: Record<string, unknown>[] = [];
+    for (const item of items) {
+      const id = idIn(item, "id");
+      if (id === undefined) continue; // an item we cannot name, we cannot authorise
+      if (pipeline.checkAccess(context, "read", { key: resourceKey(type, id), owner: owners.get(id) }).allowed) out.push(item as Record<string, unknown>);
+    }
+    return out;
+  }
+}
+
+interface ListPage {
+  data: unknown[];
+  has_more?: unknown;
+  last_id?: unknown;
+  [key: string]: unknown;
+}
+
+function idIn(value: unknown, field: string): string | undefined {
+  if (typeof value !== "object" || value === null) return undefined;
+  const id = (value as Record<string, unknown>)[field];
+  return typeof id === "string" && id !== "" ? id : undefined;
+}
+
+function parseJson(bytes: Buffer): unknown {
+  try {
+    return JSON.parse(bytes.toString("utf8"));
+  } catch {
+    return undefined;
+  }
+}
+
+async function readAll(body: Readable): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of body as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > MAX_INSPECTED_RESPONSE_BYTES) {
+      body.destroy();
+      throw new UpstreamError("Upstream answer too large to inspect");
+    }
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks, size);
+}
+
+/** The same answer with a new (already read) body and its length. */
+function withBody(upstream: UpstreamResponse, bytes: Buffer): UpstreamResponse {
+  const headers: Record<string, string | string[] | undefined> = { ...upstream.headers, "content-length": String(bytes.length) };
+  delete headers["transfer-encoding"];
+  delete headers["content-encoding"];
+  return { status: upstream.status, headers, body: Readable.from([bytes], { objectMode: false }) };
+}

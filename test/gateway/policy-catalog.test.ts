@@ -1,0 +1,96 @@
+import assert from "node:assert/strict";
+import { Readable } from "node:stream";
+import { describe, test } from "node:test";
+import { PayloadTooLargeError } from "../../src/core/errors.js";
+import { routeMatchPath } from "../../src/core/policy/routes.js";
+import { createCatalog } from "../../src/gateway/catalog.js";
+import { formField, readJsonBody, rewriteJsonBody, withBodyLength } from "../../src/gateway/request-body.js";
+
+const catalog = createCatalog({ presets: ["openai", "llama_stack"], routes: [{ method: "GET", path: "/v1/widgets/{id}/*", type: "widget", action: "read" }] });
+const match = (method: string, path: string) => {
+  const m = catalog.match(method, routeMatchPath(path), path);
+  return m && { type: m.type, action: m.action, id: m.pathId, body: m.bodyField, response: m.responseField };
+};
+
+describe("the resource catalog", () => {
+  test("inference routes read the model named in the body", () => {
+    for (const p of ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/audio/transcriptions", "/v1/images/generations", "/v1/moderations"]) {
+      assert.deepEqual(match("POST", p), { type: "model", action: "read", id: undefined, body: "model", response: undefined }, p);
+    }
+  });
+  test("models: list, read (ids may contain /), and Llama Stack's register", () => {
+    assert.equal(match("GET", "/v1/models")?.action, "list");
+    assert.deepEqual(match("GET", "/v1/models/meta-llama/Llama-3-8B")?.id, "meta-llama/Llama-3-8B");
+    assert.deepEqual(match("POST", "/v1/models"), { type: "model", action: "create", id: undefined, body: undefined, response: "identifier" });
+  });
+  test("owned resources: create, list, read, sub-routes, delete", () => {
+    assert.deepEqual(match("POST", "/v1/files"), { type: "file", action: "create", id: undefined, body: undefined, response: "id" });
+    assert.equal(match("GET", "/v1/files")?.action, "list");
+    assert.deepEqual(match("GET", "/v1/files/file-AbC")?.id, "file-AbC");
+    assert.deepEqual(match("GET", "/v1/files/file-AbC/content"), { type: "file", action: "read", id: "file-AbC", body: undefined, response: undefined });
+    assert.equal(match("DELETE", "/v1/files/file-1")?.action, "delete");
+    assert.equal(match("POST", "/v1/vector_stores/vs_1/files")?.action, "update");
+    assert.equal(match("DELETE", "/v1/vector_stores/vs_1/files/file-1")?.action, "update");
+    assert.equal(match("GET", "/v1/fine_tuning/jobs/ftjob-1/events")?.type, "fine_tuning_job");
+    assert.equal(match("POST", "/v1/batches/batch_1/cancel")?.action, "update");
+    assert.equal(match("GET", "/v1/openai/v1/files/f1")?.type, "file");
+  });
+  test("HEAD is a GET", () => assert.equal(match("HEAD", "/v1/files/f1")?.action, "read"));
+  test("case variants and ; parameters match the same entry, and the id keeps its case without parameters", () => {
+    assert.deepEqual(match("GET", "/V1/Files/file-AbC;x=1/Content")?.id, "file-AbC");
+    assert.equal(match("DELETE", "/v1/FILES/f1")?.action, "delete");
+  });
+  test("config routes come first", () => assert.deepEqual(match("GET", "/v1/widgets/w1/parts")?.type, "widget"));
+  test("unknown routes touch no resource", () => {
+    assert.equal(match("GET", "/v1/unknown"), undefined);
+    assert.equal(match("PUT", "/v1/files/f1"), undefined);
+    assert.equal(match("GET", "/v1/filesx/f1"), undefined);
+  });
+  test("presets can be turned off", () => {
+    const none = createCatalog({ presets: [], routes: [] });
+    assert.equal(none.match("GET", "/v1/files/f1", "/v1/files/f1"), undefined);
+  });
+});
+
+describe("request-body", () => {
+  const stream = (text: string, contentType?: string) => Object.assign(Readable.from([Buffer.from(text)]), { headers: contentType ? { "content-type": contentType } : {} });
+
+  test("reads and parses a JSON body", async () => {
+    const body = await readJsonBody(stream('{"model":"m","x":1}', "application/json; charset=utf-8"), 1000);
+    assert.deepEqual(body.json, { model: "m", x: 1 });
+    assert.equal(body.bytes.toString(), '{"model":"m","x":1}');
+    assert.equal(body.contentType, "application/json");
+  });
+  test("a body over the limit is a 413", async () => {
+    await assert.rejects(readJsonBody(stream("x".repeat(11)), 10), PayloadTooLargeError);
+  });
+  test("invalid JSON or another type is kept as bytes with json undefined", async () => {
+    assert.equal((await readJsonBody(stream("{nope", "application/json"), 100)).json, undefined);
+    assert.equal((await readJsonBody(stream("{}", "text/plain"), 100)).json, undefined);
+  });
+  test("a rewrite re-serialises; untouched bodies keep their bytes", async () => {
+    const body = await readJsonBody(stream('{ "model" : "m" }'), 100);
+    const rewritten = rewriteJsonBody(body, (json) => ({ ...json, stream_options: { include_usage: true } }));
+    assert.equal(rewritten.bytes.toString(), '{"model":"m","stream_options":{"include_usage":true}}');
+    assert.equal(body.bytes.toString(), '{ "model" : "m" }');
+  });
+  test("withBodyLength sets Content-Length and drops Transfer-Encoding", () => {
+    assert.deepEqual(withBodyLength(["Content-Length", "5", "transfer-encoding", "chunked", "x", "y"], 9), ["x", "y", "content-length", "9"]);
+  });
+  test("formField reads a multipart field and refuses duplicates", async () => {
+    const form = new FormData();
+    form.append("model", "whisper-1");
+    form.append("file", new Blob(["abc"]), "a.wav");
+    const req = new Request("http://x/", { method: "POST", body: form });
+    const ct = req.headers.get("content-type")!;
+    const body = await readJsonBody(stream(Buffer.from(await req.arrayBuffer()).toString("latin1"), ct), 10_000);
+    assert.equal(await formField(body, ct, "model"), "whisper-1");
+    const twice = new FormData();
+    twice.append("model", "a");
+    twice.append("model", "b");
+    const req2 = new Request("http://x/", { method: "POST", body: twice });
+    const ct2 = req2.headers.get("content-type")!;
+    const body2 = await readJsonBody(stream(Buffer.from(await req2.arrayBuffer()).toString("latin1"), ct2), 10_000);
+    await assert.rejects(formField(body2, ct2, "model"), /Duplicate form field/);
+  });
+});

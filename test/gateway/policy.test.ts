@@ -1,0 +1,259 @@
+import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
+import http from "node:http";
+import { after, before, describe, test, type TestContext } from "node:test";
+import OpenAI, { toFile } from "openai";
+import { startCustomAuth, type CustomAuthServer } from "../support/custom-auth.js";
+import { linesContaining, startGateway, type GatewayProcess } from "../support/gateway.js";
+import { scopedPostgres, type ScopedPostgres } from "../support/postgres.js";
+import { requireService } from "../support/services.js";
+import { startUpstreamProcess, type UpstreamProcess } from "../support/upstream.js";
+
+// Multi-tenant resource protection end to end: the official OpenAI client,
+// a real gateway process with the custom auth provider, the demo upstream.
+// The same suite runs on the SQLite and the PostgreSQL record store.
+
+const TOKENS = {
+  alice: "tok-alice-9f3kQ",
+  carol: "tok-carol-a81Lz", // alice's teammate
+  bob: "tok-bob-77xYp",
+  admin: "tok-admin-Qm20v",
+} as const;
+type Who = keyof typeof TOKENS;
+
+const USERS = {
+  [TOKENS.alice]: { principal: "alice", attributes: { roles: ["user"], teams: ["ml"] } },
+  [TOKENS.carol]: { principal: "carol", attributes: { roles: ["user"], teams: ["ml"] } },
+  [TOKENS.bob]: { principal: "bob", attributes: { roles: ["user"], teams: ["web"] } },
+  [TOKENS.admin]: { principal: "root", attributes: { roles: ["admin"], teams: ["ops"], scopes: ["scoped:use"] } },
+};
+
+/** The multi-tenant policy of the README's worked example. */
+export const POLICY = {
+  access_policy: [
+    { forbid: { actions: ["read"], resource: "model::demo-embed" }, unless: "user with admin in roles", description: "demo-embed is for admins" },
+    { permit: { actions: ["read"], resource: "model::*" }, description: "every user may use the other models" },
+    { forbid: { actions: ["create", "read", "update", "delete"], resource: "vector_store::*" }, unless: "user with admin in roles", description: "vector stores are for admins" },
+    { permit: { actions: ["create"] }, description: "anyone may create" },
+    { permit: { actions: ["read", "update", "delete"] }, when: "user is owner", description: "owners do anything" },
+    { permit: { actions: ["read"] }, when: ["user in owners teams"], description: "teammates may read" },
+  ],
+  route_policy: [
+    { forbid: { paths: ["/echo/secret*"] }, unless: "user with admin in roles", description: "admins only" },
+    { permit: { paths: "*" } },
+  ],
+  required_scopes: { "/echo/scoped*": "scoped:use" },
+};
+
+function rawRequest(base: string, method: string, path: string, token: string): Promise<{ status: number; body: string }> {
+  const url = new URL(base);
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: url.hostname, port: url.port, method, path, headers: { authorization: `Bearer ${token}` } }, (res) => {
+      let body = "";
+      res.on("data", (c: Buffer) => (body += c.toString()));
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
+    });
+    req.on("error", reject);
+    req.end();
+  });
+}
+
+function suite(storage: "sqlite" | "postgres") {
+  describe(`access policy through the gateway (${storage} record store)`, { timeout: 180_000 }, () => {
+    let upstream: UpstreamProcess;
+    let auth: CustomAuthServer;
+    let gateway: GatewayProcess | undefined;
+    let pg: ScopedPostgres | undefined;
+    let skipped = false;
+    const client = (who: Who) => new OpenAI({ baseURL: `${gateway!.url}/v1`, apiKey: TOKENS[who], maxRetries: 0, timeout: 10_000 });
+
+    before(async (t) => {
+      if (storage === "postgres") {
+        const url = await requireService(t as unknown as TestContext, "postgres");
+        if (!url) {
+          skipped = true;
+          return;
+        }
+        pg = await scopedPostgres(url, "policy");
+      }
+      upstream = await startUpstreamProcess();
+      auth = await startCustomAuth({ users: USERS });
+      gateway = await startGateway({
+        config: {
+          server: { auth: { provider_config: { type: "custom", endpoint: auth.url }, ...POLICY } },
+          upstream: { url: upstream.url },
+          ...(pg ? { storage: { type: "postgres", url: pg.url } } : {}),
+        },
+      });
+    });
+
+    after(async () => {
+      await gateway?.close();
+      await auth?.close();
+      await upstream?.close();
+      await pg?.drop();
+    });
+
+    const it = (name: string, fn: () => Promise<void>) =>
+      test(name, { timeout: 30_000 }, async (t) => {
+        if (skipped) return t.skip("postgres not reachable");
+        await fn();
+      });
+
+    async function upload(who: Who, text = "hello"): Promise<string> {
+      const file = await client(who).files.create({ file: await toFile(Buffer.from(text), `${who}.txt`), purpose: "assistants" });
+      return file.id;
+    }
+
+    it("alice uploads a file; bob cannot read, delete or list it", async () => {
+      const id = await upload("alice");
+      assert.equal((await client("alice").files.retrieve(id)).id, id);
+      await assert.rejects(client("bob").files.retrieve(id), (e: unknown) => e instanceof OpenAI.NotFoundError);
+      await assert.rejects(client("bob").files.content(id), (e: unknown) => e instanceof OpenAI.NotFoundError);
+      await assert.rejects(client("bob").files.delete(id), (e: unknown) => e instanceof OpenAI.PermissionDeniedError);
+      const bobs: string[] = [];
+      for await (const f of client("bob").files.list()) bobs.push(f.id);
+      assert.ok(!bobs.includes(id));
+      // Still there: bob's delete never reached the upstream.
+      assert.equal((await client("alice").files.retrieve(id)).id, id);
+    });
+
+    it("alice's teammate may read and list her file under `user in owners teams`, but not delete it", async () => {
+      const id = await upload("alice", "team notes");
+      assert.equal((await client("carol").files.retrieve(id)).id, id);
+      assert.equal(await (await client("carol").files.content(id)).text(), "team notes");
+      const seen: string[] = [];
+      for await (const f of client("carol").files.list()) seen.push(f.id);
+      assert.ok(seen.includes(id));
+      await assert.rejects(client("carol").files.delete(id), (e: unknown) => e instanceof OpenAI.PermissionDeniedError);
+    });
+
+    it("the owner deletes her file, and its owner record goes with it", async () => {
+      const id = await upload("alice");
+      const deleted = await client("alice").files.delete(id);
+      assert.equal(deleted.deleted, true);
+      await assert.rejects(client("alice").files.retrieve(id), (e: unknown) => e instanceof OpenAI.NotFoundError);
+    });
+
+    it("a filtered list never ends early: every readable file comes back, page by page", async () => {
+      const mine: string[] = [];
+      for (let i = 0; i < 4; i++) {
+        for (let j = 0; j < 3; j++) await upload("bob", `noise ${i}.${j}`);
+        mine.push(await upload("alice", `page ${i}`));
+      }
+      const pages: number[] = [];
+      const seen: string[] = [];
+      let page = await client("alice").files.list({ limit: 2 });
+      for (;;) {
+        pages.push(page.data.length);
+        seen.push(...page.data.map((f) => f.id));
+        if (!page.hasNextPage()) break;
+        page = await page.getNextPage();
+      }
+      for (const id of mine) assert.ok(seen.includes(id), `missing ${id}`);
+      assert.ok(seen.every((id) => !id.startsWith("bob")));
+      // Full pages until the last one: the filter fetched further upstream pages.
+      assert.ok(pages.slice(0, -1).every((n) => n === 2), `pages ${pages.join(",")}`);
+      const bobs = new Set<string>();
+      for await (const f of client("bob").files.list({ limit: 3 })) bobs.add(f.id);
+      for (const id of mine) assert.ok(!bobs.has(id));
+    });
+
+    it("an admin-only vector-store rule holds", async () => {
+      await assert.rejects(client("alice").vectorStores.create({ name: "mine" }), (e: unknown) => e instanceof OpenAI.PermissionDeniedError);
+      const vs = await client("admin").vectorStores.create({ name: "ops" });
+      assert.equal((await client("admin").vectorStores.retrieve(vs.id)).id, vs.id);
+      await assert.rejects(client("bob").vectorStores.retrieve(vs.id), (e: unknown) => e instanceof OpenAI.NotFoundError);
+      const listed: string[] = [];
+      for await (const v of client("bob").vectorStores.list()) listed.push(v.id);
+      assert.deepEqual(listed, []);
+    });
+
+    it("a forbidden model answers 404 and never reaches the upstream", async () => {
+      const testId = randomUUID();
+      await assert.rejects(
+        client("alice").chat.completions.create({ model: "demo-embed", messages: [{ role: "user", content: "hi" }] }, { headers: { "x-test-id": testId } }),
+        (e: unknown) => e instanceof OpenAI.NotFoundError,
+      );
+      await assert.rejects(
+        client("alice").embeddings.create({ model: "demo-embed", input: "x" }, { headers: { "x-test-id": testId } }),
+        (e: unknown) => e instanceof OpenAI.NotFoundError,
+      );
+      const reached = (await upstream.requests()).filter((r) => r.headers["x-test-id"] === testId);
+      assert.deepEqual(reached, []);
+      const ok = await client("admin").embeddings.create({ model: "demo-embed", input: "x" });
+      assert.equal(ok.data.length, 1);
+      const fine = await client("alice").chat.completions.create({ model: "demo-small", messages: [{ role: "user", content: "hi" }] });
+      assert.equal(fine.choices[0]?.message.content, "You said: hi");
+    });
+
+    it("models.list is filtered and models.retrieve of a forbidden model is a 404", async () => {
+      const ids: string[] = [];
+      for await (const m of client("alice").models.list()) ids.push(m.id);
+      assert.deepEqual(ids, ["demo-small"]);
+      await assert.rejects(client("alice").models.retrieve("demo-embed"), (e: unknown) => e instanceof OpenAI.NotFoundError);
+      const all: string[] = [];
+      for await (const m of client("admin").models.list()) all.push(m.id);
+      assert.deepEqual(all, ["demo-small", "demo-embed"]);
+    });
+
+    it("a response created by alice is hers: bob gets 404", async () => {
+      const r = await client("alice").responses.create({ model: "demo-small", input: "hello" });
+      assert.equal((await client("alice").responses.retrieve(r.id)).id, r.id);
+      await assert.rejects(client("bob").responses.retrieve(r.id), (e: unknown) => e instanceof OpenAI.NotFoundError);
+      await assert.rejects(client("alice").responses.create({ model: "demo-embed", input: "x" }), (e: unknown) => e instanceof OpenAI.NotFoundError);
+    });
+
+    it("a streamed response is recorded from its first event", async () => {
+      const stream = await client("alice").responses.create({ model: "demo-small", input: "stream me", stream: true });
+      let id: string | undefined;
+      for await (const event of stream) if (event.type === "response.created") id = event.response.id;
+      assert.ok(id);
+      assert.equal((await client("alice").responses.retrieve(id)).id, id);
+      await assert.rejects(client("bob").responses.retrieve(id), (e: unknown) => e instanceof OpenAI.NotFoundError);
+    });
+
+    it("path tricks cannot skip a route rule", async () => {
+      assert.equal((await rawRequest(gateway!.url, "GET", "/echo/secret", TOKENS.admin)).status, 200);
+      const tricks = ["/echo/secret", "/echo//secret", "/echo/./secret", "/echo/x/../secret", "/echo/%2e%2e/echo/secret", "/echo/x/%2E%2E/secret", "/echo/secret/", "/echo/secret;x=1", "/echo;a=b/secret", "/ECHO/Secret", "/Echo/SECRET/deeper"];
+      for (const path of tricks) {
+        const { status, body } = await rawRequest(gateway!.url, "GET", path, TOKENS.bob);
+        assert.equal(status, 403, `${path}: ${body}`);
+      }
+      // An encoded slash is refused outright.
+      assert.equal((await rawRequest(gateway!.url, "GET", "/echo%2Fsecret", TOKENS.bob)).status, 400);
+      const reached = (await upstream.requests()).filter((r) => r.path.toLowerCase().includes("secret") && r.headers.authorization?.includes(TOKENS.bob));
+      assert.deepEqual(reached, []);
+    });
+
+    it("path tricks cannot skip a resource check either", async () => {
+      const id = await upload("alice", "private");
+      for (const path of [`/v1/files/${id}`, `/V1/Files/${id}`, `/v1//files/./${id}/`, `/v1/files/${id};x=1`, `/v1/x/../files/${id}/content`, `/v1/%66iles/${id}`]) {
+        const { status, body } = await rawRequest(gateway!.url, "GET", path, TOKENS.bob);
+        assert.equal(status, 404, `${path}: ${body}`);
+      }
+      assert.equal((await rawRequest(gateway!.url, "DELETE", `/V1/FILES/${id};v`, TOKENS.bob)).status, 403);
+      assert.equal((await client("alice").files.retrieve(id)).id, id);
+    });
+
+    it("a required scope is enforced with the reference's message", async () => {
+      const denied = await rawRequest(gateway!.url, "GET", "/echo/scoped/x", TOKENS.alice);
+      assert.equal(denied.status, 403);
+      assert.equal(JSON.parse(denied.body).error.message, "Access denied: user does not have required scope: scoped:use");
+      assert.equal((await rawRequest(gateway!.url, "GET", "/ECHO/Scoped;a", TOKENS.alice)).status, 403);
+      assert.equal((await rawRequest(gateway!.url, "GET", "/echo/scoped/x", TOKENS.admin)).status, 200);
+    });
+
+    it("every decision is an audit log line without secrets", async () => {
+      await assert.rejects(client("bob").models.retrieve("demo-embed"));
+      const line = await gateway!.waitForLog((l) => l.msg === "access decision" && l.principal === "bob" && l.resource === "model::demo-embed");
+      assert.equal(line.decision, "deny");
+      assert.equal(line.action, "read");
+      assert.equal(line.rule, 0);
+      for (const token of Object.values(TOKENS)) assert.deepEqual(linesContaining(gateway!.stdout() + gateway!.stderr(), token), []);
+    });
+  });
+}
+
+suite("sqlite");
+suite("postgres");
