@@ -18,6 +18,7 @@ import net from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { startOAuth2Scenarios, writeOAuth2Config } from "./oauth2-gateways.mjs";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const DURATION = Number(process.env.BENCH_DURATION ?? 5);
@@ -79,6 +80,7 @@ const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 let stopping = false;
 const children = [];
 const work = mkdtempSync(join(tmpdir(), "tollgate-bench-"));
+let oauth2;
 try {
   const upstreamPort = await freePort();
   children.push(startProcess([join(root, "dist/demo/upstream.js"), "--port", String(upstreamPort)]));
@@ -113,10 +115,64 @@ try {
   const bareProxy = `http://127.0.0.1:${bareProxyPort}`;
   await waitFor(`${bareProxy}/v1/models`);
 
+  // The same gateway with a 100-rule access policy and route policy (the deciding
+  // rules last): its ratio to "tollgate, api_key auth" is the policy's cost.
+  const policyPort = await freePort();
+  const policyConfig = join(work, "tollgate-policy.yaml");
+  const accessRules = [
+    ...Array.from({ length: 99 }, (_, i) => `      - {forbid: {actions: [read], resource: "model::blocked-${i}"}, when: "user with t${i} in teams"}`),
+    '      - {permit: {actions: [read], resource: "model::*"}}',
+  ];
+  const routeRules = [...Array.from({ length: 99 }, (_, i) => `      - {forbid: {paths: ["/v1/area-${i}*"]}}`), '      - {permit: {paths: "*"}}'];
+  writeFileSync(
+    policyConfig,
+    [
+      "server:",
+      `  port: ${policyPort}`,
+      "  auth:",
+      "    provider_config: {type: api_key}",
+      "    access_policy:",
+      ...accessRules,
+      "    route_policy:",
+      ...routeRules,
+      `upstream: {url: "${upstream}"}`,
+      `storage: {type: sqlite, db_path: "${join(work, "tollgate.db")}"}`,
+      "logging: {level: warn}",
+    ].join("\n"),
+  );
+  children.push(startProcess([cli, "serve", "--config", policyConfig]));
+  const policyGateway = `http://127.0.0.1:${policyPort}`;
+  await waitFor(`${policyGateway}/health`);
+
+  // oauth2_token: three more gateways (JWT cached, JWT uncached, introspection), see oauth2-gateways.mjs.
+  let oauth2Gateways = 0;
+  oauth2 = await startOAuth2Scenarios({
+    startGateway: async (providerConfig) => {
+      const port = await freePort();
+      const file = writeOAuth2Config(work, `oauth2-${oauth2Gateways++}`, { port, upstream, providerConfig });
+      children.push(startProcess([cli, "serve", "--config", file]));
+      await waitFor(`http://127.0.0.1:${port}/health`);
+      return `http://127.0.0.1:${port}`;
+    },
+  });
+
   const scenarios = [
     { name: "direct to the upstream", url: `${upstream}/v1/models`, headers: {} },
     { name: "bare Node proxy (undici, no auth)", url: `${bareProxy}/v1/models`, headers: {} },
     { name: "tollgate, api_key auth", url: `${gateway}/v1/models`, headers: { authorization: `Bearer ${key}` } },
+    { name: "tollgate, api_key auth, 100-rule access + route policy", url: `${policyGateway}/v1/models`, headers: { authorization: `Bearer ${key}` } },
+    ...oauth2.scenarios,
+    // Quotas on (SQLite, and Redis when reachable): see quota-gateways.mjs.
+    ...(await (await import("./quota-gateways.mjs")).quotaScenarios({
+      work,
+      upstream,
+      key,
+      freePort,
+      startGateway: async (file, port) => {
+        children.push(startProcess([cli, "serve", "--config", file]));
+        await waitFor(`http://127.0.0.1:${port}/health`);
+      },
+    })),
   ];
   for (const s of scenarios) {
     s.runs = [];
@@ -168,5 +224,6 @@ try {
 } finally {
   stopping = true;
   for (const c of children) c.kill("SIGTERM");
+  oauth2?.close();
   rmSync(work, { recursive: true, force: true });
 }

@@ -7,6 +7,9 @@ import { authorizationHeaders, createPipeline, type Pipeline, type PipelineReque
 import { createProvider } from "../core/providers/index.js";
 import type { AuthProvider } from "../core/providers/types.js";
 import type { RecordStore } from "../core/stores/types.js";
+import { policyOptions } from "../core/policy/from-config.js";
+import { quotaFromConfig } from "../core/quota/from-config.js";
+import type { Quota } from "../core/quota/quota.js";
 
 /**
  * Tollgate's pipeline for a plain `node:http` server, without the gateway:
@@ -102,10 +105,24 @@ export async function createTollgate(options: TollgateOptions): Promise<Tollgate
     throw err;
   }
 
+  // Stage 5: `server.quota`. Its RateLimit headers are set on `res` by authenticate().
+  let quota: Quota | undefined;
+  try {
+    quota = config.server.quota ? await quotaFromConfig(config.server.quota, { log, now: options.now }) : undefined;
+  } catch (err) {
+    await provider?.close();
+    await ownedStore?.close();
+    throw err;
+  }
+
   const pipeline = createPipeline({
     publicPaths: config.server.public_paths,
     provider,
     onProviderError: (err) => log.error({ err }, "authentication provider failed; answered 503"),
+    // Stage 4 (route_policy, required_scopes) runs in authorize(); stage 6 is
+    // pipeline.checkAccess(context, action, { key, owner }) for the resources the application knows.
+    ...policyOptions(config.server.auth, log.child({ component: "audit" })),
+    quota,
   });
 
   async function authorize(req: IncomingMessage, signal?: AbortSignal): Promise<RequestContext> {
@@ -127,7 +144,11 @@ export async function createTollgate(options: TollgateOptions): Promise<Tollgate
       };
       res.once("close", onClose);
       try {
-        return await authorize(req, controller.signal);
+        const context = await authorize(req, controller.signal);
+        if (context.responseHeaders && !res.headersSent) {
+          for (const [name, value] of Object.entries(context.responseHeaders)) res.setHeader(name, value);
+        }
+        return context;
       } catch (err) {
         if (!(err instanceof TollgateError)) log.error({ err }, "unexpected error in the pipeline; answered 500");
         sendError(res, err);
@@ -139,6 +160,7 @@ export async function createTollgate(options: TollgateOptions): Promise<Tollgate
     close() {
       closing ??= (async () => {
         try {
+          await quota?.close();
           await provider?.close();
         } finally {
           await ownedStore?.close();

@@ -3,6 +3,7 @@ import { Command, CommanderError } from "commander";
 import { ConfigError } from "../core/errors.js";
 import { registerConfigCommands } from "./config.js";
 import { registerKeysCommands } from "./keys.js";
+import { registerPolicyCommands } from "./policy.js";
 import { registerServeCommand } from "./serve.js";
 import { quietSqliteWarning } from "./runtime.js";
 import { VERSION } from "../version.js";
@@ -20,6 +21,7 @@ export function buildProgram(): Command {
   registerServeCommand(program);
   registerKeysCommands(program);
   registerConfigCommands(program);
+  registerPolicyCommands(program);
   return program;
 }
 

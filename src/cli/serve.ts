@@ -78,14 +78,16 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
       log.info({ url: demo.url }, "demo upstream started");
     }
     const providerType = config.server.auth?.provider_config.type;
-    if (providerType === "api_key") store = await openRecordStore(config.storage);
+    // Every provider needs the store once authentication is on: the owners of
+    // resources created through the gateway are recorded there (docs/policy.md).
+    if (providerType) store = await openRecordStore(config.storage);
     if (!providerType) log.warn("server.auth is not set: authentication is off and every request is forwarded");
     gateway = await createGateway({ config, log, store, source });
     const { url } = await gateway.listen();
-    log.info({ url, upstream: withoutCredentials(config.upstream.url), auth: providerType ?? "off", version: VERSION }, "listening");
+    log.info({ url, upstream: withoutCredentials(config.upstream.url), auth: providerType ?? "off", quota: config.server.quota?.kvstore.type ?? "off", version: VERSION }, "listening");
 
     // After listening, so that a start-up failure (port in use) never swallows the only copy of a key.
-    if (store && (await store.countActiveApiKeys(Date.now())) === 0) {
+    if (providerType === "api_key" && store && (await store.countActiveApiKeys(Date.now())) === 0) {
       const { key, record } = await createApiKey(store, { principal: "admin", attributes: { roles: ["admin"] } });
       log.info({ id: record.id, principal: record.principal }, "created the first admin API key");
       process.stderr.write(adminKeyBanner(key, url));

@@ -179,3 +179,27 @@ export function toErrorResponse(err: unknown): ErrorResponse {
     body: { error: { message: e.message, type: e.type, code: e.code, param: null } },
   };
 }
+
+/**
+ * 429: the client used up a quota (Llama Stack's message, OpenAI's code).
+ * Carries `Retry-After` (seconds until the exhausted window resets) and the
+ * IETF `RateLimit` / `RateLimit-Policy` fields.
+ */
+export class QuotaExceededError extends TollgateError {
+  readonly retryAfterSeconds: number;
+
+  constructor(retryAfterSeconds: number, headers: Record<string, string> = {}) {
+    super(429, "rate_limit_error", "rate_limit_exceeded", "Quota exceeded", {
+      ...headers,
+      "retry-after": String(retryAfterSeconds),
+    });
+    this.retryAfterSeconds = retryAfterSeconds;
+  }
+}
+
+/** 503: the quota store could not answer and `failure_mode` is `closed`. */
+export class QuotaUnavailableError extends TollgateError {
+  constructor() {
+    super(503, "service_unavailable", "quota_store_unavailable", "Quota service unavailable", { "retry-after": "1" });
+  }
+}

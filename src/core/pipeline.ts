@@ -1,7 +1,11 @@
 import { parseBearer } from "./bearer.js";
-import { AuthError, IdentityUnavailableError, TollgateError } from "./errors.js";
+import { AuthError, ForbiddenError, IdentityUnavailableError, TollgateError } from "./errors.js";
 import { canonicalPath, canonicalTarget } from "./path.js";
 import type { AuthProvider } from "./providers/types.js";
+import { DEFAULT_POLICY, type Action, type CompiledAccessPolicy, type CompiledRoutePolicy, type CompiledScopeRule, type Decision } from "./policy/compile.js";
+import { evaluateAccess, type Resource } from "./policy/evaluate.js";
+import { checkRequiredScopes, evaluateRoute, routeMatchPath } from "./policy/routes.js";
+import type { Quota } from "./quota/quota.js";
 import type { User } from "./user.js";
 
 /**
@@ -15,9 +19,10 @@ import type { User } from "./user.js";
  *   1. canonical path            (400)        — path.ts
  *   2. public route?             (skip 3–6)   — exact canonical match
  *   3. authenticate              (401 / 503)  — bearer.ts + providers/
- *   4. route policy and scopes   (403)        — not in this version
- *   5. quota                     (429)        — not in this version
- *   6. resource policy           (404 / 403)  — not in this version
+ *   4. route policy and scopes   (403)        — policy/routes.ts
+ *   5. quota                     (429 / 503)  — quota/quota.ts (requests consumed, token budgets checked)
+ *   6. resource policy           (404 / 403)  — policy/evaluate.ts, through {@link Pipeline.checkAccess}
+ *      (the adapter knows which resource a request touches: the gateway's catalog)
  *   7. forward                   (502 / 504)  — the gateway, with the context returned here
  */
 
@@ -48,6 +53,27 @@ export interface RequestContext {
   readonly public: boolean;
   /** The authenticated caller; undefined on public paths and when authentication is off. */
   readonly user: User | undefined;
+  /**
+   * Headers the response must carry (stage 5: `RateLimit`, `RateLimit-Policy`),
+   * names lower-case. Adapters set them on whatever response follows,
+   * success or error; absent when there are none.
+   */
+  readonly responseHeaders?: Readonly<Record<string, string>> | undefined;
+  /**
+   * Present when the client has LLM token budgets: call it with the `usage`
+   * total of the response (the gateway does, JSON and streamed). Never rejects.
+   */
+  readonly recordTokens?: ((tokens: number) => Promise<void>) | undefined;
+}
+
+/** One access decision, as handed to {@link PipelineOptions.onDecision} for the audit log. Never holds a secret. */
+export interface AccessDecisionEvent {
+  readonly principal: string | undefined;
+  /** `create`/`read`/`update`/`delete`, or `route` for the route policy. */
+  readonly action: Action | "route";
+  /** `type::id`, or the canonical path for the route policy. */
+  readonly resource: string;
+  readonly decision: Decision;
 }
 
 export interface PipelineOptions {
@@ -57,10 +83,27 @@ export interface PipelineOptions {
   provider: AuthProvider | undefined;
   /** Called with provider failures that became 503, for logging (never with a token). */
   onProviderError?: (err: unknown) => void;
+  /** Compiled `access_policy` (compile.ts); default: the reference's default policy. */
+  accessPolicy?: CompiledAccessPolicy | undefined;
+  /** Compiled `route_policy`; default: none (every route allowed). */
+  routePolicy?: CompiledRoutePolicy | undefined;
+  /** Compiled `required_scopes`; default: none. */
+  requiredScopes?: readonly CompiledScopeRule[] | undefined;
+  /** Called with every route and resource decision, for the audit log. */
+  onDecision?: (event: AccessDecisionEvent) => void;
+  /** Stage 5 (`server.quota`); default: no quotas. */
+  quota?: Quota | undefined;
 }
 
 export interface Pipeline {
+  /** Stages 1–4: canonical path, public routes, authentication, route policy and required scopes. */
   authorize(request: PipelineRequest): Promise<RequestContext>;
+  /**
+   * Stage 6: may the request's user perform `action` on `resource`? Returns
+   * the decision (and reports it to `onDecision`); the caller turns a denial
+   * into 404 (a read: the resource must not be seen to exist) or 403.
+   */
+  checkAccess(context: RequestContext, action: Action, resource: Resource): Decision;
 }
 
 /**
@@ -86,7 +129,16 @@ function canonicalPublicPath(path: string): string {
 }
 
 /** Builds the pipeline from its parts; see {@link PipelineOptions}. Throws when a public path is not an absolute path. */
-export function createPipeline({ publicPaths, provider, onProviderError }: PipelineOptions): Pipeline {
+export function createPipeline({
+  publicPaths,
+  provider,
+  onProviderError,
+  accessPolicy = DEFAULT_POLICY,
+  routePolicy,
+  requiredScopes = [],
+  onDecision,
+  quota,
+}: PipelineOptions): Pipeline {
   // Exact match only: the reference exempts any path that merely ends in
   // /health, so /v1/secret/health would skip authentication there. Matched
   // canonical against canonical: a library caller's "/health/" must still
@@ -122,7 +174,22 @@ export function createPipeline({ publicPaths, provider, onProviderError }: Pipel
       const { path, query } = canonicalTarget(request.url);
       if (publicSet.has(path)) return { path, query, public: true, user: undefined };
       const user = await authenticate(request, path, query);
-      return { path, query, public: false, user };
+      // Route rules and scopes match a case- and parameter-insensitive form (routes.ts).
+      const matchPath = routeMatchPath(path);
+      if (user !== undefined && routePolicy !== undefined && routePolicy.rules.length > 0) {
+        const decision = evaluateRoute(routePolicy, user, matchPath);
+        onDecision?.({ principal: user.principal, action: "route", resource: path, decision });
+        if (!decision.allowed) throw new ForbiddenError("Access denied: route not permitted by route_policy", "route_denied");
+      }
+      checkRequiredScopes(requiredScopes, user, matchPath);
+      if (!quota) return { path, query, public: false, user };
+      const grant = await quota.check({ user, remoteAddress: request.remoteAddress, headers: request.headers });
+      return { path, query, public: false, user, responseHeaders: grant.headers, recordTokens: grant.recordTokens };
+    },
+    checkAccess(context, action, resource) {
+      const decision = evaluateAccess(accessPolicy, context.user, action, resource);
+      if (context.user !== undefined) onDecision?.({ principal: context.user.principal, action, resource: resource.key, decision });
+      return decision;
     },
   };
 }

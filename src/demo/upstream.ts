@@ -14,7 +14,8 @@ import { parseArgs } from "node:util";
  *
  * Routes: `GET /health`, `GET /v1/models`, `GET /v1/models/{id}`,
  * `POST /v1/chat/completions` (SSE with `stream: true`), `POST /v1/completions`,
- * `POST /v1/embeddings`, `/echo/*` (any method: answers what it received) and
+ * `POST /v1/embeddings`, files / vector stores / responses (create, list with
+ * `after`/`limit` pagination, retrieve, delete; kept in memory), `/echo/*` (any method: answers what it received) and
  * `GET /_demo/requests` (the requests recorded so far, newest last).
  *
  * Request headers steer it, for tests: `x-demo-delay-ms` (wait before the
@@ -213,7 +214,100 @@ export async function startDemoUpstream(options: DemoUpstreamOptions = {}): Prom
     if (method === "POST" && path === "/v1/chat/completions") return chat(req, res, record);
     if (method === "POST" && path === "/v1/completions") return completion(req, res, record);
     if (method === "POST" && path === "/v1/embeddings") return embeddings(res, record);
+    if (await storedObjects(req, res, record)) return;
     sendError(res, 404, `Unknown route ${method} ${path}`, "unknown_route");
+  }
+
+  // Files, vector stores and responses, kept in memory: create, list
+  // (cursor pagination: `after`, `limit`, answering `has_more`, `first_id`,
+  // `last_id`), retrieve, delete. Enough for the access-policy tests.
+  const stores = { files: new Map<string, Record<string, unknown>>(), vector_stores: new Map<string, Record<string, unknown>>(), responses: new Map<string, Record<string, unknown>>() };
+  const ID_PREFIX = { files: "file-", vector_stores: "vs_", responses: "resp_" } as const;
+  let objectSequence = 0;
+
+  async function storedObjects(req: IncomingMessage, res: ServerResponse, record: DemoRequest): Promise<boolean> {
+    const match = /^\/v1\/(files|vector_stores|responses)(?:\/([^/]+))?(\/content)?$/.exec(record.path);
+    if (!match) return false;
+    const kind = match[1] as keyof typeof stores;
+    const id = match[2];
+    const store = stores[kind];
+    const { method } = record;
+    if (id === undefined && method === "POST") {
+      const created = await createObject(kind, req, record);
+      if (!created) sendError(res, 400, "invalid request body", "invalid_body");
+      else if (kind === "responses" && parseJsonBody(record.body)?.stream === true) {
+        // The Responses API's stream: the id arrives in the first event.
+        store.set(created.id as string, created);
+        res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" });
+        const events = [
+          { type: "response.created", sequence_number: 0, response: { ...created, status: "in_progress", output: [] } },
+          { type: "response.completed", sequence_number: 1, response: created },
+        ];
+        for (const event of events) res.write(`event: ${event.type}\ndata: ${JSON.stringify(event)}\n\n`);
+        res.end();
+      } else {
+        store.set(created.id as string, created);
+        sendJson(res, 200, created);
+      }
+      return true;
+    }
+    if (id === undefined && method === "GET" && kind !== "responses") {
+      const params = new URLSearchParams(record.query);
+      const limit = Math.max(1, Math.min(100, Number(params.get("limit") ?? 20) || 20));
+      const all = [...store.values()];
+      const after = params.get("after");
+      const start = after ? all.findIndex((o) => o.id === after) + 1 : 0;
+      const data = all.slice(start, start + limit);
+      sendJson(res, 200, { object: "list", data, first_id: data[0]?.id ?? null, last_id: data.at(-1)?.id ?? null, has_more: start + limit < all.length });
+      return true;
+    }
+    const found = id === undefined ? undefined : store.get(id);
+    if (!found) {
+      sendError(res, 404, `No such object: ${id ?? ""}`, "not_found");
+      return true;
+    }
+    if (method === "GET" && match[3]) {
+      res.writeHead(200, { "content-type": "application/octet-stream" });
+      res.end(String(found.content ?? ""));
+    } else if (method === "GET") {
+      const { content: _content, ...visible } = found;
+      sendJson(res, 200, visible);
+    } else if (method === "DELETE") {
+      store.delete(found.id as string);
+      sendJson(res, 200, { id: found.id, object: kind === "files" ? "file" : kind === "vector_stores" ? "vector_store.deleted" : "response", deleted: true });
+    } else {
+      sendError(res, 405, `${method} not supported here`, "method_not_allowed");
+    }
+    return true;
+  }
+
+  async function createObject(kind: keyof typeof stores, req: IncomingMessage, record: DemoRequest): Promise<Record<string, unknown> | undefined> {
+    const id = `${ID_PREFIX[kind]}${String(++objectSequence).padStart(6, "0")}`;
+    if (kind === "files") {
+      const contentType = req.headers["content-type"] ?? "";
+      if (!contentType.startsWith("multipart/form-data")) return undefined;
+      const form = await new Response(Buffer.from(record.body, "utf8"), { headers: { "content-type": contentType } }).formData().catch(() => undefined);
+      const file = form?.get("file");
+      if (!form || !file || typeof file === "string") return undefined;
+      const content = await file.text();
+      return { id, object: "file", bytes: Buffer.byteLength(content), created_at: CREATED, filename: file.name, purpose: String(form.get("purpose") ?? "assistants"), status: "processed", content };
+    }
+    const body = parseJsonBody(record.body);
+    if (!body) return undefined;
+    if (kind === "vector_stores") {
+      return { id, object: "vector_store", created_at: CREATED, name: typeof body.name === "string" ? body.name : null, usage_bytes: 0, file_counts: { in_progress: 0, completed: 0, failed: 0, cancelled: 0, total: 0 }, status: "completed", metadata: null, last_active_at: CREATED, expires_at: null };
+    }
+    const input = typeof body.input === "string" ? body.input : "";
+    const text = `You said: ${input}`;
+    return {
+      id,
+      object: "response",
+      created_at: CREATED,
+      model: body.model,
+      status: "completed",
+      output: [{ type: "message", id: `msg_${objectSequence}`, role: "assistant", status: "completed", content: [{ type: "output_text", text, annotations: [] }] }],
+      usage: { input_tokens: words(input).length, output_tokens: words(text).length, total_tokens: words(input).length + words(text).length },
+    };
   }
 
   function model(id: string) {

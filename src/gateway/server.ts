@@ -10,12 +10,18 @@ import { toPipelineRequest } from "../adapters/node.js";
 import { createPipeline, type Pipeline, type RequestContext } from "../core/pipeline.js";
 import { createProvider } from "../core/providers/index.js";
 import type { AuthProvider } from "../core/providers/types.js";
+import { quotaFromConfig } from "../core/quota/from-config.js";
 import type { RecordStore } from "../core/stores/types.js";
 import { VERSION } from "../version.js";
 import { checkDeclaredLength, hasBody, limitBody } from "./body.js";
 import { createForwarder, type Forwarder, type UpstreamResponse } from "./forward.js";
 import { downstreamResponseHeaders, upstreamRequestHeaders } from "./headers.js";
 import { errorResponse, writeClientError } from "./respond.js";
+import { createCatalog } from "./catalog.js";
+import { policyOptions } from "../core/policy/from-config.js";
+import { bodyStream, withBodyLength, type BufferedBody } from "./request-body.js";
+import { meterUsage, prepareUsage, type UsagePlan } from "./usage.js";
+import { createResourceGuard, type GuardedRequest, type ResourceGuard } from "./resources.js";
 
 /** What the gateway keeps about a request while it runs; typed on Fastify's request. */
 export interface GatewayRequestState {
@@ -108,15 +114,29 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
   let forwarder: Forwarder;
   let pipeline: Pipeline;
   let app: FastifyInstance;
+  let guard: ResourceGuard;
   try {
     const provider =
       options.provider ??
       (config.server.auth ? createProvider(config.server.auth.provider_config, { store, log: options.log }) : undefined);
     if (provider) owned.push(provider);
+    // Stage 5: opened after the provider, so closed before it.
+    const quota = config.server.quota ? await quotaFromConfig(config.server.quota, { log: options.log }) : undefined;
+    if (quota) owned.push(quota);
     pipeline = createPipeline({
+      quota,
       publicPaths: config.server.public_paths,
       provider,
       onProviderError: (err) => log.warn({ err: errorMessage(err) }, "authentication provider failed"),
+      // Stage 4 (route_policy, required_scopes); stage 6's decisions come through guard below. Audit: one line per decision.
+      ...policyOptions(config.server.auth, options.log.child({ component: "audit" })),
+    });
+    guard = createResourceGuard({
+      pipeline,
+      catalog: createCatalog(config.server.resources),
+      store,
+      maxBodyBytes,
+      log: options.log.child({ component: "resources" }),
     });
     forwarder = createForwarder(config.upstream);
     owned.push(forwarder);
@@ -190,7 +210,9 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
 
   /** Every error the gateway answers goes through here. */
   function sendError(request: FastifyRequest, reply: FastifyReply, err: unknown): void {
-    const { status, headers, body } = errorResponse(err, request.raw.url);
+    const { status, headers: errorHeaders, body } = errorResponse(err, request.raw.url);
+    // A request that passed the quota and failed later still tells the client where it stands.
+    const headers = { ...request.tollgate?.context?.responseHeaders, ...errorHeaders };
     if (status >= 500 && !(err instanceof TollgateError) && !hasCode(err, "FST_")) {
       log.error({ err: errorMessage(err) }, "unexpected error");
     }
@@ -241,23 +263,35 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
 
       // Served by the gateway itself: liveness (no dependency check) and version.
       if ((method === "GET" || method === "HEAD") && (context.path === "/health" || context.path === "/version")) {
+        if (context.responseHeaders) void reply.headers(context.responseHeaders);
         return reply.send(context.path === "/health" ? { status: "OK" } : { version: VERSION });
       }
 
-      const upstream = await forward(raw, context, state).catch((err: unknown) => {
+      // Stage 6: the resource policy for what the catalog knows (resources.ts); authentication off: nothing to check.
+      const guarded = context.user ? await guard.before(raw, context) : undefined;
+      // Token budgets (stage 5): a streamed completion is asked to report usage (usage.ts);
+      // the answer must be readable, so it is asked for uncompressed.
+      const usage = context.recordTokens && method === "POST" ? await prepareUsage(raw, context.path, guarded?.body, maxBodyBytes) : undefined;
+      const forwardAs = usage
+        ? ({ ...guarded, body: usage.body ?? guarded?.body, inspectResponse: true } as GuardedRequest)
+        : guarded;
+      const answer = await forward(raw, context, state, forwardAs).catch((err: unknown) => {
         if (state.abort.signal.aborted) return undefined;
         if (err instanceof UpstreamError || err instanceof UpstreamTimeoutError) {
           log.warn({ status: err.status, err: errorMessage(err.cause ?? err) }, "upstream request failed");
         }
         throw err;
       });
-      if (!upstream) {
+      if (!answer) {
         // The client is gone; there is nobody to answer.
         reply.hijack();
         reply.raw.destroy();
         return reply;
       }
-      return relay(reply, upstream);
+      const upstream = guarded
+        ? await guard.after(guarded, context, answer, (query) => forward(raw, { ...context, query }, state, guarded, true))
+        : answer;
+      return relay(reply, upstream, usage);
     },
   });
 
@@ -269,10 +303,13 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
    * cut (its headers are gone, a status can no longer tell it) and the
    * upstream request is aborted.
    */
-  function relay(reply: FastifyReply, upstream: UpstreamResponse): FastifyReply {
+  function relay(reply: FastifyReply, upstream: UpstreamResponse, usage?: UsagePlan): FastifyReply {
     const res = reply.raw;
     const headers = downstreamResponseHeaders(upstream.headers);
     if (closing) headers.connection = "close";
+    // Ours replace any RateLimit fields of the upstream's: the client's limits are the gateway's.
+    const quotaHeaders = reply.request.tollgate?.context?.responseHeaders;
+    if (quotaHeaders) Object.assign(headers, quotaHeaders);
     try {
       for (const [name, value] of Object.entries(headers)) res.setHeader(name, value);
     } catch {
@@ -286,7 +323,17 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     if (headers["content-length"] === undefined) res.flushHeaders();
     // pipe() plus two listeners rather than stream.pipeline, which allocates an
     // AbortController and an AbortError per call: measurable at this rate.
-    const body = upstream.body;
+    const recordTokens = reply.request.tollgate?.context?.recordTokens;
+    const body =
+      usage && recordTokens && upstream.status >= 200 && upstream.status < 300 && headers["content-encoding"] === undefined
+        ? meterUsage(
+            upstream.body,
+            headerText(headers["content-type"]),
+            // A body of declared length cannot lose a chunk; SSE never declares one in practice.
+            { stripUsageChunk: usage.stripUsageChunk && headers["content-length"] === undefined },
+            (tokens) => void recordTokens(tokens),
+          )
+        : upstream.body;
     body.on("error", () => res.destroy());
     res.once("close", () => {
       if (!body.readableEnded) body.destroy();
@@ -295,19 +342,27 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     return reply;
   }
 
-  function forward(raw: IncomingMessage, context: RequestContext, state: GatewayRequestState) {
-    const headers = upstreamRequestHeaders(raw.rawHeaders, {
+  /**
+   * `guarded`: what stage 6 read (its buffered body is forwarded instead of
+   * the stream; an answer it must inspect is asked for uncompressed).
+   * `bodyless`: a follow-up GET for the next page of a filtered list.
+   */
+  function forward(raw: IncomingMessage, context: RequestContext, state: GatewayRequestState, guarded?: GuardedRequest, bodyless = false) {
+    let headers = upstreamRequestHeaders(raw.rawHeaders, {
       apiKey: config.upstream.api_key,
       principalHeader: config.upstream.principal_header,
       principal: context.user?.principal,
       forwarded: { remoteAddress: raw.socket.remoteAddress, proto, host: raw.headers.host },
     });
+    if (guarded?.inspectResponse) headers = identityEncoding(headers);
+    const buffered: BufferedBody | undefined = bodyless ? undefined : guarded?.body;
+    if (buffered) headers = withBodyLength(headers, buffered.bytes.length);
     return forwarder.forward({
       method: raw.method ?? "GET",
       path: context.path,
       query: context.query,
       headers,
-      body: hasBody(raw.headers) ? limitBody(raw, maxBodyBytes) : null,
+      body: bodyless ? null : buffered ? bodyStream(buffered) : hasBody(raw.headers) ? limitBody(raw, maxBodyBytes) : null,
       signal: state.abort.signal,
     });
   }
@@ -353,6 +408,20 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
       }
     }
   }
+}
+
+/** Request headers asking for an uncompressed answer: the gateway must read it (resources.ts). */
+function identityEncoding(headers: readonly string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < headers.length; i += 2) {
+    if (headers[i]!.toLowerCase() !== "accept-encoding") out.push(headers[i]!, headers[i + 1]!);
+  }
+  out.push("accept-encoding", "identity");
+  return out;
+}
+
+function headerText(value: string | string[] | number | undefined): string | undefined {
+  return Array.isArray(value) ? value[0] : value === undefined ? undefined : String(value);
 }
 
 /** Longest path written to a log line; a request line can be far longer. */

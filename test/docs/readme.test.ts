@@ -36,7 +36,7 @@ test("the README's YAML examples are valid configs", () => {
   const blocks = [...readme.matchAll(/```yaml\n([\s\S]*?)```/g)].map((m) => m[1]!);
   assert.ok(blocks.length >= 2);
   for (const block of blocks) {
-    assert.doesNotThrow(() => parseConfig(block, "README example", { OPENAI_API_KEY: "sk-test", UPSTREAM_API_KEY: "x" }), block);
+    assert.doesNotThrow(() => parseConfig(block, "README example", { OPENAI_API_KEY: "sk-test", UPSTREAM_API_KEY: "x", KEYCLOAK_CLIENT_SECRET: "s" }), block);
   }
 });
 

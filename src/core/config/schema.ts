@@ -1,6 +1,9 @@
 import { isIP } from "node:net";
 import { z } from "zod";
 import { canonicalPath } from "../path.js";
+import { parseCondition } from "../policy/conditions.js";
+import { PERIODS } from "../quota/limits.js";
+import { ACTIONS, compileAccessPolicy, compileRequiredScopes, compileRoutePolicy, PolicyError } from "../policy/compile.js";
 
 /**
  * The configuration schema: the single description of `tollgate.yaml`.
@@ -93,11 +96,178 @@ export const apiKeyProviderSchema = z
   })
   .describe("Tollgate's own API keys, issued by `tollgate keys create` and stored hashed in `storage`");
 
+/** JWS algorithms `oauth2_token` accepts by default: the asymmetric ones. Never `none`, never HMAC. */
+export const ASYMMETRIC_JWS_ALGORITHMS = [
+  "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA", "Ed25519",
+] as const;
+
+/** `claims_mapping`: claim path (dot paths reach nested claims) → attribute name; Llama Stack's defaults. */
+const claimsMapping = (defaults: Record<string, string>) =>
+  z
+    .record(z.string().min(1), z.string().min(1, "claims_mapping value cannot be empty"))
+    .default(defaults)
+    .describe("claim (dot path into nested claims) → attribute name; string claims split on whitespace");
+
+const outboundTimeout = positiveMs.default(10_000).describe("give up on the identity service after this long (then 503)");
+
+export const oauth2TokenProviderSchema = z
+  .strictObject({
+    type: z.literal("oauth2_token"),
+    jwks: z
+      .strictObject({
+        uri: httpUrl.describe("the JWKS URI, e.g. https://idp/realms/x/protocol/openid-connect/certs"),
+        key_recheck_period: z.number().positive().default(3600).describe("seconds between refreshes of the key set"),
+        token: secretString.optional().describe("sent as Bearer when fetching the JWKS (Kubernetes' JWKS needs one)"),
+        refresh_cooldown_ms: z
+          .number()
+          .int()
+          .min(0)
+          .default(30_000)
+          .describe("least time between two fetches of the JWKS, however many unknown kids arrive"),
+      })
+      .optional()
+      .describe("verify JWT access tokens locally with the identity provider's public keys"),
+    introspection: z
+      .strictObject({
+        url: httpUrl.describe("the RFC 7662 introspection endpoint"),
+        client_id: secretString.describe("client id Tollgate authenticates to the endpoint with"),
+        client_secret: secretString.describe("its secret"),
+        send_secret_in_body: z.boolean().default(false).describe("client_secret_post instead of client_secret_basic"),
+      })
+      .optional()
+      .describe("ask the identity provider about every token (RFC 7662); opaque tokens and revocation"),
+    issuer: z.string().min(1).optional().describe("required `iss` of JWTs"),
+    audience: z
+      .union([z.string().min(1), z.array(z.string().min(1)).min(1)])
+      .default("llama-stack")
+      .describe("required `aud` of JWTs (one of these)"),
+    claims_mapping: claimsMapping({
+      sub: "roles",
+      username: "roles",
+      groups: "teams",
+      team: "teams",
+      project: "projects",
+      tenant: "namespaces",
+      namespace: "namespaces",
+    }),
+    algorithms: z
+      .array(z.enum(ASYMMETRIC_JWS_ALGORITHMS))
+      .min(1)
+      .default([...ASYMMETRIC_JWS_ALGORITHMS])
+      .describe("JWS algorithms accepted; the token's own `alg` header is never trusted alone"),
+    leeway: z.number().min(0).default(0).describe("seconds of clock skew allowed on exp/nbf"),
+    typ: z.string().min(1).optional().describe("required JWT `typ` header, e.g. at+jwt (RFC 9068)"),
+    timeout_ms: outboundTimeout,
+    cache_ttl_ms: z
+      .number()
+      .int()
+      .min(0)
+      .default(30_000)
+      .describe("reuse a verified (or introspected) token this long, never beyond its exp; 0: off"),
+    ...tlsClient,
+  })
+  .superRefine((config, ctx) => {
+    if (!config.jwks && !config.introspection) {
+      ctx.addIssue({ code: "custom", message: "One of jwks or introspection must be configured", path: ["jwks"] });
+    } else if (config.jwks && config.introspection) {
+      ctx.addIssue({ code: "custom", message: "At present only one of jwks or introspection should be configured", path: ["introspection"] });
+    }
+  })
+  .describe("OAuth2 bearer tokens: JWTs verified against a JWKS, or any token by introspection (RFC 7662)");
+
+export const githubTokenProviderSchema = z
+  .strictObject({
+    type: z.literal("github_token"),
+    github_api_base_url: httpUrl.default("https://api.github.com").describe("GitHub's API, or https://ghe.example.com/api/v3"),
+    claims_mapping: claimsMapping({ login: "roles", organizations: "teams" }),
+    timeout_ms: outboundTimeout,
+    cache_ttl_ms: z.number().int().min(0).default(60_000).describe("reuse a validated token this long, sparing GitHub's rate limit; 0: off"),
+    ...tlsClient,
+  })
+  .describe("GitHub access tokens, validated by GitHub's /user and /user/orgs");
+
+export const kubernetesProviderSchema = z
+  .strictObject({
+    type: z.literal("kubernetes"),
+    api_server_url: httpUrl.default("https://kubernetes.default.svc").describe("the Kubernetes API server"),
+    claims_mapping: claimsMapping({ username: "roles", groups: "roles" }),
+    timeout_ms: outboundTimeout,
+    cache_ttl_ms: z.number().int().min(0).default(10_000).describe("reuse a validated token this long; 0: off"),
+    ...tlsClient,
+  })
+  .describe("Kubernetes tokens, validated by a SelfSubjectReview with the caller's token");
+
 export const providerConfigSchema = z.discriminatedUnion("type", [
   customProviderSchema,
   upstreamHeaderProviderSchema,
   apiKeyProviderSchema,
+  oauth2TokenProviderSchema,
+  githubTokenProviderSchema,
+  kubernetesProviderSchema,
 ]);
+
+const actionSchema = z.enum(ACTIONS);
+const conditionsSchema = z
+  .union([z.string(), z.array(z.string())])
+  .optional();
+const accessScopeSchema = z.strictObject({
+  principal: z.string().min(1).optional().describe("only this principal (default: any)"),
+  actions: z.union([actionSchema, z.array(actionSchema).min(1)]).describe("create, read, update, delete"),
+  resource: z.string().min(1).optional().describe("type::id, type::* or regex:... (default: any)"),
+});
+const accessRuleSchema = z.strictObject({
+  permit: accessScopeSchema.optional(),
+  forbid: accessScopeSchema.optional(),
+  when: conditionsSchema.describe("conditions that must all hold for the rule to apply"),
+  unless: conditionsSchema.describe("the rule applies unless all these conditions hold"),
+  description: z.string().optional().describe("shown by `tollgate policy check` and in audit events"),
+});
+const routeScopeSchema = z.strictObject({
+  paths: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).describe("exact path, prefix ending in *, * or regex:..."),
+});
+const routeRuleSchema = z.strictObject({
+  permit: routeScopeSchema.optional(),
+  forbid: routeScopeSchema.optional(),
+  when: conditionsSchema,
+  unless: conditionsSchema,
+  description: z.string().optional(),
+});
+
+/** Runs a policy compiler as validation, so an invalid rule is refused at load with its position and reason. */
+function policyIssues<T>(compile: (value: T) => unknown) {
+  return (value: T, ctx: z.RefinementCtx) => {
+    try {
+      compile(value);
+    } catch (err) {
+      if (!(err instanceof PolicyError)) throw err;
+      for (const issue of err.issues) ctx.addIssue({ code: "custom", message: issue.message, path: issue.path });
+    }
+  };
+}
+
+const resourceRouteSchema = z.strictObject({
+  method: z.enum(["GET", "POST", "PUT", "PATCH", "DELETE"]).describe("HTTP method"),
+  path: z
+    .string()
+    .regex(/^\/[^?#]*$/, "expected a path template such as /v1/widgets/{id}")
+    .describe("path template; {id} marks the identifier's segment, a trailing /* matches sub-paths"),
+  type: z.string().regex(/^[A-Za-z0-9_.-]+$/, "expected a resource type such as widget").describe("resource type, as in type::id"),
+  action: z.enum([...ACTIONS, "list"]).describe("create (owner recorded), read, update, delete, or list (response filtered)"),
+  id: z
+    .string()
+    .regex(/^(path|response\.[A-Za-z0-9_]+|body\.[A-Za-z0-9_]+)$/, "expected path, response.<field> or body.<field>")
+    .optional()
+    .describe("where the identifier is: path ({id}), body.<field> (JSON or form field), response.<field> (create); default: response.id for create, else path"),
+  optional: z.boolean().optional().describe("with id body.<field>: forward unchecked when the field is absent (default: 400)"),
+});
+
+const resourcesSchema = z.strictObject({
+  presets: z
+    .array(z.enum(["openai", "llama_stack"]))
+    .default(["openai", "llama_stack"])
+    .describe("built-in route catalogs to protect (docs/policy.md lists their routes)"),
+  routes: z.array(resourceRouteSchema).default([]).describe("more routes, tried before the presets"),
+});
 
 const notYet = (what: string) => `${what} is not supported by this version of Tollgate yet; remove it`;
 
@@ -106,12 +276,21 @@ const authSchema = z
     provider_config: providerConfigSchema.optional(),
     provider_type: z.string().optional().describe("older Llama Stack form: the provider type, with `config`"),
     config: z.record(z.string(), z.unknown()).optional().describe("older Llama Stack form: the provider's settings"),
-    access_policy: z.array(z.unknown()).max(0, notYet("access_policy")).default([]),
-    route_policy: z.array(z.unknown()).max(0, notYet("route_policy")).default([]),
+    access_policy: z
+      .array(accessRuleSchema)
+      .default([])
+      .superRefine(policyIssues(compileAccessPolicy))
+      .describe("resource rules, first match decides, no match denies; empty: Llama Stack's default policy (docs/policy.md)"),
+    route_policy: z
+      .array(routeRuleSchema)
+      .default([])
+      .superRefine(policyIssues(compileRoutePolicy))
+      .describe("route rules matched on the canonical path; when set, a path no rule permits is refused (403)"),
     required_scopes: z
-      .record(z.string(), z.string())
-      .refine((r) => Object.keys(r).length === 0, notYet("required_scopes"))
-      .default({}),
+      .record(z.string(), z.string().min(1))
+      .default({})
+      .superRefine(policyIssues(compileRequiredScopes))
+      .describe("route pattern → scope the user's `scopes` attribute must contain (else 403)"),
   })
   .superRefine((auth, ctx) => {
     if (auth.provider_config && auth.provider_type !== undefined) {
@@ -136,7 +315,76 @@ const authSchema = z
     return { ...auth, provider_config: legacy.data };
   });
 
-const quotaSchema = z.unknown().refine((q) => q === undefined, notYet("quota")).optional();
+const quotaPeriod = z.enum(PERIODS).describe("second, minute, hour or day");
+const quotaLimitSchema = z.union([
+  z.strictObject({ requests: z.number().int().min(0).describe("most requests per period"), period: quotaPeriod }),
+  z.strictObject({ tokens: z.number().int().min(0).describe("most LLM tokens (from `usage`) per period"), period: quotaPeriod }),
+]);
+const quotaNamespace = z.string().optional().describe("prefix of every quota key (Llama Stack's namespace)");
+
+/**
+ * `server.quota.kvstore`: Llama Stack's `{type: sqlite, db_path}` and
+ * `{type: redis, host, port, namespace}` unchanged, plus a Redis URL
+ * (`rediss://` for TLS, password in it or in `password`).
+ */
+const quotaKvstoreSchema = z.discriminatedUnion("type", [
+  z.strictObject({
+    type: z.literal("sqlite"),
+    db_path: z.string().min(1).default("./data/quota.db").describe("SQLite file shared by the gateway processes of one machine"),
+    namespace: quotaNamespace,
+  }),
+  z
+    .strictObject({
+      type: z.literal("redis"),
+      url: z.string().regex(/^rediss?:\/\//, "expected a redis:// or rediss:// URL").optional().describe("redis://[:password@]host:port/db; rediss:// for TLS"),
+      host: z.string().min(1).optional().describe("Llama Stack's form: Redis host (default localhost)"),
+      port: z.number().int().min(1).max(65535).optional().describe("Llama Stack's form: Redis port (default 6379)"),
+      password: secretString.optional().describe("Redis password (AUTH), instead of putting it in the URL"),
+      namespace: quotaNamespace,
+      command_timeout_ms: positiveMs.default(1000).describe("a Redis command slower than this counts as a store failure"),
+    })
+    .refine((r) => r.url === undefined || (r.host === undefined && r.port === undefined), {
+      message: "use either url or host/port, not both",
+      path: ["url"],
+    }),
+]);
+
+const quotaSchema = z
+  .strictObject({
+    kvstore: quotaKvstoreSchema.default({ type: "sqlite", db_path: "./data/quota.db" }).describe("where counters live; sqlite (default) or redis"),
+    anonymous_max_requests: z.number().int().min(0).default(100).describe("requests per `period` for unauthenticated clients (Llama Stack)"),
+    authenticated_max_requests: z.number().int().min(0).default(1000).describe("requests per `period` for each authenticated principal (Llama Stack)"),
+    period: quotaPeriod.default("day"),
+    limits: z.array(quotaLimitSchema).default([]).describe("more limits for authenticated clients, all enforced"),
+    tiers: z
+      .array(
+        z.strictObject({
+          name: z.string().min(1).regex(/^[A-Za-z0-9_.-]+$/, "expected a name of letters, digits, _ . -"),
+          when: z
+            .union([z.string(), z.array(z.string()).min(1)])
+            .superRefine((when, ctx) => {
+              (typeof when === "string" ? [when] : when).forEach((text, i) => {
+                const parsed = parseCondition(text);
+                const problem =
+                  typeof parsed === "string"
+                    ? parsed
+                    : parsed.kind === "user_with_value_in" || parsed.kind === "user_with_value_not_in"
+                      ? undefined
+                      : "a tier condition is about the user only: user with <value> in <attr>, user with <value> not in <attr>";
+                if (problem) ctx.addIssue({ code: "custom", message: problem, path: typeof when === "string" ? [] : [i] });
+              });
+            })
+            .describe("condition(s) on the user, all must hold: user with premium in roles"),
+          limits: z.array(quotaLimitSchema).describe("replace `limits` for users of this tier"),
+        }),
+      )
+      .default([])
+      .describe("the first tier whose `when` holds replaces `limits`"),
+    failure_mode: z.enum(["closed", "open"]).default("closed").describe("store down: closed answers 503, open lets requests through (logged, counted)"),
+    trusted_proxies: z.array(addressOrCidr).default([]).describe("peers whose X-Forwarded-For / Forwarded is believed for anonymous clients"),
+  })
+  .optional()
+  .describe("request and LLM-token quotas (docs/quotas.md); absent: none");
 
 const serverSchema = z.strictObject({
   host: z.string().min(1).default("127.0.0.1").describe("address to listen on"),
@@ -163,6 +411,9 @@ const serverSchema = z.strictObject({
   cors: z.unknown().optional().describe("Llama Stack's CORS settings; accepted and ignored (Tollgate adds no CORS headers)"),
   auth: authSchema.optional().describe("authentication and access control; absent: no authentication"),
   quota: quotaSchema,
+  resources: resourcesSchema
+    .default({ presets: ["openai", "llama_stack"], routes: [] })
+    .describe("the resource catalog: which routes read, create, update, delete or list which resources"),
   max_body_bytes: z.number().int().positive().default(100 * MiB).describe("largest request body accepted (413 beyond)"),
   shutdown_timeout_ms: positiveMs.default(30_000).describe("on SIGTERM, wait this long for in-flight requests"),
 }).superRefine((server, ctx) => {
@@ -214,3 +465,4 @@ export type Config = z.output<typeof configSchema>;
 export type ConfigInput = z.input<typeof configSchema>;
 export type ProviderConfig = z.output<typeof providerConfigSchema>;
 export type StorageConfig = Config["storage"];
+export type QuotaConfig = NonNullable<Config["server"]["quota"]>;
