@@ -60,7 +60,22 @@ export { createCustomProvider } from "./core/providers/custom.js";
 export type { CustomProviderConfig, CustomProviderDeps } from "./core/providers/custom.js";
 export { createUpstreamHeaderProvider } from "./core/providers/upstream-header.js";
 export type { UpstreamHeaderProviderConfig } from "./core/providers/upstream-header.js";
+export { createOAuth2Provider } from "./core/providers/oauth2.js";
+export { createGitHubProvider } from "./core/providers/github.js";
+export { createKubernetesProvider } from "./core/providers/kubernetes.js";
+export { createApiKeyProvider } from "./core/providers/api-key.js";
 export type { AuthProvider, AuthRequest } from "./core/providers/types.js";
+
+// Access policy (stages 4 and 6): compile once, evaluate per request.
+export { compileAccessPolicy, compileRoutePolicy, compileRequiredScopes, DEFAULT_POLICY } from "./core/policy/compile.js";
+export type { Action, CompiledAccessPolicy, Decision } from "./core/policy/compile.js";
+export { evaluateAccess, resourceKey } from "./core/policy/evaluate.js";
+export type { Resource } from "./core/policy/evaluate.js";
+export { explainDecision } from "./core/policy/explain.js";
+
+// Quotas (stage 5).
+export { createQuota } from "./core/quota/quota.js";
+export type { Quota } from "./core/quota/quota.js";
 
 /** The record store the `api_key` provider reads keys from. */
 export type { ApiKeyRecord, RecordStore } from "./core/stores/types.js";

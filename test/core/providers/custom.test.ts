@@ -1,8 +1,4 @@
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { AuthError, IdentityUnavailableError } from "../../../src/core/errors.js";
 import { createCustomProvider, MAX_AUTH_RESPONSE_BYTES, parsePythonQuery, type CustomProviderConfig } from "../../../src/core/providers/custom.js";
@@ -10,6 +6,7 @@ import type { AuthProvider, AuthRequest } from "../../../src/core/providers/type
 import { startCustomAuth, type CustomAuthServer } from "../../support/custom-auth.js";
 import { captureLog } from "../../support/log.js";
 import { closedPort, refusal } from "../../support/refusal.js";
+import { selfSignedCertificate, type TestCertificate } from "../../support/tls.js";
 
 const TOKEN = "sk-test-0123456789abcdef";
 const OTHER_TOKEN = "sk-unknown-9876543210";
@@ -242,34 +239,22 @@ describe("custom provider", () => {
 });
 
 describe("custom provider over HTTPS", () => {
-  let dir: string | undefined;
+  let certificate: TestCertificate | undefined;
   let auth: CustomAuthServer | undefined;
   const { log } = captureLog("silent");
 
   before(async () => {
-    try {
-      dir = mkdtempSync(join(tmpdir(), "tollgate-tls-"));
-      execFileSync(
-        "openssl",
-        [
-          "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-          "-keyout", join(dir, "key.pem"), "-out", join(dir, "cert.pem"), "-days", "1",
-          "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-        ],
-        { stdio: "ignore" },
-      );
-    } catch {
-      return; // no openssl here: the tests below skip
-    }
+    certificate = selfSignedCertificate();
+    if (!certificate) return; // no openssl here: the tests below skip
     auth = await startCustomAuth({
       users: { [TOKEN]: { principal: "alice" } },
-      tls: { key: readFileSync(join(dir, "key.pem")), cert: readFileSync(join(dir, "cert.pem")) },
+      tls: { key: certificate.key, cert: certificate.cert },
     });
   });
 
   after(async () => {
     await auth?.close();
-    if (dir) rmSync(dir, { recursive: true, force: true });
+    certificate?.remove();
   });
 
   async function authenticateWith(overrides: Partial<CustomProviderConfig>) {
@@ -286,7 +271,7 @@ describe("custom provider over HTTPS", () => {
 
   test("a certificate signed by tls_cafile is trusted", async (t) => {
     if (!auth) return t.skip("openssl is not available");
-    const user = await authenticateWith({ tls_cafile: join(dir!, "cert.pem") });
+    const user = await authenticateWith({ tls_cafile: certificate!.certFile });
     assert.equal(user.principal, "alice");
   });
 

@@ -6,13 +6,12 @@ import type { AuthProvider } from "../../../src/core/providers/types.js";
 import { startFakeGitHub, type FakeGitHub } from "../../support/fake-github.js";
 import { captureLog } from "../../support/log.js";
 import { closedPort } from "../../support/refusal.js";
+import { outcomeOf, type Outcome } from "../../support/refusal.js";
 
 const ALICE = "ghp_alice0123456789abcdefghijklmnopqrstu";
 const BOB = "ghp_bob0123456789abcdefghijklmnopqrstuvw";
 const CAROL = "github_pat_carol0123456789abcdefghijklmn";
 const MANY_ORGS = Array.from({ length: 250 }, (_, i) => `org-${i}`);
-
-type Outcome = { status: number; message: string } | { principal: string; attributes: Record<string, readonly string[]> };
 
 describe("github_token provider, against a fake speaking GitHub's wire format", () => {
   let github: FakeGitHub;
@@ -28,13 +27,7 @@ describe("github_token provider, against a fake speaking GitHub's wire format", 
   }
 
   async function outcome(p: AuthProvider, token: string): Promise<Outcome> {
-    try {
-      const user = await p.authenticate({ token, path: "/v1/models", query: "", headers: {} });
-      return { principal: user.principal, attributes: user.attributes };
-    } catch (err) {
-      const e = err as { status?: number; message: string };
-      return { status: e.status ?? 0, message: e.message };
-    }
+    return outcomeOf(p, token);
   }
 
   before(async () => {

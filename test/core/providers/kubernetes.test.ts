@@ -1,8 +1,4 @@
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { providerConfigSchema } from "../../../src/core/config/schema.js";
 import { createKubernetesProvider, type KubernetesProviderConfig } from "../../../src/core/providers/kubernetes.js";
@@ -10,11 +6,11 @@ import type { AuthProvider } from "../../../src/core/providers/types.js";
 import { startFakeKubernetes, type FakeKubernetes } from "../../support/fake-kubernetes.js";
 import { captureLog } from "../../support/log.js";
 import { closedPort } from "../../support/refusal.js";
+import { outcomeOf, type Outcome } from "../../support/refusal.js";
+import { selfSignedCertificate, type TestCertificate } from "../../support/tls.js";
 
 const SA_TOKEN = "eyJhbGciOiJSUzI1NiJ9.service-account-token.signature0123";
 const USER_TOKEN = "eyJhbGciOiJSUzI1NiJ9.user-token.signature456789";
-
-type Outcome = { status: number; message: string } | { principal: string; attributes: Record<string, readonly string[]> };
 
 describe("kubernetes provider, against a fake API server speaking the SelfSubjectReview wire format", () => {
   let kube: FakeKubernetes;
@@ -29,13 +25,7 @@ describe("kubernetes provider, against a fake API server speaking the SelfSubjec
   }
 
   async function outcome(p: AuthProvider, token: string): Promise<Outcome> {
-    try {
-      const user = await p.authenticate({ token, path: "/v1/models", query: "", headers: {} });
-      return { principal: user.principal, attributes: user.attributes };
-    } catch (err) {
-      const e = err as { status?: number; message: string };
-      return { status: e.status ?? 0, message: e.message };
-    }
+    return outcomeOf(p, token);
   }
 
   before(async () => {
@@ -120,31 +110,19 @@ describe("kubernetes provider, against a fake API server speaking the SelfSubjec
 });
 
 describe("kubernetes provider over HTTPS", () => {
-  let dir: string | undefined;
+  let certificate: TestCertificate | undefined;
   let kube: FakeKubernetes | undefined;
   const { log } = captureLog("silent");
 
   before(async () => {
-    try {
-      dir = mkdtempSync(join(tmpdir(), "tollgate-k8s-tls-"));
-      execFileSync(
-        "openssl",
-        [
-          "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-          "-keyout", join(dir, "key.pem"), "-out", join(dir, "cert.pem"), "-days", "1",
-          "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-        ],
-        { stdio: "ignore" },
-      );
-    } catch {
-      return; // no openssl here: the tests below skip
-    }
-    kube = await startFakeKubernetes({ [SA_TOKEN]: { username: "sa" } }, { key: readFileSync(join(dir, "key.pem")), cert: readFileSync(join(dir, "cert.pem")) });
+    certificate = selfSignedCertificate();
+    if (!certificate) return; // no openssl here: the tests below skip
+    kube = await startFakeKubernetes({ [SA_TOKEN]: { username: "sa" } }, { key: certificate.key, cert: certificate.cert });
   });
 
   after(async () => {
     await kube?.close();
-    if (dir) rmSync(dir, { recursive: true, force: true });
+    certificate?.remove();
   });
 
   async function principalWith(overrides: Record<string, unknown>): Promise<string> {
@@ -161,7 +139,7 @@ describe("kubernetes provider over HTTPS", () => {
 
   test("the cluster CA given as tls_cafile is trusted", async (t) => {
     if (!kube) return t.skip("openssl is not available");
-    assert.equal(await principalWith({ tls_cafile: join(dir!, "cert.pem") }), "sa");
+    assert.equal(await principalWith({ tls_cafile: certificate!.certFile }), "sa");
   });
 
   test("an untrusted certificate is a 503, and verify_tls: false accepts it", async (t) => {

@@ -6,8 +6,7 @@ import { providerConfigSchema } from "../../../src/core/config/schema.js";
 import { createOAuth2Provider, type OAuth2Provider, type OAuth2ProviderConfig } from "../../../src/core/providers/oauth2.js";
 import { captureLog } from "../../support/log.js";
 import { CLIENT_ID, CLIENT_SECRET, OPAQUE_RESOURCE, POST_CLIENT_ID, POST_CLIENT_SECRET, startOidc, type OidcServer } from "../../support/oidc.js";
-
-type Outcome = { status: number; message: string } | { principal: string; attributes: Record<string, readonly string[]> };
+import { outcomeOf, type Outcome } from "../../support/refusal.js";
 
 /** A stand-in introspection endpoint for answers a real provider never gives (500, not JSON, slow). */
 async function startScriptedEndpoint(answer: (body: string, req: http.IncomingMessage, res: http.ServerResponse) => void) {
@@ -53,13 +52,7 @@ describe("oauth2_token with introspection (RFC 7662)", () => {
 
   async function outcome(p: OAuth2Provider, token: string): Promise<Outcome> {
     tokensSeen.push(token);
-    try {
-      const user = await p.authenticate({ token, path: "/v1/models", query: "", headers: {} });
-      return { principal: user.principal, attributes: user.attributes };
-    } catch (err) {
-      const e = err as { status?: number; message: string };
-      return { status: e.status ?? 0, message: e.message };
-    }
+    return outcomeOf(p, token);
   }
 
   before(async () => {

@@ -10,8 +10,7 @@ import { parseConfig } from "../../../src/core/config/load.js";
 import { createOAuth2Provider, type OAuth2Provider, type OAuth2ProviderConfig } from "../../../src/core/providers/oauth2.js";
 import { captureLog } from "../../support/log.js";
 import { newSigningKey, OTHER_RESOURCE, startOidc, type OidcServer } from "../../support/oidc.js";
-
-type Outcome = { status: number; message: string } | { principal: string; attributes: Record<string, readonly string[]> };
+import { outcomeOf, type Outcome } from "../../support/refusal.js";
 
 const b64url = (value: unknown) => Buffer.from(typeof value === "string" ? value : JSON.stringify(value)).toString("base64url");
 
@@ -38,13 +37,7 @@ describe("oauth2_token with jwks, against a real OpenID provider", () => {
 
   async function outcome(p: OAuth2Provider, token: string): Promise<Outcome> {
     tokensSeen.push(token);
-    try {
-      const user = await p.authenticate({ token, path: "/v1/models", query: "", headers: {} });
-      return { principal: user.principal, attributes: user.attributes };
-    } catch (err) {
-      const e = err as { status?: number; message: string };
-      return { status: e.status ?? 0, message: e.message };
-    }
+    return outcomeOf(p, token);
   }
 
   /** A token signed with the provider's own current key, with the claims given. */
