@@ -192,3 +192,17 @@ export function apiKeyFromRow(row: Readonly<Record<string, unknown>>): ApiKeyRec
     revokedAt: optionalNumber(row.revoked_at),
   };
 }
+
+/** The values of an API key row, in the column order both stores insert them (`id` … `revoked_at`). */
+export function apiKeyRowValues(record: ApiKeyRecord): (string | number | null)[] {
+  return [
+    record.id,
+    record.hash,
+    record.prefix,
+    record.principal,
+    JSON.stringify(record.attributes),
+    record.createdAt,
+    record.expiresAt ?? null,
+    record.revokedAt ?? null,
+  ];
+}

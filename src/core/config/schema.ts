@@ -1,6 +1,7 @@
 import { isIP } from "node:net";
 import { z } from "zod";
 import { canonicalPath } from "../path.js";
+import { DEFAULT_OAUTH2_CLAIMS_MAPPING } from "../providers/claims.js";
 import { parseCondition } from "../policy/conditions.js";
 import { PERIODS } from "../quota/limits.js";
 import { ACTIONS, compileAccessPolicy, compileRequiredScopes, compileRoutePolicy, PolicyError } from "../policy/compile.js";
@@ -141,15 +142,7 @@ export const oauth2TokenProviderSchema = z
       .union([z.string().min(1), z.array(z.string().min(1)).min(1)])
       .default("llama-stack")
       .describe("required `aud` of JWTs (one of these)"),
-    claims_mapping: claimsMapping({
-      sub: "roles",
-      username: "roles",
-      groups: "teams",
-      team: "teams",
-      project: "projects",
-      tenant: "namespaces",
-      namespace: "namespaces",
-    }),
+    claims_mapping: claimsMapping(DEFAULT_OAUTH2_CLAIMS_MAPPING),
     algorithms: z
       .array(z.enum(ASYMMETRIC_JWS_ALGORITHMS))
       .min(1)

@@ -1,5 +1,5 @@
 import pg from "pg";
-import { apiKeyFromRow, DuplicateApiKeyError } from "../keys.js";
+import { apiKeyFromRow, apiKeyRowValues, DuplicateApiKeyError } from "../keys.js";
 import { ownerFromRow } from "./owners.js";
 import type { ApiKeyRecord, OwnerRecord, RecordStore } from "./types.js";
 
@@ -92,16 +92,7 @@ export async function openPostgresRecordStore(url: string): Promise<RecordStore>
     kind: "postgres",
     async insertApiKey(record) {
       try {
-        await query(`INSERT INTO tollgate_api_keys (${COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, [
-          record.id,
-          record.hash,
-          record.prefix,
-          record.principal,
-          JSON.stringify(record.attributes),
-          record.createdAt,
-          record.expiresAt ?? null,
-          record.revokedAt ?? null,
-        ]);
+        await query(`INSERT INTO tollgate_api_keys (${COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, apiKeyRowValues(record));
       } catch (err) {
         if ((err as { code?: unknown })?.code === UNIQUE_VIOLATION) throw new DuplicateApiKeyError({ cause: err });
         throw err;

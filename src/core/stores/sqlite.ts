@@ -1,6 +1,6 @@
 import { mkdirSync } from "node:fs";
 import { dirname, resolve } from "node:path";
-import { apiKeyFromRow, DuplicateApiKeyError } from "../keys.js";
+import { apiKeyFromRow, apiKeyRowValues, DuplicateApiKeyError } from "../keys.js";
 import { ownerFromRow } from "./owners.js";
 import { openSqliteDatabase, type SqliteDriverName, type SqliteRow, type SqliteValue } from "./sqlite-driver.js";
 import type { ApiKeyRecord, OwnerRecord, RecordStore } from "./types.js";
@@ -106,7 +106,7 @@ export async function openSqliteRecordStore(dbPath: string, options: SqliteRecor
     async insertApiKey(record) {
       open();
       try {
-        insert.run(...toParams(record));
+        insert.run(...apiKeyRowValues(record));
       } catch (err) {
         if (/UNIQUE constraint failed|PRIMARY KEY/i.test(String((err as Error)?.message))) {
           throw new DuplicateApiKeyError({ cause: err });
@@ -167,17 +167,4 @@ function reason(err: unknown): string {
   const e = err as NodeJS.ErrnoException;
   const message = (e instanceof Error ? e.message : String(err)).replace(/\s+/g, " ").trim();
   return e?.code && !message.includes(e.code) ? `${e.code}: ${message}` : message;
-}
-
-function toParams(record: ApiKeyRecord): SqliteValue[] {
-  return [
-    record.id,
-    record.hash,
-    record.prefix,
-    record.principal,
-    JSON.stringify(record.attributes),
-    record.createdAt,
-    record.expiresAt ?? null,
-    record.revokedAt ?? null,
-  ];
 }
