@@ -115,8 +115,10 @@ export async function startCustomAuth(opts: CustomAuthOptions = {}): Promise<Cus
     async close() {
       for (const timer of timers) clearTimeout(timer);
       timers.clear();
+      // close() before cutting connections: nothing new slips in between.
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeAllConnections();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
+      await closed;
     },
   };
 }

@@ -87,8 +87,10 @@ export async function startFakeGitHub(users: Record<string, FakeGitHubUser> = {}
   return Object.assign(state, {
     url: `${origin}${prefix}`,
     async close() {
+      // close() before cutting connections: nothing new slips in between.
+      const closed = new Promise((r) => server.close(r));
       server.closeAllConnections();
-      await new Promise((r) => server.close(r));
+      await closed;
     },
   }) as FakeGitHub;
 }

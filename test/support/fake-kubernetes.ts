@@ -86,8 +86,10 @@ export async function startFakeKubernetes(
   return Object.assign(state, {
     url: `${tls ? "https" : "http"}://127.0.0.1:${(server.address() as AddressInfo).port}`,
     async close() {
+      // close() before cutting connections: nothing new slips in between.
+      const closed = new Promise((r) => server.close(r));
       server.closeAllConnections();
-      await new Promise((r) => server.close(r));
+      await closed;
     },
   }) as FakeKubernetes;
 }

@@ -151,8 +151,12 @@ export async function startOidc(): Promise<OidcServer> {
 
   const stop = async () => {
     if (!server.listening) return;
+    // close() first, so that nothing new is accepted, then cut every open
+    // connection: cutting first leaves a window in which a client (a JWKS
+    // refresh) opens a keep-alive connection that close() then waits on.
+    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
     server.closeAllConnections();
-    await new Promise<void>((resolve) => server.close(() => resolve()));
+    await closed;
   };
   const restart = async () => {
     if (server.listening) return;
