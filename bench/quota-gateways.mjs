@@ -11,7 +11,8 @@ import { join } from "node:path";
 
 const REDIS_URL = process.env.TOLLGATE_BENCH_REDIS_URL ?? process.env.TOLLGATE_TEST_REDIS_URL ?? "redis://127.0.0.1:6379/0";
 
-function reachable(url) {
+/** Whether something accepts TCP connections at the URL's host and port (Redis default 6379). Shared with bench/micro/quota.mjs. */
+export function reachable(url) {
   const { hostname, port } = new URL(url);
   return new Promise((resolve) => {
     const socket = net.connect({ host: hostname, port: Number(port || 6379), timeout: 1000 });

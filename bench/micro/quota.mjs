@@ -4,7 +4,6 @@
 // batch of concurrent checks (what a busy gateway sustains).
 import { randomUUID } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
-import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { compileLimits } from "../../dist/core/quota/limits.js";
@@ -13,6 +12,7 @@ import { openSqliteQuotaStore } from "../../dist/core/quota/stores/sqlite.js";
 import { createRedisQuotaStore } from "../../dist/core/quota/stores/redis.js";
 import { makeUser } from "../../dist/core/user.js";
 import { measureAsync, table } from "./_measure.mjs";
+import { reachable } from "../quota-gateways.mjs";
 
 const REDIS_URL = process.env.TOLLGATE_BENCH_REDIS_URL ?? process.env.TOLLGATE_TEST_REDIS_URL ?? "redis://127.0.0.1:6379/0";
 const user = makeUser("bench", { roles: ["user"] });
@@ -21,16 +21,6 @@ const big = Number.MAX_SAFE_INTEGER;
 
 function quotaOver(store, limits) {
   return createQuota({ store, anonymous: { name: "anonymous", limits: [] }, authenticated: { name: "authenticated", limits: compileLimits(limits) } });
-}
-
-function reachable(url) {
-  const { hostname, port } = new URL(url);
-  return new Promise((resolve) => {
-    const socket = net.connect({ host: hostname, port: Number(port || 6379), timeout: 1000 });
-    socket.once("connect", () => (socket.destroy(), resolve(true)));
-    socket.once("error", () => resolve(false));
-    socket.once("timeout", () => (socket.destroy(), resolve(false)));
-  });
 }
 
 const one = [{ requests: big, period: "day" }];
