@@ -10,6 +10,9 @@ import type { RecordStore } from "../core/stores/types.js";
 import { policyOptions } from "../core/policy/from-config.js";
 import { quotaFromConfig } from "../core/quota/from-config.js";
 import type { Quota } from "../core/quota/quota.js";
+import { createCan, type Can } from "./can.js";
+
+export type { Action, Can, Owner } from "./can.js";
 
 /**
  * Tollgate's pipeline for a plain `node:http` server, without the gateway:
@@ -68,6 +71,17 @@ export interface Tollgate {
    * the response has already been sent.
    */
   authenticate(req: IncomingMessage, res: ServerResponse): Promise<RequestContext | undefined>;
+  /**
+   * The access policy (stage 6) inside a handler: may `user` perform `action`
+   * on `resource` (`type::id`), owned by `owner` (`{principal, attributes}`
+   * of its creator; absent: unowned)? Every decision goes to the audit log.
+   * No user is denied, unless authentication is off (no `server.auth`).
+   *
+   * @example tollgate.can(ctx.user, "read", "file::f1", { principal: "alice", attributes: { teams: ["ml"] } })
+   */
+  readonly can: Can;
+  /** The logger Tollgate writes with (component `tollgate`); adapters log their refusals' causes with it. */
+  readonly log: Logger;
   /** Closes the provider's connections and the record store Tollgate opened; idempotent. */
   close(): Promise<void>;
 }
@@ -125,37 +139,18 @@ export async function createTollgate(options: TollgateOptions): Promise<Tollgate
     quota,
   });
 
-  async function authorize(req: IncomingMessage, signal?: AbortSignal): Promise<RequestContext> {
-    return pipeline.authorize(toPipelineRequest(req, signal));
-  }
-
   let closing: Promise<void> | undefined;
 
-  return {
+  const tollgate: Tollgate = {
     config,
     pipeline,
-    authorize,
-    async authenticate(req, res) {
-      // The response closing before we answered means the client went away:
-      // stop waiting on the identity service for it.
-      const controller = new AbortController();
-      const onClose = () => {
-        if (!res.writableEnded) controller.abort();
-      };
-      res.once("close", onClose);
-      try {
-        const context = await authorize(req, controller.signal);
-        if (context.responseHeaders && !res.headersSent) {
-          for (const [name, value] of Object.entries(context.responseHeaders)) res.setHeader(name, value);
-        }
-        return context;
-      } catch (err) {
-        if (!(err instanceof TollgateError)) log.error({ err }, "unexpected error in the pipeline; answered 500");
-        sendError(res, err);
-        return undefined;
-      } finally {
-        res.off("close", onClose);
-      }
+    log,
+    can: createCan(pipeline, provider !== undefined),
+    authorize(req, signal) {
+      return pipeline.authorize(toPipelineRequest(req, signal));
+    },
+    authenticate(req, res) {
+      return authenticateAt(tollgate, req, res, req.url ?? "/");
     },
     close() {
       closing ??= (async () => {
@@ -169,6 +164,43 @@ export async function createTollgate(options: TollgateOptions): Promise<Tollgate
       return closing;
     },
   };
+  return tollgate;
+}
+
+/**
+ * `tollgate.authenticate(req, res)` with the request target to check given
+ * apart: Express strips a mount point from `req.url`, and the path checked
+ * must be the one the client asked for (`req.originalUrl`). Adapters only.
+ */
+export async function authenticateAt(tollgate: Tollgate, req: IncomingMessage, res: ServerResponse, url: string): Promise<RequestContext | undefined> {
+  const gone = whenClientGone(res);
+  try {
+    const context = await tollgate.pipeline.authorize({ ...toPipelineRequest(req, gone.signal), url });
+    if (context.responseHeaders && !res.headersSent) {
+      for (const [name, value] of Object.entries(context.responseHeaders)) res.setHeader(name, value);
+    }
+    return context;
+  } catch (err) {
+    if (!(err instanceof TollgateError)) tollgate.log.error({ err }, "unexpected error in the pipeline; answered 500");
+    sendError(res, err);
+    return undefined;
+  } finally {
+    gone.done();
+  }
+}
+
+/**
+ * A signal aborted when `res` closes before it was sent: the client went
+ * away, so stop waiting on the identity service for it. Call `done()` once
+ * the pipeline has answered. Adapters only.
+ */
+export function whenClientGone(res: ServerResponse): { signal: AbortSignal; done(): void } {
+  const controller = new AbortController();
+  const onClose = () => {
+    if (!res.writableEnded) controller.abort();
+  };
+  res.once("close", onClose);
+  return { signal: controller.signal, done: () => res.off("close", onClose) };
 }
 
 function resolveConfig({ config, configFile }: TollgateOptions): Config {

@@ -1,17 +1,17 @@
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { fileURLToPath } from "node:url";
 import { createTollgate, type Tollgate, type TollgateOptions } from "../../src/adapters/node.js";
 import { ConfigError } from "../../src/core/errors.js";
 import { createApiKey } from "../../src/core/keys.js";
 import { openRecordStore } from "../../src/core/stores/index.js";
 import { startCustomAuth, type CustomAuthServer } from "../support/custom-auth.js";
+import { startExample } from "../support/example.js";
+import { rawRequest } from "./_cases.js";
 import { captureLog } from "../support/log.js";
 
 const TOKEN = "sk-node-adapter-0123456789";
@@ -43,21 +43,6 @@ async function serve(tollgate: Tollgate): Promise<Served> {
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },
   };
-}
-
-/**
- * Sends a request exactly as written, over a raw socket, so that it can carry
- * what fetch and http.request would merge or refuse (two Authorization headers).
- */
-async function rawRequest(url: string, head: string): Promise<{ status: number; headers: string; body: string }> {
-  const { hostname, port } = new URL(url);
-  const socket = net.connect(Number(port), hostname);
-  socket.write(head);
-  const chunks: Buffer[] = [];
-  for await (const chunk of socket) chunks.push(chunk as Buffer);
-  const text = Buffer.concat(chunks).toString("utf8");
-  const [headers = "", body = ""] = text.split("\r\n\r\n");
-  return { status: Number(headers.split(" ")[1]), headers, body };
 }
 
 describe("createTollgate with a node:http server and the custom provider", () => {
@@ -332,33 +317,17 @@ describe("the package entry point", () => {
 describe("examples/node-http.ts", () => {
   test("runs, refuses a request without a key, serves one with a key, and exits 0 on SIGTERM", async () => {
     const auth = await startCustomAuth({ users: { [TOKEN]: { principal: "erin" } } });
-    const example = fileURLToPath(new URL("../../examples/node-http.ts", import.meta.url));
-    const child = spawn(process.execPath, ["--import", "tsx", example], {
-      env: { ...process.env, AUTH_ENDPOINT: auth.url, PORT: "0", TOLLGATE_CONFIG: "" },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let stderr = "";
-    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
-    const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+    const example = await startExample("node-http.ts", auth.url);
+    const url = example.url;
     try {
-      const url = await new Promise<string>((resolve, reject) => {
-        let out = "";
-        child.stdout.on("data", (d: Buffer) => {
-          out += d.toString();
-          const match = /listening on (http:\/\/\S+)/.exec(out);
-          if (match) resolve(match[1]!);
-        });
-        void exited.then((code) => reject(new Error(`the example exited with ${code}: ${stderr}`)));
-      });
       assert.equal((await fetch(`${url}/v1/hello`)).status, 401);
       assert.equal((await fetch(`${url}/health`)).status, 200);
       const ok = await fetch(`${url}/v1/hello`, { headers: { authorization: `Bearer ${TOKEN}` } });
       assert.equal(ok.status, 200);
       assert.equal(((await ok.json()) as { principal: string }).principal, "erin");
-      child.kill("SIGTERM");
-      assert.equal(await exited, 0, stderr);
+      assert.equal(await example.stop(), 0, example.stderr());
     } finally {
-      child.kill("SIGKILL");
+      example.kill();
       await auth.close();
     }
   });
