@@ -27,3 +27,6 @@ http
     }
   })
   .listen(Number(values.port), "127.0.0.1");
+
+// Exit on SIGTERM through process.exit, so that `--cpu-prof` writes its profile.
+process.once("SIGTERM", () => process.exit(0));

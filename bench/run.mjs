@@ -1,218 +1,333 @@
 #!/usr/bin/env node
 // `npm run bench`: Tollgate's cost per request, as ratios measured in one run.
 //
-// Processes, all on loopback: the demo upstream (a fixed small JSON answer),
-// the gateway, and the load generator (autocannon's CLI) in a separate process
-// so that it does not share an event loop with what it measures. Each scenario
-// warms up, then runs for a fixed time; rounds alternate the scenarios so that
-// drift (thermal, other load) affects all alike; each figure is the median of
-// the rounds.
+// Processes, all on loopback: the demo upstream (dist/demo/upstream.js), the
+// gateways under test, and the load generator (wrk when installed, else
+// autocannon's CLI) in a separate process, so that it does not share an event
+// loop with what it measures. Every scenario sends the same inference request
+// (POST /v1/chat/completions naming a permitted model: what an LLM gateway
+// carries), once answered with a small JSON body, once as a short SSE stream
+// (`stream: true`, no artificial delay). Each scenario warms up, then runs for
+// a fixed time; rounds alternate the scenarios' order so that drift (thermal,
+// other load) affects all alike; each figure is the median of the rounds.
+// The RSS of each gateway (its whole process tree) is sampled from
+// /proc/<pid>/status during its runs; the table shows the largest. A second
+// pass sends one request at a time (one connection) for the latency each hop
+// adds without queueing. The issue's targets are checked and printed, never
+// asserted (CI runs a 1-second smoke version).
+//
+// Scenarios (the numbers of issue 7):
+//   1 direct to the upstream (reference)
+//   2 bare Node reverse proxy (bench/bare-proxy.mjs: node:http + undici, no checks): the limit a Node gateway can approach
+//   3 Tollgate, api_key auth
+//   4 Tollgate, oauth2_token JWT + 100-rule access policy + SQLite quota (4b: the same, JWT cache off)
+//   5 Tollgate, the same with the quota in Redis (skipped with a note when Redis does not answer)
+//   6 Express + jose + express-rate-limit + http-proxy-middleware, same checks (bench/express-stack.mjs)
+//   7 nginx, plain reverse proxy (skipped with a note when nginx is not installed; BENCH_INSTALL_NGINX=1 installs it)
 //
 // Knobs: BENCH_DURATION (seconds per run, default 5), BENCH_ROUNDS (default 3),
-// BENCH_CONNECTIONS (default 50), BENCH_WARMUP (seconds, default 2).
-// Micro-benchmarks live in bench/micro/*.mjs (helpers start with `_`): each runs in its own process,
-// prints a Markdown section, and keeps to a second or two when BENCH_QUICK=1.
+// BENCH_CONNECTIONS (default 50), BENCH_WARMUP (seconds, default 2),
+// BENCH_LOADGEN (wrk | autocannon; default wrk when installed),
+// BENCH_STREAM=0 (JSON rows only), BENCH_LATENCY=0 (skip the one-connection latency pass), BENCH_ONLY (comma-separated scenario ids, e.g. "2,4"),
+// BENCH_CPU_PROF=<dir> (each Node gateway writes a V8 CPU profile there on
+// exit; `node bench/profile-summary.mjs <file>` lists where the time went).
+// Micro-benchmarks live in bench/micro/*.mjs (helpers start with `_`): each
+// runs in its own process, prints a Markdown section, and keeps to a second or
+// two when BENCH_QUICK=1 (set when BENCH_DURATION <= 1).
 import { spawn, execFileSync } from "node:child_process";
-import { mkdtempSync, readdirSync, rmSync, writeFileSync, mkdirSync } from "node:fs";
-import net from "node:net";
-import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
+import { mkdtempSync, readdirSync, rmSync, writeFileSync, mkdirSync, existsSync } from "node:fs";
+import { cpus, tmpdir } from "node:os";
+import { delimiter, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { startOAuth2Scenarios, writeOAuth2Config } from "./oauth2-gateways.mjs";
+import { findNginx, installNginx, startNginx } from "./nginx.mjs";
+import { BENCH_MODEL, REDIS_URL, accessPolicyYaml, freePort, reachable, sampleRss, startIdentityProvider, waitFor } from "./support.mjs";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const DURATION = Number(process.env.BENCH_DURATION ?? 5);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 50);
 const WARMUP = Number(process.env.BENCH_WARMUP ?? 2);
+const STREAM = process.env.BENCH_STREAM !== "0";
+const LATENCY = process.env.BENCH_LATENCY !== "0";
+/** Seconds per one-connection latency run (median of BENCH_ROUNDS, like the rest). */
+const LATENCY_DURATION = Math.min(DURATION, 3);
+const ONLY = process.env.BENCH_ONLY ? new Set(process.env.BENCH_ONLY.split(",").map((s) => s.trim())) : undefined;
 const cli = join(root, "dist/cli/main.js");
 const autocannon = join(root, "node_modules/autocannon/autocannon.js");
+const wrk = (process.env.PATH ?? "").split(delimiter).filter(Boolean).map((d) => join(d, "wrk")).find((p) => existsSync(p));
+const LOADGEN = process.env.BENCH_LOADGEN ?? (wrk ? "wrk" : "autocannon");
+if (LOADGEN === "wrk" && !wrk) throw new Error("BENCH_LOADGEN=wrk but wrk is not installed (scripts/install-bench-tools.sh)");
 
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer().listen(0, "127.0.0.1", () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-    server.on("error", reject);
-  });
-}
-
-async function waitFor(url, ms = 15_000) {
-  const deadline = Date.now() + ms;
-  while (Date.now() < deadline) {
-    try {
-      const res = await fetch(url);
-      await res.arrayBuffer();
-      if (res.ok) return;
-    } catch {}
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`${url} did not become ready`);
-}
-
-function startProcess(args, env = {}) {
-  const child = spawn(process.execPath, args, { stdio: ["ignore", "ignore", "inherit"], env: { ...process.env, ...env } });
-  child.on("exit", (code, signal) => {
-    if (!stopping) console.error(`bench: ${args.join(" ")} exited (${code ?? signal})`);
-  });
-  return child;
-}
-
-function load(url, headers) {
-  const args = [autocannon, "-j", "-c", String(CONNECTIONS), "-d", String(DURATION)];
-  for (const [k, v] of Object.entries(headers)) args.push("-H", `${k}=${v}`);
-  args.push(url);
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "inherit"] });
-    let out = "";
-    child.stdout.on("data", (d) => (out += d));
-    child.on("exit", (code) => {
-      if (code !== 0) return reject(new Error(`autocannon exited ${code}`));
-      const r = JSON.parse(out.trim().split("\n").pop());
-      resolve({ rps: r.requests.average, p50: r.latency.p50, p99: r.latency.p99, non2xx: r.non2xx, errors: r.errors });
-    });
-  });
-}
-
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const PATH = "/v1/chat/completions";
+const BODIES = {
+  json: JSON.stringify({ model: BENCH_MODEL, messages: [{ role: "user", content: "Say hello" }] }),
+  stream: JSON.stringify({ model: BENCH_MODEL, messages: [{ role: "user", content: "Say hello" }], stream: true }),
+};
 
 let stopping = false;
 const children = [];
+function startProcess(command, args, env = {}) {
+  const child = spawn(command, args, { stdio: ["ignore", "ignore", "inherit"], env: { ...process.env, ...env } });
+  child.on("exit", (code, signal) => {
+    if (!stopping) console.error(`bench: ${args.join(" ")} exited (${code ?? signal})`);
+  });
+  children.push(child);
+  return child;
+}
+/** Starts a Node process; with BENCH_CPU_PROF it writes `<name>.cpuprofile` there on exit. */
+const startNode = (args, name) =>
+  startProcess(process.execPath, [
+    ...(process.env.BENCH_CPU_PROF && name ? ["--cpu-prof", `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`, `--cpu-prof-name=${name}.cpuprofile`] : []),
+    ...args,
+  ]);
+
+/** One load-generator run against `url`; resolves with req/s, p50 and p99 (ms), non-2xx answers and errors. */
+function load(url, headers, body, duration = DURATION, connections = CONNECTIONS) {
+  return LOADGEN === "wrk" ? loadWrk(url, headers, body, duration, connections) : loadAutocannon(url, headers, body, duration, connections);
+}
+
+function run(command, args) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { stdio: ["ignore", "pipe", "inherit"] });
+    let out = "";
+    child.stdout.on("data", (d) => (out += d));
+    child.on("exit", (code) => (code === 0 ? resolve(out) : reject(new Error(`${command} exited ${code}`))));
+  });
+}
+
+async function loadAutocannon(url, headers, body, duration, connections) {
+  const args = [autocannon, "-j", "-c", String(connections), "-d", String(duration), "-m", "POST", "-b", body, "-H", "content-type=application/json"];
+  for (const [k, v] of Object.entries(headers)) args.push("-H", `${k}=${v}`);
+  args.push(url);
+  const r = JSON.parse((await run(process.execPath, args)).trim().split("\n").pop());
+  return { rps: r.requests.average, p50: r.latency.p50, p99: r.latency.p99, non2xx: r.non2xx, errors: r.errors };
+}
+
+let wrkScripts = 0;
+async function loadWrk(url, headers, body, duration, connections) {
+  const lua = join(work, `wrk-${wrkScripts++}.lua`);
+  const lines = [
+    'wrk.method = "POST"',
+    `wrk.body = [==[${body}]==]`,
+    'wrk.headers["content-type"] = "application/json"',
+    ...Object.entries(headers).map(([k, v]) => `wrk.headers["${k}"] = [==[${v}]==]`),
+    "done = function(summary, latency, requests)",
+    "  local e = summary.errors",
+    '  io.write(string.format(\'{"requests":%d,"duration_us":%d,"p50_us":%d,"p99_us":%d,"errors":%d,"non2xx":%d}\\n\',',
+    "    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99), e.connect + e.read + e.write + e.timeout, e.status))",
+    "end",
+  ];
+  writeFileSync(lua, lines.join("\n"));
+  const out = await run(wrk, ["-t", "1", "-c", String(connections), "-d", `${duration}s`, "-s", lua, url]);
+  const r = JSON.parse(out.trim().split("\n").pop());
+  return { rps: r.requests / (r.duration_us / 1e6), p50: r.p50_us / 1000, p99: r.p99_us / 1000, non2xx: r.non2xx, errors: r.errors };
+}
+
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const round2 = (x) => Math.round(x * 100) / 100;
+
+/**
+ * Writes a gateway config (YAML lines under `server:` plus upstream and logging) and starts `tollgate serve` on it.
+ * Its record store is a file of its own in the work directory (never ./data of the checkout).
+ */
+async function startTollgate(name, serverLines, { extra = [`storage: {type: sqlite, db_path: "${join(work, `${name}-records.db`)}"}`] } = {}) {
+  const port = await freePort();
+  const file = join(work, `${name}.yaml`);
+  writeFileSync(
+    file,
+    ["server:", `  port: ${port}`, ...serverLines, `upstream: {url: "${upstream}"}`, ...extra, "logging: {level: warn}"].join("\n"),
+  );
+  const child = startNode([cli, "serve", "--config", file], name);
+  const url = `http://127.0.0.1:${port}`;
+  await waitFor(`${url}/health`);
+  return { url, pid: child.pid };
+}
+
 const work = mkdtempSync(join(tmpdir(), "tollgate-bench-"));
-let oauth2;
+let idp;
+let upstream;
 try {
+  const notes = [];
+  const want = (id) => !ONLY || ONLY.has(id);
+
   const upstreamPort = await freePort();
-  children.push(startProcess([join(root, "dist/demo/upstream.js"), "--port", String(upstreamPort)]));
-  const upstream = `http://127.0.0.1:${upstreamPort}`;
+  const upstreamChild = startNode([join(root, "dist/demo/upstream.js"), "--port", String(upstreamPort)]);
+  upstream = `http://127.0.0.1:${upstreamPort}`;
   await waitFor(`${upstream}/v1/models`);
 
-  const gatewayPort = await freePort();
-  const config = join(work, "tollgate.yaml");
-  writeFileSync(
-    config,
-    [
-      "server:",
-      `  port: ${gatewayPort}`,
-      "  auth:",
-      "    provider_config: {type: api_key}",
-      `upstream: {url: "${upstream}"}`,
-      `storage: {type: sqlite, db_path: "${join(work, "tollgate.db")}"}`,
-      "logging: {level: warn}",
-    ].join("\n"),
-  );
-  const key = execFileSync(process.execPath, [cli, "keys", "create", "--config", config, "--principal", "bench"], {
-    stdio: ["ignore", "pipe", "ignore"],
-  })
-    .toString()
-    .split("\n")[0];
-  children.push(startProcess([cli, "serve", "--config", config]));
-  const gateway = `http://127.0.0.1:${gatewayPort}`;
-  await waitFor(`${gateway}/health`);
-
-  const bareProxyPort = await freePort();
-  children.push(startProcess([join(root, "bench/bare-proxy.mjs"), "--port", String(bareProxyPort), "--upstream", upstream]));
-  const bareProxy = `http://127.0.0.1:${bareProxyPort}`;
-  await waitFor(`${bareProxy}/v1/models`);
-
-  // The same gateway with a 100-rule access policy and route policy (the deciding
-  // rules last): its ratio to "tollgate, api_key auth" is the policy's cost.
-  const policyPort = await freePort();
-  const policyConfig = join(work, "tollgate-policy.yaml");
-  const accessRules = [
-    ...Array.from({ length: 99 }, (_, i) => `      - {forbid: {actions: [read], resource: "model::blocked-${i}"}, when: "user with t${i} in teams"}`),
-    '      - {permit: {actions: [read], resource: "model::*"}}',
+  idp = await startIdentityProvider();
+  const token = await idp.sign({ sub: "bench", groups: ["ml"], scope: "models.read" });
+  const bearer = { authorization: `Bearer ${token}` };
+  const jwtProvider = (cacheTtl) =>
+    `    provider_config: {type: oauth2_token, issuer: "${idp.issuer}", jwks: {uri: "${idp.jwksUri}"}, algorithms: [RS256], cache_ttl_ms: ${cacheTtl}}`;
+  const quota = (kvstore) => [
+    "  quota:",
+    `    kvstore: ${kvstore}`,
+    "    authenticated_max_requests: 1000000000",
+    "    period: day",
+    "    limits: [{requests: 1000000000, period: second}]",
   ];
-  const routeRules = [...Array.from({ length: 99 }, (_, i) => `      - {forbid: {paths: ["/v1/area-${i}*"]}}`), '      - {permit: {paths: "*"}}'];
-  writeFileSync(
-    policyConfig,
-    [
-      "server:",
-      `  port: ${policyPort}`,
-      "  auth:",
-      "    provider_config: {type: api_key}",
-      "    access_policy:",
-      ...accessRules,
-      "    route_policy:",
-      ...routeRules,
-      `upstream: {url: "${upstream}"}`,
-      `storage: {type: sqlite, db_path: "${join(work, "tollgate.db")}"}`,
-      "logging: {level: warn}",
-    ].join("\n"),
-  );
-  children.push(startProcess([cli, "serve", "--config", policyConfig]));
-  const policyGateway = `http://127.0.0.1:${policyPort}`;
-  await waitFor(`${policyGateway}/health`);
+  const sqliteQuota = (name) => quota(`{type: sqlite, db_path: "${join(work, `${name}.db`)}"}`);
+  const policyGateway = (name, cacheTtl, quotaLines) =>
+    startTollgate(name, ["  auth:", jwtProvider(cacheTtl), "    access_policy:", ...accessPolicyYaml(), ...quotaLines]);
 
-  // oauth2_token: three more gateways (JWT cached, JWT uncached, introspection), see oauth2-gateways.mjs.
-  let oauth2Gateways = 0;
-  oauth2 = await startOAuth2Scenarios({
-    startGateway: async (providerConfig) => {
-      const port = await freePort();
-      const file = writeOAuth2Config(work, `oauth2-${oauth2Gateways++}`, { port, upstream, providerConfig });
-      children.push(startProcess([cli, "serve", "--config", file]));
-      await waitFor(`http://127.0.0.1:${port}/health`);
-      return `http://127.0.0.1:${port}`;
-    },
-  });
+  /** Scenarios: `{ id, name, url, headers, pid?, stream }` (`stream`: also run the streamed variant). */
+  const scenarios = [];
+  const add = (s) => want(s.id) && scenarios.push(s);
 
-  const scenarios = [
-    { name: "direct to the upstream", url: `${upstream}/v1/models`, headers: {} },
-    { name: "bare Node proxy (undici, no auth)", url: `${bareProxy}/v1/models`, headers: {} },
-    { name: "tollgate, api_key auth", url: `${gateway}/v1/models`, headers: { authorization: `Bearer ${key}` } },
-    { name: "tollgate, api_key auth, 100-rule access + route policy", url: `${policyGateway}/v1/models`, headers: { authorization: `Bearer ${key}` } },
-    ...oauth2.scenarios,
-    // Quotas on (SQLite, and Redis when reachable): see quota-gateways.mjs.
-    ...(await (await import("./quota-gateways.mjs")).quotaScenarios({
-      work,
-      upstream,
-      key,
-      freePort,
-      startGateway: async (file, port) => {
-        children.push(startProcess([cli, "serve", "--config", file]));
-        await waitFor(`http://127.0.0.1:${port}/health`);
-      },
-    })),
-  ];
-  for (const s of scenarios) {
-    s.runs = [];
-    if (WARMUP > 0) await load(s.url, s.headers).catch(() => {});
+  add({ id: "1", name: "direct to the upstream", url: upstream, headers: {}, pid: upstreamChild.pid, stream: true });
+  if (want("2")) {
+    const port = await freePort();
+    const child = startNode([join(root, "bench/bare-proxy.mjs"), "--port", String(port), "--upstream", upstream], "bare-proxy");
+    await waitFor(`http://127.0.0.1:${port}/v1/models`);
+    add({ id: "2", name: "bare Node proxy (undici, no auth)", url: `http://127.0.0.1:${port}`, headers: {}, pid: child.pid, stream: true });
   }
-  for (let round = 0; round < ROUNDS; round++) {
-    for (const s of round % 2 === 0 ? scenarios : [...scenarios].reverse()) {
-      const r = await load(s.url, s.headers);
-      if (r.non2xx > 0 || r.errors > 0) throw new Error(`${s.name}: ${r.non2xx} non-2xx answers, ${r.errors} errors`);
-      s.runs.push(r);
-      console.error(`round ${round + 1}/${ROUNDS} ${s.name}: ${Math.round(r.rps)} req/s`);
+  if (want("3")) {
+    const storage = `storage: {type: sqlite, db_path: "${join(work, "keys.db")}"}`;
+    const gw = await startTollgate("api-key", ["  auth:", "    provider_config: {type: api_key}"], { extra: [storage] });
+    const key = execFileSync(process.execPath, [cli, "keys", "create", "--config", join(work, "api-key.yaml"), "--principal", "bench"], {
+      stdio: ["ignore", "pipe", "ignore"],
+    })
+      .toString()
+      .split("\n")[0];
+    add({ id: "3", name: "Tollgate, api_key auth", url: gw.url, headers: { authorization: `Bearer ${key}` }, pid: gw.pid, stream: true, tollgate: true });
+  }
+  if (want("4")) {
+    const gw = await policyGateway("jwt-policy-sqlite", 30_000, sqliteQuota("quota-4"));
+    add({ id: "4", name: "Tollgate, JWT + 100-rule policy + SQLite quota", url: gw.url, headers: bearer, pid: gw.pid, stream: true, tollgate: true });
+  }
+  if (want("4b")) {
+    const gw = await policyGateway("jwt-uncached-policy-sqlite", 0, sqliteQuota("quota-4b"));
+    add({ id: "4b", name: "Tollgate, as 4 with the JWT cache off (RS256 check per request)", url: gw.url, headers: bearer, pid: gw.pid, stream: false, tollgate: true });
+  }
+  if (want("5")) {
+    if (await reachable(REDIS_URL)) {
+      const namespace = `tollgate-bench:${process.pid}-${Date.now()}:`;
+      const gw = await policyGateway("jwt-policy-redis", 30_000, quota(`{type: redis, url: "${REDIS_URL}", namespace: "${namespace}"}`));
+      add({ id: "5", name: "Tollgate, JWT + 100-rule policy + Redis quota", url: gw.url, headers: bearer, pid: gw.pid, stream: true, tollgate: true });
+    } else {
+      notes.push(`Scenario 5 skipped: nothing answers at ${new URL(REDIS_URL).host} (set TOLLGATE_BENCH_REDIS_URL).`);
     }
   }
-  const base = median(scenarios[0].runs.map((r) => r.rps));
-  const rows = scenarios.map((s) => ({
-    scenario: s.name,
-    rps: Math.round(median(s.runs.map((r) => r.rps))),
-    p50_ms: median(s.runs.map((r) => r.p50)),
-    p99_ms: median(s.runs.map((r) => r.p99)),
-  }));
-  // The third row is Tollgate with api_key auth alone: the other Tollgate rows'
-  // ratio to it is what their feature (JWT, policy, quotas) costs.
-  const bare = rows[1].rps;
-  const apiKey = rows[2].rps;
-  for (const r of rows) {
-    r.ratio_direct = Number((r.rps / base).toFixed(2));
-    r.ratio_bare_proxy = Number((r.rps / bare).toFixed(2));
-    r.ratio_api_key = Number((r.rps / apiKey).toFixed(2));
+  if (want("6")) {
+    const port = await freePort();
+    const child = startNode([
+      join(root, "bench/express-stack.mjs"),
+      ...["--port", String(port), "--upstream", upstream, "--jwks", idp.jwksUri, "--issuer", idp.issuer, "--audience", idp.audience],
+    ], "express-stack");
+    await waitFor(`http://127.0.0.1:${port}/health`).catch(() => {}); // 401 without a token: readiness is the port answering
+    add({ id: "6", name: "Express + jose + express-rate-limit + http-proxy-middleware", url: `http://127.0.0.1:${port}`, headers: bearer, pid: child.pid, stream: true });
   }
+  if (want("7")) {
+    let nginx = findNginx();
+    if (!nginx && process.env.BENCH_INSTALL_NGINX === "1") nginx = installNginx(root);
+    if (nginx) {
+      const port = await freePort();
+      const child = startNginx(nginx, { work, port, upstream });
+      children.push(child);
+      await waitFor(`http://127.0.0.1:${port}/v1/models`);
+      add({ id: "7", name: "nginx, plain reverse proxy", url: `http://127.0.0.1:${port}`, headers: {}, pid: child.pid, stream: true });
+    } else {
+      notes.push("Scenario 7 skipped: nginx is not installed (scripts/install-bench-tools.sh installs it, or run with BENCH_INSTALL_NGINX=1).");
+    }
+  }
+  for (const n of notes) console.error(`bench: ${n}`);
+
+  // One run per (scenario, body): JSON for all, the stream where the scenario has it.
+  const runs = [];
+  for (const s of scenarios) {
+    runs.push({ ...s, kind: "json", body: BODIES.json, results: [], rss: undefined });
+    if (STREAM && s.stream) runs.push({ ...s, kind: "stream", body: BODIES.stream, results: [], rss: undefined });
+  }
+  const seconds = runs.length * ((WARMUP > 0 ? WARMUP : 0) + ROUNDS * DURATION) + (LATENCY ? runs.filter((r) => r.kind === "json").length * ROUNDS * LATENCY_DURATION : 0);
+  console.error(`bench: ${runs.length} runs, ${LOADGEN}, about ${Math.ceil(seconds / 60)} min of load`);
+
+  async function measure(r, duration, connections) {
+    const sampler = r.pid ? sampleRss(r.pid) : undefined;
+    try {
+      return await load(`${r.url}${PATH}`, r.headers, r.body, duration, connections);
+    } finally {
+      const max = sampler?.stop();
+      if (max !== undefined) r.rss = Math.max(r.rss ?? 0, max);
+    }
+  }
+  for (const r of runs) {
+    if (WARMUP > 0) await measure(r, WARMUP).catch(() => {});
+  }
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const r of round % 2 === 0 ? runs : [...runs].reverse()) {
+      const result = await measure(r, DURATION);
+      if (result.non2xx > 0 || result.errors > 0) throw new Error(`${r.id} ${r.name} (${r.kind}): ${result.non2xx} non-2xx answers, ${result.errors} errors`);
+      r.results.push(result);
+      console.error(`round ${round + 1}/${ROUNDS} ${r.id} ${r.kind} ${r.name}: ${Math.round(result.rps)} req/s`);
+    }
+  }
+
+  // Latency without queueing: one connection, one request at a time, JSON
+  // rows only. Under 50 connections a request's latency is mostly its wait
+  // behind the others (50 / req/s); here it is what each hop adds.
+  if (LATENCY) {
+    const jsonRuns = runs.filter((x) => x.kind === "json");
+    for (const r of jsonRuns) r.singles = [];
+    for (let round = 0; round < ROUNDS; round++) {
+      for (const r of round % 2 === 0 ? jsonRuns : [...jsonRuns].reverse()) {
+        const result = await measure(r, LATENCY_DURATION, 1);
+        r.singles.push(result);
+        console.error(`round ${round + 1}/${ROUNDS}, 1 connection, ${r.id} ${r.name}: p50 ${result.p50} ms, p99 ${result.p99} ms`);
+      }
+    }
+    for (const r of jsonRuns) r.single = { p50: median(r.singles.map((x) => x.p50)), p99: median(r.singles.map((x) => x.p99)) };
+  }
+
+  const rows = runs.map((r) => ({
+    id: r.id,
+    scenario: r.name,
+    response: r.kind,
+    tollgate: Boolean(r.tollgate),
+    rps: Math.round(median(r.results.map((x) => x.rps))),
+    p50_ms: round2(median(r.results.map((x) => x.p50))),
+    p99_ms: round2(median(r.results.map((x) => x.p99))),
+    max_rss_mb: r.rss === undefined ? null : Math.round(r.rss / 1024 / 1024),
+    ...(r.single ? { single_p50_ms: round2(r.single.p50), single_p99_ms: round2(r.single.p99) } : {}),
+  }));
+  for (const r of rows) {
+    const bare = rows.find((b) => b.id === "2" && b.response === r.response);
+    r.ratio_to_2 = bare ? round2(r.rps / bare.rps) : null;
+    r.p99_added_ms = bare ? round2(r.p99_ms - bare.p99_ms) : null;
+    if (bare?.single_p99_ms !== undefined && r.single_p99_ms !== undefined) {
+      r.single_p50_added_ms = round2(r.single_p50_ms - bare.single_p50_ms);
+      r.single_p99_added_ms = round2(r.single_p99_ms - bare.single_p99_ms);
+    }
+  }
+  const singles = rows.filter((r) => r.single_p50_ms !== undefined);
+
+  const targets = checkTargets(rows);
+  const loadgen = LOADGEN === "wrk" ? "wrk (1 thread)" : "autocannon";
   const md = [
-    `Node ${process.version}, ${CONNECTIONS} connections, ${DURATION}s per run, median of ${ROUNDS} rounds, GET /v1/models (small JSON).`,
+    `Node ${process.version}, ${cpus().length} cores, load by ${loadgen}, ${CONNECTIONS} connections, ${DURATION} s per run after ${WARMUP} s warm-up, median of ${ROUNDS} rounds.`,
+    `Every request: \`POST ${PATH}\` naming \`${BENCH_MODEL}\` (json: a small JSON answer; stream: \`stream: true\`, ${streamEvents()} SSE events).`,
     "",
-    "| scenario | req/s | p50 ms | p99 ms | ratio to direct | ratio to bare proxy | ratio to api_key |",
-    "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    "| # | scenario | response | req/s | p50 ms | p99 ms | p99 added over 2, ms | ratio to 2 | max RSS MB |",
+    "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ...rows.map(
       (r) =>
-        `| ${r.scenario} | ${r.rps} | ${r.p50_ms} | ${r.p99_ms} | ${r.ratio_direct.toFixed(2)} | ${r.ratio_bare_proxy.toFixed(2)} | ${r.ratio_api_key.toFixed(2)} |`,
+        `| ${r.id} | ${r.scenario} | ${r.response} | ${r.rps} | ${r.p50_ms} | ${r.p99_ms} | ${r.p99_added_ms ?? "–"} | ${r.ratio_to_2?.toFixed(2) ?? "–"} | ${r.max_rss_mb ?? "–"} |`,
     ),
     "",
+    ...(singles.length
+      ? [
+          `Latency without queueing (one connection, one request at a time, json; ${LATENCY_DURATION} s per run, median of ${ROUNDS} rounds):`,
+          "",
+          "| # | scenario | p50 ms | p99 ms | p50 added over 2, ms | p99 added over 2, ms |",
+          "| --- | --- | ---: | ---: | ---: | ---: |",
+          ...singles.map((r) => `| ${r.id} | ${r.scenario} | ${r.single_p50_ms} | ${r.single_p99_ms} | ${r.single_p50_added_ms ?? "–"} | ${r.single_p99_added_ms ?? "–"} |`),
+          "",
+        ]
+      : []),
+    ...notes.map((n) => `${n}\n`),
+    ...(targets.length ? ["Targets (issue 7), this run:", "", ...targets.map((t) => `- ${t.met ? "met" : "**missed**"}: ${t.text}`), ""] : []),
   ].join("\n");
+
   // Micro-benchmarks: every bench/micro/*.mjs runs in its own process and
   // prints a Markdown section (a heading and a table) on stdout.
   const micro = [];
@@ -227,10 +342,42 @@ try {
   console.log(report);
   mkdirSync(join(root, "bench/results"), { recursive: true });
   writeFileSync(join(root, "bench/results/latest.md"), report);
-  writeFileSync(join(root, "bench/results/latest.json"), JSON.stringify({ node: process.version, connections: CONNECTIONS, duration: DURATION, rounds: ROUNDS, rows }, null, 2));
+  writeFileSync(
+    join(root, "bench/results/latest.json"),
+    JSON.stringify({ node: process.version, cores: cpus().length, loadgen: LOADGEN, connections: CONNECTIONS, duration: DURATION, warmup: WARMUP, rounds: ROUNDS, rows, targets, notes }, null, 2),
+  );
 } finally {
   stopping = true;
   for (const c of children) c.kill("SIGTERM");
-  oauth2?.close();
+  idp?.close();
+  // nginx writes into the work directory until it has exited.
+  await new Promise((r) => setTimeout(r, 200));
   rmSync(work, { recursive: true, force: true });
+}
+
+/** How many SSE events the demo upstream sends for the stream body (role, one per word of "You said: Say hello", stop, [DONE]). */
+function streamEvents() {
+  return 2 + "You said: Say hello".split(" ").length + 1;
+}
+
+/** The issue's targets, checked against this run's rows (reported, never asserted). */
+function checkTargets(rows) {
+  const out = [];
+  const get = (id, kind = "json") => rows.find((r) => r.id === id && r.response === kind);
+  for (const kind of ["json", "stream"]) {
+    const s2 = get("2", kind);
+    const s4 = get("4", kind);
+    const s6 = get("6", kind);
+    if (s2 && s4) {
+      out.push({ met: s4.rps >= 0.85 * s2.rps, text: `scenario 4 (${kind}) throughput ≥ 0.85 × scenario 2: ${s4.ratio_to_2.toFixed(2)} ×` });
+      out.push({ met: s4.p99_ms - s2.p99_ms <= 1, text: `scenario 4 (${kind}) p99 added over scenario 2 ≤ 1 ms, at ${CONNECTIONS} connections: ${round2(s4.p99_ms - s2.p99_ms)} ms` });
+      if (s4.single_p99_added_ms !== undefined) {
+        out.push({ met: s4.single_p99_added_ms <= 1, text: `scenario 4 (${kind}) p99 added over scenario 2 ≤ 1 ms, one connection: ${s4.single_p99_added_ms} ms` });
+      }
+    }
+    if (s4 && s6) out.push({ met: s4.rps >= 2 * s6.rps, text: `scenario 4 (${kind}) ≥ 2 × scenario 6: ${(s4.rps / s6.rps).toFixed(2)} ×` });
+  }
+  const rss = rows.filter((r) => r.tollgate && r.max_rss_mb !== null).map((r) => r.max_rss_mb);
+  if (rss.length) out.push({ met: Math.max(...rss) <= 150, text: `gateway RSS under load ≤ 150 MB: at most ${Math.max(...rss)} MB` });
+  return out;
 }

@@ -12,9 +12,8 @@ import { openSqliteQuotaStore } from "../../dist/core/quota/stores/sqlite.js";
 import { createRedisQuotaStore } from "../../dist/core/quota/stores/redis.js";
 import { makeUser } from "../../dist/core/user.js";
 import { measureAsync, table } from "./_measure.mjs";
-import { reachable } from "../quota-gateways.mjs";
+import { REDIS_URL, reachable } from "../support.mjs";
 
-const REDIS_URL = process.env.TOLLGATE_BENCH_REDIS_URL ?? process.env.TOLLGATE_TEST_REDIS_URL ?? "redis://127.0.0.1:6379/0";
 const user = makeUser("bench", { roles: ["user"] });
 const subject = { user, remoteAddress: "127.0.0.1", headers: {} };
 const big = Number.MAX_SAFE_INTEGER;

@@ -2,6 +2,7 @@ import type { Readable } from "node:stream";
 import { Agent, type Dispatcher } from "undici";
 import type { Config } from "../core/config/schema.js";
 import { TollgateError, UpstreamError, UpstreamTimeoutError } from "../core/errors.js";
+import { bufferedBytes } from "./request-body.js";
 
 /** One request to send upstream; headers already filtered (see `upstreamRequestHeaders`). */
 export interface UpstreamRequest {
@@ -87,7 +88,8 @@ export function createForwarder(upstream: Config["upstream"]): Forwarder {
           path: upstreamPath(basePath, path, query),
           method: method as Dispatcher.HttpMethod,
           headers: headers as string[],
-          body,
+          // A body the gateway already read goes as its bytes (request-body.ts).
+          body: body === null ? null : (bufferedBytes(body) ?? body),
           signal,
         });
         return { status: res.statusCode, headers: res.headers, body: res.body };

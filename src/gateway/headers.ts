@@ -28,8 +28,12 @@ const HOP_BY_HOP = new Set([
 /** Headers a client may never pass upstream: the gateway sets its own. */
 const SET_BY_GATEWAY = new Set(["authorization", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded"]);
 
+const NONE: ReadonlySet<string> = new Set();
+
 /** The header names a `Connection` header lists (RFC 9110 §7.6.1), lower-case. */
-function connectionOptions(values: Iterable<string>): Set<string> {
+function connectionOptions(values: readonly string[]): ReadonlySet<string> {
+  // `keep-alive` alone (what clients send) names nothing beyond the hop-by-hop set.
+  if (values.length === 0 || (values.length === 1 && /^\s*keep-alive\s*$/i.test(values[0]!))) return NONE;
   const names = new Set<string>();
   for (const value of values) {
     for (const token of value.split(",")) {

@@ -56,17 +56,46 @@ export function mediaType(contentType: string | undefined): string {
  */
 export async function readJsonBody(raw: Readable & { headers?: Record<string, string | string[] | undefined> }, limit: number): Promise<BufferedBody> {
   const contentType = mediaType(typeof raw.headers?.["content-type"] === "string" ? raw.headers["content-type"] : undefined);
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of raw as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > limit) {
-      raw.destroy();
-      throw new PayloadTooLargeError(limit);
+  // Listeners rather than `for await`: the async iterator costs an object
+  // graph and a promise per chunk, measurable on every inference request.
+  const bytes = await new Promise<Buffer>((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > limit) {
+        cleanup();
+        raw.destroy();
+        reject(new PayloadTooLargeError(limit));
+        return;
+      }
+      chunks.push(chunk);
+    };
+    const onEnd = () => {
+      cleanup();
+      resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size));
+    };
+    const onError = (err: Error) => {
+      cleanup();
+      reject(err);
+    };
+    const onClose = () => {
+      cleanup();
+      reject(new Error("request body closed before its end"));
+    };
+    function cleanup() {
+      raw.off("data", onData);
+      raw.off("end", onEnd);
+      raw.off("error", onError);
+      raw.off("close", onClose);
     }
-    chunks.push(chunk);
-  }
-  const bytes = Buffer.concat(chunks, size);
+    raw.on("data", onData);
+    raw.on("end", onEnd);
+    raw.on("error", onError);
+    raw.on("close", onClose);
+    if (raw.readableEnded) onEnd();
+  });
+  const size = bytes.length;
   const isJson = contentType === "" || contentType === "application/json" || contentType.endsWith("+json");
   let json: unknown;
   if (isJson && size > 0) {
@@ -106,9 +135,24 @@ export async function formField(body: BufferedBody, contentTypeHeader: string, n
   return typeof values[0] === "string" ? values[0] : undefined;
 }
 
-/** The body as a stream for the forwarder. */
+/** Streams made by {@link bodyStream}, with their bytes: the forwarder sends those directly. */
+const bufferedStreams = new WeakMap<Readable, Buffer>();
+
+/**
+ * The body as a stream for the forwarder. The forwarder recognises it
+ * ({@link bufferedBytes}) and hands undici the bytes instead: a buffer is
+ * written with the request head in one go, a stream chunk by chunk.
+ */
 export function bodyStream(body: BufferedBody): Readable {
-  return Readable.from([body.bytes], { objectMode: false });
+  const stream = Readable.from([body.bytes], { objectMode: false });
+  bufferedStreams.set(stream, body.bytes);
+  return stream;
+}
+
+/** The bytes behind a stream made by {@link bodyStream} (not yet read from); undefined for any other stream. */
+export function bufferedBytes(stream: Readable): Buffer | undefined {
+  const bytes = bufferedStreams.get(stream);
+  return bytes !== undefined && stream.readableDidRead === false ? bytes : undefined;
 }
 
 /**

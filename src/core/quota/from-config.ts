@@ -14,7 +14,19 @@ import type { QuotaStore } from "./store.js";
  */
 export async function quotaFromConfig(
   config: QuotaConfig,
-  { log, now, store: given }: { log: Logger; now?: () => number; store?: QuotaStore },
+  {
+    log,
+    now,
+    store: given,
+    onStoreError,
+  }: {
+    log: Logger;
+    now?: () => number;
+    /** A store to use instead of opening the one `kvstore` names (a reload keeps its store open). */
+    store?: QuotaStore;
+    /** Told about each store failure and what was done (`refused` / `admitted`), for metrics. */
+    onStoreError?: (outcome: string) => void;
+  },
 ): Promise<Quota> {
   const qlog = log.child({ component: "quota" });
   const store = given ?? (await openQuotaStore(config.kvstore, qlog));
@@ -35,7 +47,10 @@ export async function quotaFromConfig(
     tiers,
     failureMode: config.failure_mode,
     trustedProxies: config.trusted_proxies.length > 0 ? parseTrustedProxies(config.trusted_proxies) : undefined,
-    onStoreError: (err, outcome) => failures(err, outcome),
+    onStoreError: (err, outcome) => {
+      failures(err, outcome);
+      onStoreError?.(outcome);
+    },
     now,
   });
 }

@@ -6,6 +6,9 @@ import { rateLimit, rateLimitPolicy, type LimitState } from "./headers.js";
 import { windowEnd, windowStart, type Limit } from "./limits.js";
 import type { CounterCheck, QuotaStore } from "./store.js";
 
+/** Most principals whose quota key a quota remembers. */
+const PRINCIPAL_KEYS_MAX = 10_000;
+
 /**
  * Pipeline stage 5: consume one request from each of the client's request
  * limits and check its token budgets, atomically in the shared store.
@@ -67,6 +70,8 @@ export interface Quota {
   check(subject: QuotaSubject): Promise<QuotaGrant>;
   /** How many requests were let through while the store was failing (`failure_mode: open`). */
   readonly failedOpen: number;
+  /** Readiness: resolves when the store answers, rejects otherwise. */
+  ping(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -101,6 +106,20 @@ export function createQuota(options: QuotaOptions): Quota {
 
   const NO_HEADERS: Readonly<Record<string, string>> = Object.freeze({});
 
+  // A principal's key is a SHA-256 (client-key.ts): computed once per busy
+  // client rather than on every request. Bounded: past the limit the memo
+  // starts over, so memory stays flat however many distinct clients come.
+  const principalKeys = new Map<string, string>();
+  function principalKey(user: User): string {
+    let key = principalKeys.get(user.principal);
+    if (key === undefined) {
+      key = clientKey(user, undefined);
+      if (principalKeys.size >= PRINCIPAL_KEYS_MAX) principalKeys.clear();
+      principalKeys.set(user.principal, key);
+    }
+    return key;
+  }
+
   return {
     get failedOpen() {
       return failedOpen;
@@ -108,10 +127,9 @@ export function createQuota(options: QuotaOptions): Quota {
     async check(subject) {
       const set = limitsFor(subject.user);
       if (set.limits.length === 0) return { headers: NO_HEADERS, recordTokens: undefined };
-      const client = clientKey(
-        subject.user,
-        subject.user ? undefined : anonymousAddress(subject.remoteAddress, subject.headers, trustedProxies),
-      );
+      const client = subject.user
+        ? principalKey(subject.user)
+        : clientKey(undefined, anonymousAddress(subject.remoteAddress, subject.headers, trustedProxies));
       const at = now();
       const counters: CounterCheck[] = set.limits.map((limit) => ({
         key: `${client}:${limit.name}:${windowStart(limit.period, at)}`,
@@ -149,6 +167,7 @@ export function createQuota(options: QuotaOptions): Quota {
       }
       return { headers, recordTokens: set.hasTokens ? tokenRecorder(counters, set.limits) : undefined };
     },
+    ping: () => store.ping(),
     close: () => store.close(),
   };
 

@@ -33,6 +33,8 @@ export interface QuotaStore {
   hit(counters: readonly CounterCheck[]): Promise<HitResult>;
   /** Adds `amount` (LLM tokens) to a counter, creating it for its window. */
   add(key: string, amount: number, expiresAt: number): Promise<void>;
+  /** Readiness (GET /ready): resolves when the store answers a trivial query, rejects otherwise. */
+  ping(): Promise<void>;
   /** Releases connections and timers; idempotent. */
   close(): Promise<void>;
 }

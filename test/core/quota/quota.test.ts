@@ -125,6 +125,7 @@ test("a token budget refuses the next request once usage reaches it", async () =
 const failing: QuotaStore = {
   hit: () => Promise.reject(new Error("store down")),
   add: () => Promise.reject(new Error("store down")),
+  ping: () => Promise.reject(new Error("store down")),
   close: async () => undefined,
 };
 

@@ -137,6 +137,10 @@ export function createRedisQuotaStore(options: RedisQuotaStoreOptions): QuotaSto
       const [admitted, ...counts] = await redis.tollgateHit(keys.length, ...keys, ...args);
       return { admitted: admitted === 1, counts: counts.map(Number) };
     },
+    async ping() {
+      await ready();
+      await redis.ping();
+    },
     async add(key, amount, expiresAt) {
       await ready();
       if (amount > 0) await redis.tollgateAdd(namespace + braced(key), Math.trunc(amount), expiresAt);
