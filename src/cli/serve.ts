@@ -1,3 +1,7 @@
+import cluster from "node:cluster";
+import { watch } from "node:fs";
+import { availableParallelism } from "node:os";
+import { basename, dirname, resolve } from "node:path";
 import { InvalidArgumentError, type Command } from "commander";
 import { defaultConfig, loadConfig } from "../core/config/load.js";
 import type { Config } from "../core/config/schema.js";
@@ -8,6 +12,7 @@ import type { RecordStore } from "../core/stores/types.js";
 import { startDemoUpstream, type DemoUpstream } from "../demo/upstream.js";
 import { createGateway, type Gateway } from "../gateway/server.js";
 import { VERSION } from "../version.js";
+import { runSupervisor, runWorker } from "./supervisor.js";
 
 export interface ServeOptions {
   /** Config file; absent: the embedded default (`defaultConfig`). */
@@ -18,6 +23,21 @@ export interface ServeOptions {
   host?: string | undefined;
   /** Start the demo upstream in-process and forward to it. */
   demo?: boolean | undefined;
+  /** Overrides `server.workers`: worker processes under a supervisor (supervisor.ts). */
+  workers?: Workers | undefined;
+  /** Reload the config when its file changes, as on SIGHUP. */
+  watchConfig?: boolean | undefined;
+}
+
+/** `--workers` / `server.workers`. */
+export type Workers = number | "auto";
+
+/** What a cluster worker's `startServer` is given by its supervisor (supervisor.ts). */
+export interface WorkerHooks {
+  /** Renders /metrics for the whole gateway (every worker's counters), asked of the supervisor. */
+  renderMetrics?: () => Promise<string>;
+  /** The supervisor created the first admin key (or found one): a worker never does. */
+  skipFirstKey?: boolean;
 }
 
 /** A running `tollgate serve`, for embedding and tests. */
@@ -25,12 +45,32 @@ export interface RunningServer {
   readonly url: string;
   readonly gateway: Gateway;
   readonly log: Logger;
+  /**
+   * Re-reads and validates the config file (flags still win) and hands it to
+   * the gateway, which swaps policies, providers and limits atomically.
+   * Rejects with a `ConfigError` naming each path when the new config is
+   * invalid; the old one stays in force. The embedded default has no file:
+   * nothing to reload.
+   */
+  reload(): Promise<void>;
   /** Drains the gateway, then stops the demo upstream if there is one. */
   close(): Promise<void>;
 }
 
 /** Pause between the demo upstream's SSE events, so that streaming is visible in the tour. */
 const DEMO_CHUNK_DELAY_MS = 40;
+
+function parseWorkers(value: string): Workers {
+  if (value === "auto") return "auto";
+  const count = Number(value);
+  if (!/^\d+$/.test(value) || count < 1 || count > 1024) throw new InvalidArgumentError("expected a number of workers from 1 to 1024, or auto");
+  return count;
+}
+
+/** `auto` is one worker per available core. */
+export function workerCount(workers: Workers): number {
+  return workers === "auto" ? availableParallelism() : workers;
+}
 
 function parsePort(value: string): number {
   const port = Number(value);
@@ -46,10 +86,22 @@ export function registerServeCommand(program: Command): void {
     .option("-c, --config <file>", "config file (default: built-in: API keys in ./data/tollgate.db, upstream $TOLLGATE_UPSTREAM or http://127.0.0.1:11434)")
     .option("-p, --port <n>", "port to listen on, overrides server.port (0: any free port)", parsePort)
     .option("--host <address>", "address to listen on, overrides server.host")
+    .option("-w, --workers <n>", "worker processes sharing the port, or auto (one per core); overrides server.workers", parseWorkers)
+    .option("--watch-config", "reload the config when its file changes, as on SIGHUP")
     .option("--demo", "also start a small OpenAI-compatible demo upstream and forward to it (overrides upstream.url)")
     .action(async (opts: ServeOptions) => {
-      const running = await startServer(opts);
-      handleSignals(running);
+      if (cluster.isWorker) {
+        await runWorker(opts);
+        return;
+      }
+      const config = serveConfig(opts);
+      const workers = workerCount(opts.workers ?? config.server.workers);
+      if (workers > 1) {
+        await runSupervisor(opts, config, workers);
+        return;
+      }
+      const running = await startServer(opts, {}, config);
+      handleSignals(running, opts);
     });
 }
 
@@ -59,13 +111,9 @@ export function registerServeCommand(program: Command): void {
  * `listening` line, and on first start with no active API key creates an
  * admin key and prints it once to stderr.
  */
-export async function startServer(opts: ServeOptions): Promise<RunningServer> {
+export async function startServer(opts: ServeOptions, hooks: WorkerHooks = {}, loaded?: Config): Promise<RunningServer> {
   const source = opts.config ?? "embedded default config";
-  let config: Config = opts.config === undefined ? defaultConfig() : loadConfig(opts.config);
-  config = {
-    ...config,
-    server: { ...config.server, port: opts.port ?? config.server.port, host: opts.host ?? config.server.host },
-  };
+  let config: Config = loaded ?? serveConfig(opts);
   const log = createLogger(config.logging.level);
 
   let demo: DemoUpstream | undefined;
@@ -82,22 +130,32 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     // resources created through the gateway are recorded there (docs/policy.md).
     if (providerType) store = await openRecordStore(config.storage);
     if (!providerType) log.warn("server.auth is not set: authentication is off and every request is forwarded");
-    gateway = await createGateway({ config, log, store, source });
+    gateway = await createGateway({ config, log, store, source, renderMetrics: hooks.renderMetrics });
     const { url } = await gateway.listen();
     log.info({ url, upstream: withoutCredentials(config.upstream.url), auth: providerType ?? "off", quota: config.server.quota?.kvstore.type ?? "off", version: VERSION }, "listening");
 
     // After listening, so that a start-up failure (port in use) never swallows the only copy of a key.
-    if (providerType === "api_key" && store && (await store.countActiveApiKeys(Date.now())) === 0) {
+    if (!hooks.skipFirstKey && providerType === "api_key" && store && (await store.countActiveApiKeys(Date.now())) === 0) {
       const { key, record } = await createApiKey(store, { principal: "admin", attributes: { roles: ["admin"] } });
       log.info({ id: record.id, principal: record.principal }, "created the first admin API key");
       process.stderr.write(adminKeyBanner(key, url));
     }
 
     const running = gateway;
+    const demoUrl = demo?.url;
     return {
       url,
       gateway: running,
       log,
+      async reload() {
+        if (opts.config === undefined) {
+          log.warn("reload: running on the embedded default config, there is no file to re-read");
+          return;
+        }
+        let next = serveConfig(opts);
+        if (demoUrl) next = { ...next, upstream: { ...next.upstream, url: demoUrl } };
+        await running.reload(next);
+      },
       async close() {
         await running.close();
         await demo?.close();
@@ -112,16 +170,34 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
   }
 }
 
-/** SIGTERM / SIGINT drain and exit 0 (a second one exits at once); SIGHUP is logged, not fatal. */
-function handleSignals(running: RunningServer): void {
+/**
+ * The config `serve` runs with: the file (or the embedded default), with the
+ * flags applied over it. Throws a `ConfigError` naming each invalid path.
+ */
+export function serveConfig(opts: ServeOptions): Config {
+  const config: Config = opts.config === undefined ? defaultConfig() : loadConfig(opts.config);
+  return {
+    ...config,
+    server: { ...config.server, port: opts.port ?? config.server.port, host: opts.host ?? config.server.host },
+  };
+}
+
+/**
+ * SIGTERM / SIGINT drain and exit 0 (a second one exits at once). SIGHUP (and,
+ * with `--watch-config`, a change of the file) reloads the config: an invalid
+ * one is logged with its paths and the old one stays in force.
+ */
+export function handleSignals(running: RunningServer, opts: ServeOptions): void {
   const { log } = running;
   let stopping = false;
+  let watcher: { close(): void } | undefined;
   const stop = (signal: NodeJS.Signals) => {
     if (stopping) {
       log.warn({ signal }, "second signal during shutdown: exiting now");
       process.exit(1);
     }
     stopping = true;
+    watcher?.close();
     log.info({ signal }, "shutting down: draining in-flight requests");
     running.close().then(
       () => {
@@ -136,9 +212,54 @@ function handleSignals(running: RunningServer): void {
   };
   process.on("SIGTERM", stop);
   process.on("SIGINT", stop);
-  process.on("SIGHUP", () => {
-    log.warn("SIGHUP: configuration reload is not supported yet; restart Tollgate to apply a changed config");
+
+  // Reloads never overlap: a signal during a reload runs one more after it.
+  let reloading: Promise<void> | undefined;
+  let again = false;
+  const reload = (trigger: string) => {
+    if (stopping) return;
+    if (reloading) {
+      again = true;
+      return;
+    }
+    reloading = running
+      .reload()
+      .then(
+        () => log.info({ trigger }, "configuration reloaded"),
+        (err: unknown) => log.error({ trigger, err: err instanceof Error ? err.message : String(err) }, "configuration reload refused; the previous configuration stays in force"),
+      )
+      .finally(() => {
+        reloading = undefined;
+        if (again) {
+          again = false;
+          reload(trigger);
+        }
+      });
+  };
+  process.on("SIGHUP", () => reload("SIGHUP"));
+  if (opts.watchConfig && opts.config !== undefined) watcher = watchConfigFile(opts.config, () => reload("file change"));
+}
+
+/**
+ * Calls `onChange` once a burst of changes to `file` has settled (editors
+ * write a file in several steps, or replace it by a rename). The folder is
+ * watched rather than the file, so a replaced file is still seen.
+ */
+export function watchConfigFile(file: string, onChange: () => void): { close(): void } {
+  const settleMs = 200;
+  let timer: NodeJS.Timeout | undefined;
+  const resolved = resolve(file);
+  const watcher = watch(dirname(resolved), (_event, name) => {
+    if (name !== null && name !== basename(resolved)) return;
+    clearTimeout(timer);
+    timer = setTimeout(onChange, settleMs);
   });
+  return {
+    close() {
+      clearTimeout(timer);
+      watcher.close();
+    },
+  };
 }
 
 /** The upstream URL for a log line: without user:password, should it carry any. */
@@ -149,8 +270,11 @@ function withoutCredentials(url: string): string {
   return parsed.toString();
 }
 
-/** Printed once to stderr: a plain banner, not a log line, so that it is not shipped to log storage. */
-function adminKeyBanner(key: string, url: string): string {
+/**
+ * Printed once to stderr: a plain banner, not a log line, so that it is not
+ * shipped to log storage. Also printed by the supervisor of `--workers N`.
+ */
+export function adminKeyBanner(key: string, url: string): string {
   const reachable = url.replace("//0.0.0.0:", "//127.0.0.1:").replace("//[::]:", "//[::1]:");
   return [
     "",

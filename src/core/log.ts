@@ -14,8 +14,10 @@ export const REDACT_PATHS = [
   "req.headers.authorization",
   "req.headers.cookie",
   "req.headers['x-api-key']",
+  "*['x-api-key']",
   "cookie",
   "*.cookie",
+  "*['set-cookie']",
   "api_key",
   "*.api_key",
   "token",
@@ -29,7 +31,7 @@ export const REDACT_PATHS = [
 /** The root logger: JSON lines on `destination` (stdout by default), credentials redacted. */
 export function createLogger(level = "info", destination?: DestinationStream): Logger {
   return pino(
-    { level, base: { service: "tollgate" }, redact: { paths: REDACT_PATHS, censor: "[redacted]" } },
+    { level, base: { service: "tollgate", pid: process.pid }, redact: { paths: REDACT_PATHS, censor: "[redacted]" } },
     destination,
   );
 }

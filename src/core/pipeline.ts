@@ -83,6 +83,11 @@ export interface PipelineOptions {
   provider: AuthProvider | undefined;
   /** Called with provider failures that became 503, for logging (never with a token). */
   onProviderError?: (err: unknown) => void;
+  /**
+   * Called after each authentication with its outcome (`ok`, `refused` 401,
+   * `unavailable` 503) and how long the provider took, in seconds (metrics).
+   */
+  onAuthenticated?: (outcome: "ok" | "refused" | "unavailable", seconds: number) => void;
   /** Compiled `access_policy` (compile.ts); default: the reference's default policy. */
   accessPolicy?: CompiledAccessPolicy | undefined;
   /** Compiled `route_policy`; default: none (every route allowed). */
@@ -133,6 +138,7 @@ export function createPipeline({
   publicPaths,
   provider,
   onProviderError,
+  onAuthenticated,
   accessPolicy = DEFAULT_POLICY,
   routePolicy,
   requiredScopes = [],
@@ -152,8 +158,9 @@ export function createPipeline({
       token = parseBearer(request.headers.authorization);
       if (token === undefined) throw new AuthError("missing_credential", provider.authRequiredMessage);
     }
+    const started = onAuthenticated ? performance.now() : 0;
     try {
-      return await provider.authenticate({
+      const user = await provider.authenticate({
         token,
         path,
         query,
@@ -161,7 +168,10 @@ export function createPipeline({
         remoteAddress: request.remoteAddress,
         signal: request.signal,
       });
+      onAuthenticated?.("ok", (performance.now() - started) / 1000);
+      return user;
     } catch (err) {
+      onAuthenticated?.(err instanceof TollgateError && err.status === 401 ? "refused" : "unavailable", (performance.now() - started) / 1000);
       if (err instanceof TollgateError) throw err;
       // Fail closed: an unexpected failure of the identity check never lets a request through.
       onProviderError?.(err);

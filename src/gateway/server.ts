@@ -1,16 +1,21 @@
+import { randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
-import type { IncomingMessage } from "node:http";
+import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer } from "node:http";
 import type { AddressInfo, Socket } from "node:net";
 import { performance } from "node:perf_hooks";
+import type { Registry } from "prom-client";
 import fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import type { Config } from "../core/config/schema.js";
 import { ConfigError, MethodNotAllowedError, NotFoundError, ShuttingDownError, TollgateError, UpstreamError, UpstreamTimeoutError } from "../core/errors.js";
 import type { Logger } from "../core/log.js";
 import { toPipelineRequest } from "../adapters/node.js";
 import { createPipeline, type Pipeline, type RequestContext } from "../core/pipeline.js";
+import { canonicalPath, canonicalTarget } from "../core/path.js";
 import { createProvider } from "../core/providers/index.js";
 import type { AuthProvider } from "../core/providers/types.js";
-import { quotaFromConfig } from "../core/quota/from-config.js";
+import { openQuotaStore, quotaFromConfig } from "../core/quota/from-config.js";
+import type { Quota } from "../core/quota/quota.js";
+import type { QuotaStore } from "../core/quota/store.js";
 import type { RecordStore } from "../core/stores/types.js";
 import { VERSION } from "../version.js";
 import { checkDeclaredLength, hasBody, limitBody } from "./body.js";
@@ -22,6 +27,7 @@ import { policyOptions } from "../core/policy/from-config.js";
 import { bodyStream, withBodyLength, type BufferedBody } from "./request-body.js";
 import { meterUsage, prepareUsage, type UsagePlan } from "./usage.js";
 import { createResourceGuard, type GuardedRequest, type ResourceGuard } from "./resources.js";
+import { createMetrics, routeGroup, type Decision } from "./metrics.js";
 
 /** What the gateway keeps about a request while it runs; typed on Fastify's request. */
 export interface GatewayRequestState {
@@ -31,12 +37,41 @@ export interface GatewayRequestState {
   readonly start: number;
   /** What the pipeline established; undefined until it has let the request through. */
   context: RequestContext | undefined;
+  /** The config generation serving this request from start to end (a reload does not switch it). */
+  readonly runtime: Runtime;
+  /** `X-Request-Id`: the client's when well-formed, else a new UUID; sent upstream and back. */
+  readonly requestId: string;
+  /** Set by the error path; otherwise derived from the context when the response closes. */
+  decision: Decision | undefined;
+  /** Milliseconds to the upstream's response headers, when it was asked. */
+  upstreamMs: number | undefined;
+}
+
+/**
+ * One generation of the config: everything a request needs, built together
+ * and swapped at once by a reload. Requests keep the generation they started
+ * with; a retired one is closed when its last request ends. Parts whose
+ * config did not change (provider, quota store, upstream pool) are carried
+ * over, so their caches and connections survive a reload.
+ */
+interface Runtime {
+  readonly config: Config;
+  readonly pipeline: Pipeline;
+  readonly guard: ResourceGuard;
+  readonly forwarder: Forwarder;
+  readonly provider: AuthProvider | undefined;
+  readonly quota: Quota | undefined;
+  readonly quotaStore: QuotaStore | undefined;
+  inFlight: number;
+  retired: boolean;
+  /** Its parts have been released (see `release` in createGateway); never twice. */
+  released: boolean;
 }
 
 declare module "fastify" {
   interface FastifyRequest {
     /** Set by the gateway's `onRequest` hook before anything else runs. */
-    tollgate: GatewayRequestState | null;
+    gatewayState: GatewayRequestState | null;
   }
 }
 
@@ -58,13 +93,31 @@ export interface GatewayOptions {
   store?: RecordStore | undefined;
   /** Names the configuration in start-up errors (the config file's path). */
   source?: string | undefined;
+  /**
+   * Renders the text GET /metrics answers with. Default: this process's
+   * registry ({@link Gateway.metrics}). A cluster worker passes one that asks
+   * its supervisor for every worker's metrics, aggregated.
+   */
+  renderMetrics?: (() => Promise<string>) | undefined;
 }
 
 export interface Gateway {
   /** The Fastify instance (routes, hooks); for tests and embedding. */
   readonly server: FastifyInstance;
-  /** Starts listening on `server.host`:`server.port`; resolves with the base URL. */
+  /** This process's Prometheus registry (what GET /metrics shows, unless `renderMetrics` says otherwise). */
+  readonly metrics: Registry;
+  /** Starts listening on `server.host`:`server.port` (and `metrics.port`); resolves with the base URL. */
   listen(): Promise<{ url: string }>;
+  /**
+   * Applies a new validated config: providers, policies, limits, resources
+   * and upstream are swapped at once for new requests; requests in flight
+   * finish on the ones they started with, which are closed afterwards.
+   * Quota counters live in the quota store and carry over. Settings that
+   * need a new listener (host, port, TLS, workers, metrics, storage,
+   * logging) are logged as needing a restart and keep their running values.
+   * Rejects (and changes nothing) when the new config cannot be built.
+   */
+  reload(config: Config): Promise<void>;
   /**
    * Graceful shutdown: stops accepting connections, answers new requests on
    * open connections with 503 `shutting_down`, lets in-flight requests
@@ -104,43 +157,126 @@ function readTlsFile(file: string, configPath: string, source: string): Buffer {
  * process.once("SIGTERM", () => void gateway.close());
  */
 export async function createGateway(options: GatewayOptions): Promise<Gateway> {
-  const { config, source = "config" } = options;
+  const { source = "config" } = options;
+  const startConfig = options.config;
   const log = options.log.child({ component: "gateway" });
-  const maxBodyBytes = config.server.max_body_bytes;
   const store = options.store;
-  const owned: { close(): Promise<void> }[] = [];
-  if (store) owned.push(store);
+  const metrics = createMetrics();
+  const renderMetrics = options.renderMetrics ?? (() => metrics.registry.metrics());
+  const metricsConfig = startConfig.metrics;
+  // /metrics on the main port (unless metrics.port moves it) and /ready skip
+  // authentication: probes and scrapers carry no credential.
+  const metricsOnMain = metricsConfig.enabled && metricsConfig.port === undefined ? canonicalPath(metricsConfig.path) : undefined;
+  const gatewayPaths = metricsOnMain ? [READY_PATH, metricsOnMain] : [READY_PATH];
 
-  let forwarder: Forwarder;
-  let pipeline: Pipeline;
+  /**
+   * Builds a generation from `config`, carrying over from `previous` the
+   * parts whose config is unchanged. On failure, closes what it opened and
+   * rethrows; `previous` is untouched.
+   */
+  async function buildRuntime(config: Config, previous?: Runtime): Promise<Runtime> {
+    const opened: { close(): Promise<void> }[] = [];
+    try {
+      const providerConfig = config.server.auth?.provider_config;
+      const provider =
+        options.provider ??
+        (previous && sameJson(previous.config.server.auth?.provider_config, providerConfig)
+          ? previous.provider
+          : providerConfig
+            ? track(createProvider(providerConfig, { store, log: options.log, observer: metrics.providers }))
+            : undefined);
+      const quotaConfig = config.server.quota;
+      let quotaStore: QuotaStore | undefined;
+      if (quotaConfig) {
+        quotaStore =
+          previous?.quotaStore && sameJson(previous.config.server.quota?.kvstore, quotaConfig.kvstore)
+            ? previous.quotaStore
+            : track(await openQuotaStore(quotaConfig.kvstore, options.log.child({ component: "quota" })));
+      }
+      // Stage 5: the counters live in the store, so new limits apply to the counts already made.
+      const quota = quotaConfig
+        ? await quotaFromConfig(quotaConfig, { log: options.log, store: quotaStore, onStoreError: (outcome) => metrics.quotaStoreError(outcome) })
+        : undefined;
+      const providerType = providerConfig?.type ?? "none";
+      const pipeline = createPipeline({
+        quota,
+        publicPaths: [...config.server.public_paths, ...gatewayPaths],
+        provider,
+        onProviderError: (err) => log.warn({ err: errorMessage(err) }, "authentication provider failed"),
+        onAuthenticated: (outcome, seconds) => metrics.authentication(providerType, outcome, seconds),
+        // Stage 4 (route_policy, required_scopes); stage 6's decisions come through guard below. Audit: one line per decision.
+        ...policyOptions(config.server.auth, options.log.child({ component: "audit" })),
+      });
+      const guard = createResourceGuard({
+        pipeline,
+        catalog: createCatalog(config.server.resources),
+        store,
+        maxBodyBytes: config.server.max_body_bytes,
+        log: options.log.child({ component: "resources" }),
+      });
+      const forwarder = previous && sameJson(previous.config.upstream, config.upstream) ? previous.forwarder : track(createForwarder(config.upstream));
+      const runtime: Runtime = { config, pipeline, guard, forwarder, provider, quota, quotaStore, inFlight: 0, retired: false, released: false };
+      hold(runtime);
+      return runtime;
+    } catch (err) {
+      await closeAll(opened.reverse());
+      throw err;
+    }
+
+    function track<T extends { close(): Promise<void> }>(resource: T): T {
+      opened.push(resource);
+      return resource;
+    }
+  }
+
+  /*
+   * A part (upstream pool, quota store, provider) may serve several
+   * generations at once: the current one and retired ones still finishing
+   * requests. Each is counted by the generations holding it and closed when
+   * the last of them is released, never while one still runs.
+   */
+  const holders = new Map<{ close(): Promise<void> }, number>();
+  const releases = new Set<Promise<void>>();
+
+  function partsOf(runtime: Runtime): { close(): Promise<void> }[] {
+    const parts: { close(): Promise<void> }[] = [runtime.forwarder];
+    if (runtime.quotaStore) parts.push(runtime.quotaStore);
+    // A provider given by the caller belongs to the gateway as a whole (closed at shutdown).
+    if (runtime.provider && runtime.provider !== options.provider) parts.push(runtime.provider);
+    return parts;
+  }
+
+  function hold(runtime: Runtime): void {
+    for (const part of partsOf(runtime)) holders.set(part, (holders.get(part) ?? 0) + 1);
+  }
+
+  /** Lets go of a generation's parts, closing those no other generation holds. */
+  function release(runtime: Runtime): Promise<void> {
+    if (runtime.released) return Promise.resolve();
+    runtime.released = true;
+    const unused: { close(): Promise<void> }[] = [];
+    for (const part of partsOf(runtime)) {
+      const count = (holders.get(part) ?? 1) - 1;
+      if (count > 0) holders.set(part, count);
+      else {
+        holders.delete(part);
+        unused.push(part);
+      }
+    }
+    const done = closeAll(unused);
+    releases.add(done);
+    void done.finally(() => releases.delete(done));
+    return done;
+  }
+
+  let current = await buildRuntime(startConfig).catch(async (err: unknown) => {
+    // The gateway owns what it was given: nothing of it outlives a failed start.
+    await closeAll([options.provider, store].filter((r) => r !== undefined));
+    throw err;
+  });
   let app: FastifyInstance;
-  let guard: ResourceGuard;
   try {
-    const provider =
-      options.provider ??
-      (config.server.auth ? createProvider(config.server.auth.provider_config, { store, log: options.log }) : undefined);
-    if (provider) owned.push(provider);
-    // Stage 5: opened after the provider, so closed before it.
-    const quota = config.server.quota ? await quotaFromConfig(config.server.quota, { log: options.log }) : undefined;
-    if (quota) owned.push(quota);
-    pipeline = createPipeline({
-      quota,
-      publicPaths: config.server.public_paths,
-      provider,
-      onProviderError: (err) => log.warn({ err: errorMessage(err) }, "authentication provider failed"),
-      // Stage 4 (route_policy, required_scopes); stage 6's decisions come through guard below. Audit: one line per decision.
-      ...policyOptions(config.server.auth, options.log.child({ component: "audit" })),
-    });
-    guard = createResourceGuard({
-      pipeline,
-      catalog: createCatalog(config.server.resources),
-      store,
-      maxBodyBytes,
-      log: options.log.child({ component: "resources" }),
-    });
-    forwarder = createForwarder(config.upstream);
-    owned.push(forwarder);
-    const tls = config.server.tls;
+    const tls = startConfig.server.tls;
     const https = tls
       ? {
           cert: readTlsFile(tls.cert_file, "server.tls.cert_file", source),
@@ -163,7 +299,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
           writeClientError(err, socket);
         },
         frameworkErrors: (err, request, reply) => {
-          track(request, reply);
+          trackRequest(request, reply);
           sendError(request, reply, err);
         },
       }) as unknown as FastifyInstance;
@@ -173,35 +309,58 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
       throw new ConfigError(source, [`server.tls: cannot use the certificate and key: ${(err as Error).message}`]);
     }
   } catch (err) {
-    await closeAll(owned.reverse());
+    await release(current);
+    await closeAll([options.provider, store].filter((r) => r !== undefined));
     throw err;
   }
 
   let closing = false;
   let closed: Promise<void> | undefined;
-  const proto = config.server.tls ? "https" : "http";
+  let metricsServer: HttpServer | undefined;
+  const proto = startConfig.server.tls ? "https" : "http";
 
   /** Starts the request's state and its single log line (written when the response closes). */
-  function track(request: FastifyRequest, reply: FastifyReply): GatewayRequestState {
-    if (request.tollgate) return request.tollgate;
-    const state: GatewayRequestState = { abort: new AbortController(), start: performance.now(), context: undefined };
-    request.tollgate = state;
+  function trackRequest(request: FastifyRequest, reply: FastifyReply): GatewayRequestState {
+    if (request.gatewayState) return request.gatewayState;
+    const runtime = current;
+    runtime.inFlight++;
+    const state: GatewayRequestState = {
+      abort: new AbortController(),
+      start: performance.now(),
+      context: undefined,
+      runtime,
+      requestId: requestIdOf(request.raw.headers["x-request-id"]),
+      decision: undefined,
+      upstreamMs: undefined,
+    };
+    request.gatewayState = state;
     const res = reply.raw;
+    res.setHeader("x-request-id", state.requestId);
     res.once("close", () => {
       const aborted = !res.writableFinished;
       if (aborted) state.abort.abort(new Error("client disconnected"));
+      const context = state.context;
+      const decision = state.decision ?? (context ? (context.public ? "public" : "allowed") : "error");
+      const seconds = (performance.now() - state.start) / 1000;
+      // A refused request has no context: its group comes from the path it asked for.
+      metrics.request(routeGroup(context?.path ?? safeCanonicalPath(request.raw.url)), res.statusCode, decision, seconds);
       // Method, canonical path, status, latency, principal: never the query or a header value.
       log.info(
         {
+          reqId: state.requestId,
           method: request.raw.method,
-          path: loggedPath(state.context?.path),
+          path: loggedPath(context?.path),
           status: res.statusCode,
-          ms: Math.round((performance.now() - state.start) * 10) / 10,
-          principal: state.context?.user?.principal,
+          decision,
+          ms: Math.round(seconds * 10_000) / 10,
+          ...(state.upstreamMs !== undefined ? { upstream_ms: Math.round(state.upstreamMs * 10) / 10 } : {}),
+          principal: context?.user?.principal,
           ...(aborted ? { aborted: true } : {}),
         },
         "request",
       );
+      runtime.inFlight--;
+      if (runtime.retired && runtime.inFlight === 0) void release(runtime);
       // A keep-alive connection that just went idle must not hold the shutdown up.
       if (closing) setImmediate(() => app.server.closeIdleConnections());
     });
@@ -211,8 +370,10 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
   /** Every error the gateway answers goes through here. */
   function sendError(request: FastifyRequest, reply: FastifyReply, err: unknown): void {
     const { status, headers: errorHeaders, body } = errorResponse(err, request.raw.url);
+    const state = request.gatewayState;
+    if (state && state.decision === undefined) state.decision = decisionOf(err, status, state);
     // A request that passed the quota and failed later still tells the client where it stands.
-    const headers = { ...request.tollgate?.context?.responseHeaders, ...errorHeaders };
+    const headers = { ...state?.context?.responseHeaders, ...errorHeaders };
     if (status >= 500 && !(err instanceof TollgateError) && !hasCode(err, "FST_")) {
       log.error({ err: errorMessage(err) }, "unexpected error");
     }
@@ -226,7 +387,29 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     void reply.code(status).headers(headers).send(body);
   }
 
-  app.decorateRequest("tollgate", null);
+  /** What the request log and metrics call a refusal (see {@link Decision}). */
+  function decisionOf(err: unknown, status: number, state: GatewayRequestState): Decision {
+    if (err instanceof UpstreamError || err instanceof UpstreamTimeoutError) {
+      metrics.upstreamError(err instanceof UpstreamTimeoutError ? "timeout" : "unreachable");
+      return "allowed";
+    }
+    switch (status) {
+      case 401:
+        return "401";
+      case 403:
+        return "403";
+      case 429:
+        metrics.quotaRejected();
+        return "429";
+      case 404:
+        // After the pipeline let a user through, a 404 of ours is stage 6 hiding a resource.
+        return state.context?.user ? "404-hidden" : "error";
+      default:
+        return "error";
+    }
+  }
+
+  app.decorateRequest("gatewayState", null);
 
   // Bodies are not parsed: the stream goes upstream as it arrives (see the route).
   app.removeAllContentTypeParsers();
@@ -234,7 +417,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
 
   app.setErrorHandler((err, request, reply) => sendError(request, reply, err));
   app.setNotFoundHandler((request, reply) => {
-    track(request, reply);
+    trackRequest(request, reply);
     const method = request.raw.method ?? "";
     const err = FORWARDED_METHODS.includes(method)
       ? new NotFoundError()
@@ -243,31 +426,46 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
   });
 
   app.addHook("onRequest", async (request, reply) => {
-    const state = track(request, reply);
+    const state = trackRequest(request, reply);
     if (closing) throw new ShuttingDownError();
     const raw = request.raw;
-    checkDeclaredLength(raw.headers, maxBodyBytes);
+    checkDeclaredLength(raw.headers, state.runtime.config.server.max_body_bytes);
     // Every copy of a repeated header (two Authorization headers, two identity
     // headers) reaches the pipeline, so that it refuses rather than guesses.
-    state.context = await pipeline.authorize(toPipelineRequest(raw, state.abort.signal));
+    state.context = await state.runtime.pipeline.authorize(toPipelineRequest(raw, state.abort.signal));
   });
 
   app.route({
     method: FORWARDED_METHODS,
     url: "/*",
     handler: async (request, reply) => {
-      const state = request.tollgate!;
+      const state = request.gatewayState!;
+      const { runtime } = state;
       const context = state.context!;
       const raw = request.raw;
       const method = raw.method ?? "GET";
+      const maxBodyBytes = runtime.config.server.max_body_bytes;
 
-      // Served by the gateway itself: liveness (no dependency check) and version.
-      if ((method === "GET" || method === "HEAD") && (context.path === "/health" || context.path === "/version")) {
-        if (context.responseHeaders) void reply.headers(context.responseHeaders);
-        return reply.send(context.path === "/health" ? { status: "OK" } : { version: VERSION });
+      // Served by the gateway itself: liveness (no dependency check), version, readiness, metrics.
+      const own = ownEndpoint(context.path);
+      if (own) {
+        if (method !== "GET" && method !== "HEAD") {
+          // Readiness and metrics are the gateway's own; they are never forwarded.
+          if (own === "ready" || own === "metrics") throw new MethodNotAllowedError(method);
+        } else {
+          if (context.responseHeaders) void reply.headers(context.responseHeaders);
+          if (own === "health") return reply.send({ status: "OK" });
+          if (own === "version") return reply.send({ version: VERSION });
+          if (own === "ready") {
+            const readiness = await checkReadiness(runtime);
+            return reply.code(readiness.ready ? 200 : 503).send(readiness.body);
+          }
+          return reply.type(metrics.registry.contentType).send(await renderMetrics());
+        }
       }
 
       // Stage 6: the resource policy for what the catalog knows (resources.ts); authentication off: nothing to check.
+      const guard = runtime.guard;
       const guarded = context.user ? await guard.before(raw, context) : undefined;
       // Token budgets (stage 5): a streamed completion is asked to report usage (usage.ts);
       // the answer must be readable, so it is asked for uncompressed.
@@ -275,10 +473,11 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
       const forwardAs = usage
         ? ({ ...guarded, body: usage.body ?? guarded?.body, inspectResponse: true } as GuardedRequest)
         : guarded;
+      const asked = performance.now();
       const answer = await forward(raw, context, state, forwardAs).catch((err: unknown) => {
         if (state.abort.signal.aborted) return undefined;
         if (err instanceof UpstreamError || err instanceof UpstreamTimeoutError) {
-          log.warn({ status: err.status, err: errorMessage(err.cause ?? err) }, "upstream request failed");
+          log.warn({ reqId: state.requestId, status: err.status, err: errorMessage(err.cause ?? err) }, "upstream request failed");
         }
         throw err;
       });
@@ -288,12 +487,53 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
         reply.raw.destroy();
         return reply;
       }
+      state.upstreamMs = performance.now() - asked;
+      metrics.upstream(routeGroup(context.path), state.upstreamMs / 1000);
       const upstream = guarded
         ? await guard.after(guarded, context, answer, (query) => forward(raw, { ...context, query }, state, guarded, true))
         : answer;
       return relay(reply, upstream, usage);
     },
   });
+
+  /**
+   * The gateway's own endpoints, by canonical path: `/health` and `/version`
+   * (also under /v1, as in Llama Stack), `/ready`, and /metrics when served
+   * on the main port.
+   */
+  function ownEndpoint(path: string): "health" | "version" | "ready" | "metrics" | undefined {
+    if (path === "/health") return "health";
+    if (path === "/version") return "version";
+    if (path === READY_PATH) return "ready";
+    if (path === metricsOnMain) return "metrics";
+    return undefined;
+  }
+
+  /**
+   * GET /ready: the record store and the quota store answer, and the
+   * identity provider has been reached (JWKS loaded, endpoint answered). Each
+   * check is bounded in time; a failing one is named with a short reason.
+   */
+  async function checkReadiness(runtime: Runtime): Promise<{ ready: boolean; body: Record<string, unknown> }> {
+    const checks: [string, () => Promise<string | undefined>][] = [];
+    const s = store;
+    if (s) checks.push(["record_store", async () => void (await s.findOwner("tollgate", "readiness-probe"))]);
+    const quota = runtime.quota;
+    if (quota) checks.push(["quota_store", async () => void (await quota.ping())]);
+    const provider = runtime.provider;
+    if (provider?.ready) checks.push(["identity_provider", () => provider.ready!()]);
+    const results = await Promise.all(checks.map(async ([name, check]) => [name, await bounded(check)] as const));
+    const failing = results.filter(([, reason]) => reason !== undefined).map(([name]) => name);
+    const body: Record<string, unknown> = {
+      status: failing.length === 0 ? "ready" : "not ready",
+      checks: Object.fromEntries(results.map(([name, reason]) => [name, reason ?? "ok"])),
+    };
+    if (failing.length > 0) {
+      body.failing = failing;
+      log.warn({ failing }, "not ready");
+    }
+    return { ready: failing.length === 0, body };
+  }
 
   /**
    * Sends the upstream's response on, bypassing Fastify's reply: the status
@@ -305,17 +545,21 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
    */
   function relay(reply: FastifyReply, upstream: UpstreamResponse, usage?: UsagePlan): FastifyReply {
     const res = reply.raw;
+    const state = reply.request.gatewayState!;
     const headers = downstreamResponseHeaders(upstream.headers);
     if (closing) headers.connection = "close";
     // Ours replace any RateLimit fields of the upstream's: the client's limits are the gateway's.
-    const quotaHeaders = reply.request.tollgate?.context?.responseHeaders;
+    const quotaHeaders = state.context?.responseHeaders;
     if (quotaHeaders) Object.assign(headers, quotaHeaders);
+    headers["x-request-id"] = state.requestId;
     try {
       for (const [name, value] of Object.entries(headers)) res.setHeader(name, value);
     } catch {
       // A header value Node will not send: the upstream's answer is unusable.
       for (const name of res.getHeaderNames()) res.removeHeader(name);
+      res.setHeader("x-request-id", state.requestId);
       upstream.body.destroy();
+      metrics.upstreamError("invalid");
       throw new UpstreamError();
     }
     reply.hijack();
@@ -323,7 +567,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     if (headers["content-length"] === undefined) res.flushHeaders();
     // pipe() plus two listeners rather than stream.pipeline, which allocates an
     // AbortController and an AbortError per call: measurable at this rate.
-    const recordTokens = reply.request.tollgate?.context?.recordTokens;
+    const recordTokens = state.context?.recordTokens;
     const body =
       usage && recordTokens && upstream.status >= 200 && upstream.status < 300 && headers["content-encoding"] === undefined
         ? meterUsage(
@@ -331,7 +575,10 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
             headerText(headers["content-type"]),
             // A body of declared length cannot lose a chunk; SSE never declares one in practice.
             { stripUsageChunk: usage.stripUsageChunk && headers["content-length"] === undefined },
-            (tokens) => void recordTokens(tokens),
+            (tokens) => {
+              metrics.tokens(tokens);
+              void recordTokens(tokens);
+            },
           )
         : upstream.body;
     body.on("error", () => res.destroy());
@@ -348,15 +595,18 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
    * `bodyless`: a follow-up GET for the next page of a filtered list.
    */
   function forward(raw: IncomingMessage, context: RequestContext, state: GatewayRequestState, guarded?: GuardedRequest, bodyless = false) {
+    const { config, forwarder } = state.runtime;
     let headers = upstreamRequestHeaders(raw.rawHeaders, {
       apiKey: config.upstream.api_key,
       principalHeader: config.upstream.principal_header,
       principal: context.user?.principal,
       forwarded: { remoteAddress: raw.socket.remoteAddress, proto, host: raw.headers.host },
     });
+    headers = withRequestId(headers, state.requestId);
     if (guarded?.inspectResponse) headers = identityEncoding(headers);
     const buffered: BufferedBody | undefined = bodyless ? undefined : guarded?.body;
     if (buffered) headers = withBodyLength(headers, buffered.bytes.length);
+    const maxBodyBytes = config.server.max_body_bytes;
     return forwarder.forward({
       method: raw.method ?? "GET",
       path: context.path,
@@ -367,10 +617,48 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     });
   }
 
+  /** Serves GET `metrics.path` on `metrics.port`, nothing else. */
+  function createMetricsServer(): HttpServer {
+    const path = canonicalPath(metricsConfig.path);
+    return createHttpServer((req, res) => {
+      if (safeCanonicalPath(req.url) !== path || (req.method !== "GET" && req.method !== "HEAD")) {
+        res.writeHead(404, { "content-type": "text/plain" }).end("Not found\n");
+        return;
+      }
+      renderMetrics().then(
+        (text) => res.writeHead(200, { "content-type": metrics.registry.contentType }).end(text),
+        (err: unknown) => {
+          log.warn({ err: errorMessage(err) }, "metrics rendering failed");
+          res.writeHead(500, { "content-type": "text/plain" }).end("metrics unavailable\n");
+        },
+      );
+    });
+  }
+
+  let reloading: Promise<void> = Promise.resolve();
+
   return {
     server: app,
+    metrics: metrics.registry,
+    reload(config) {
+      // One reload at a time, in the order asked.
+      const run = reloading.then(() => applyReload(config));
+      reloading = run.catch(() => undefined);
+      return run;
+    },
     async listen() {
-      await app.listen({ host: config.server.host, port: config.server.port });
+      await app.listen({ host: startConfig.server.host, port: startConfig.server.port });
+      if (metricsConfig.enabled && metricsConfig.port !== undefined) {
+        metricsServer = createMetricsServer();
+        const server = metricsServer;
+        await new Promise<void>((resolve, reject) => {
+          server.once("error", reject);
+          server.listen(metricsConfig.port, metricsConfig.host ?? startConfig.server.host, () => {
+            server.off("error", reject);
+            resolve();
+          });
+        });
+      }
       const address = app.server.address() as AddressInfo;
       const host = address.family === "IPv6" || address.address.includes(":") ? `[${address.address}]` : address.address;
       return { url: `${proto}://${host}:${address.port}` };
@@ -381,21 +669,48 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     },
   };
 
+  async function applyReload(config: Config): Promise<void> {
+    if (closing) throw new Error("the gateway is shutting down");
+    const previous = current;
+    const fixed = RESTART_KEYS.filter(([, read]) => !sameJson(read(previous.config), read(config))).map(([name]) => name);
+    if (fixed.length > 0) log.warn({ keys: fixed }, "reload: these settings need a restart and keep their running values");
+    // Settings bound to the listener or the store keep their running values.
+    const effective: Config = {
+      ...config,
+      server: { ...config.server, host: previous.config.server.host, port: previous.config.server.port, tls: previous.config.server.tls, workers: previous.config.server.workers },
+      storage: previous.config.storage,
+      metrics: previous.config.metrics,
+      logging: previous.config.logging,
+    };
+    const next = await buildRuntime(effective, previous);
+    current = next;
+    previous.retired = true;
+    if (previous.inFlight === 0) await release(previous);
+  }
+
   async function shutdown(): Promise<void> {
     closing = true;
+    const timeoutMs = current.config.server.shutdown_timeout_ms;
     // After the grace period, whatever still runs is cut: its upstream request
     // is aborted when its client connection closes.
     const timer = setTimeout(() => {
-      log.warn({ timeout_ms: config.server.shutdown_timeout_ms }, "shutdown timeout: closing the remaining connections");
+      log.warn({ timeout_ms: timeoutMs }, "shutdown timeout: closing the remaining connections");
       app.server.closeAllConnections();
-    }, config.server.shutdown_timeout_ms);
+    }, timeoutMs);
     timer.unref();
     try {
       app.server.closeIdleConnections();
+      metricsServer?.close();
+      metricsServer?.closeAllConnections();
       await app.close();
+      await reloading;
     } finally {
       clearTimeout(timer);
-      await closeAll(owned.reverse());
+      await release(current);
+      // Generations retired by a reload whose last requests just ended.
+      await Promise.all([...releases]);
+      if (options.provider) await closeAll([options.provider]);
+      if (store) await closeAll([store]);
     }
   }
 
@@ -408,6 +723,72 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
       }
     }
   }
+}
+
+/** The canonical path of a request target, or undefined when it has none (a 400). */
+function safeCanonicalPath(url: string | undefined): string | undefined {
+  try {
+    return canonicalTarget(url ?? "/").path;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Readiness probe path, answered by the gateway itself without authentication. */
+export const READY_PATH = "/ready";
+
+/** Settings a reload cannot change: they belong to the listener, the process or the record store. */
+const RESTART_KEYS: [string, (config: Config) => unknown][] = [
+  ["server.host", (c) => c.server.host],
+  ["server.port", (c) => c.server.port],
+  ["server.tls", (c) => c.server.tls],
+  ["server.workers", (c) => c.server.workers],
+  ["storage", (c) => c.storage],
+  ["metrics", (c) => c.metrics],
+  ["logging", (c) => c.logging],
+];
+
+/** Configs are plain JSON after validation: equal text, equal meaning. */
+function sameJson(a: unknown, b: unknown): boolean {
+  return JSON.stringify(a) === JSON.stringify(b);
+}
+
+/** Longest time one readiness check may take before it counts as failed. */
+const READY_CHECK_TIMEOUT_MS = 2_000;
+
+/** Runs a readiness check: `undefined` when it passed, else a short reason (no secret: an error's code or first line). */
+async function bounded(check: () => Promise<string | undefined>): Promise<string | undefined> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<string>((resolve) => {
+    timer = setTimeout(() => resolve("timeout"), READY_CHECK_TIMEOUT_MS);
+  });
+  try {
+    return await Promise.race([
+      check().catch((err: unknown) => errorMessage(err).split("\n")[0]!.slice(0, 200)),
+      timeout,
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** A client's `X-Request-Id` is kept when it is short and plain; anything else is replaced, never echoed. */
+const REQUEST_ID = /^[A-Za-z0-9._:@/+=-]{1,128}$/;
+
+function requestIdOf(value: string | string[] | undefined): string {
+  return typeof value === "string" && REQUEST_ID.test(value) ? value : randomUUID();
+}
+
+/** Request headers for the upstream with the request's own `X-Request-Id` (the client's copies removed). */
+function withRequestId(headers: string[], requestId: string): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < headers.length; i += 2) {
+    const name = headers[i]!;
+    if (name.length === 12 && name.toLowerCase() === "x-request-id") continue;
+    out.push(name, headers[i + 1]!);
+  }
+  out.push("x-request-id", requestId);
+  return out;
 }
 
 /** Request headers asking for an uncompressed answer: the gateway must read it (resources.ts). */

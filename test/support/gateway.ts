@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { once } from "node:events";
-import { existsSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
@@ -89,6 +89,12 @@ export async function startGateway(options: StartGatewayOptions = {}): Promise<G
   }
   const extra = options.args ?? [];
   if (!extra.includes("--port")) args.push("--port", "0");
+  // TOLLGATE_TEST_WORKERS=N runs every gateway a test starts with `--workers N`
+  // (unless the test passes its own `--workers`), so that the end-to-end suites
+  // also check that N worker processes behave as one from outside:
+  //   TOLLGATE_TEST_WORKERS=2 node --import tsx --test test/gateway/forwarding.test.ts
+  const workers = process.env.TOLLGATE_TEST_WORKERS;
+  if (workers && !extra.includes("--workers")) args.push("--workers", workers);
   args.push(...extra);
 
   const child = spawn(process.execPath, args, {
@@ -113,6 +119,17 @@ export async function startGateway(options: StartGatewayOptions = {}): Promise<G
       child.kill("SIGKILL");
       await exited;
     }
+    // With --workers, the workers of a killed supervisor would drain before exiting: kill them too
+    // (those still running this gateway's command, so that a reused pid is never hit).
+    for (const line of logLines()) {
+      if (line.msg !== "worker started" || typeof line.worker_pid !== "number") continue;
+      if (!readCmdline(line.worker_pid).includes(args.join("\0"))) continue;
+      try {
+        process.kill(line.worker_pid, "SIGKILL");
+      } catch {
+        // gone meanwhile
+      }
+    }
   };
 
   const timeoutMs = options.readyTimeoutMs ?? 30_000;
@@ -124,8 +141,11 @@ export async function startGateway(options: StartGatewayOptions = {}): Promise<G
         throw new Error(`tollgate serve exited (${child.exitCode ?? child.signalCode}) before listening\n${stderr}${stdout}`);
       }
       if (Date.now() > deadline) throw new Error(`tollgate serve did not listen within ${timeoutMs} ms\n${stderr}${stdout}`);
-      const listening = logLines().find((l) => l.msg === "listening");
-      if (listening) url = String(listening.url);
+      const lines = logLines();
+      const listening = lines.find((l) => l.msg === "listening");
+      // With --workers, ready means every worker listens (and the first key is printed): the supervisor says when.
+      const supervised = lines.some((l) => l.msg === "supervising workers");
+      if (listening && (!supervised || lines.some((l) => l.msg === "workers ready"))) url = String(listening.url);
       else await new Promise((r) => setTimeout(r, 20));
     }
     const dispatcher = options.ca === undefined ? undefined : new Agent({ connect: { ca: options.ca } });
@@ -174,6 +194,15 @@ export async function startGateway(options: StartGatewayOptions = {}): Promise<G
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** The command line of a running process, arguments NUL-separated; empty when it is gone (or there is no /proc). */
+export function readCmdline(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, "utf8");
+  } catch {
+    return "";
+  }
 }
 
 /** A response read off a raw socket. */

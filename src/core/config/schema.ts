@@ -379,9 +379,13 @@ const quotaSchema = z
   .optional()
   .describe("request and LLM-token quotas (docs/quotas.md); absent: none");
 
+/** `server.workers` / `--workers`: a count from 1, or `auto` (one per available core). */
+export const workersSchema = z.union([z.number().int().min(1).max(1024), z.literal("auto")]);
+
 const serverSchema = z.strictObject({
   host: z.string().min(1).default("127.0.0.1").describe("address to listen on"),
   port: z.number().int().min(0).max(65535).default(8321).describe("port to listen on (0: any free port)"),
+  workers: workersSchema.default(1).describe("worker processes sharing the port (auto: one per available core); `--workers` wins"),
   public_paths: z
     .array(z.string().transform((p, ctx) => {
       try {
@@ -441,6 +445,13 @@ const storageSchema = z.discriminatedUnion("type", [
   }),
 ]);
 
+const metricsSchema = z.strictObject({
+  enabled: z.boolean().default(true).describe("serve Prometheus metrics at GET /metrics"),
+  port: z.number().int().min(1).max(65535).optional().describe("serve /metrics on this port instead of the main one"),
+  host: z.string().min(1).optional().describe("address for metrics.port (default: server.host)"),
+  path: z.string().regex(/^\/[A-Za-z0-9._~\/-]*$/, "expected an absolute path such as /metrics").default("/metrics").describe("where the metrics are served"),
+});
+
 const loggingSchema = z.strictObject({
   level: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
 });
@@ -449,6 +460,7 @@ export const configSchema = z.strictObject({
   server: serverSchema.default(serverSchema.parse({})),
   upstream: upstreamSchema.default(upstreamSchema.parse({})),
   storage: storageSchema.default({ type: "sqlite", db_path: "./data/tollgate.db" }),
+  metrics: metricsSchema.default(metricsSchema.parse({})).describe("Prometheus metrics (docs/operations.md)"),
   logging: loggingSchema.default({ level: "info" }),
 });
 

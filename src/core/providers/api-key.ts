@@ -3,7 +3,7 @@ import { API_KEY_PATTERN, apiKeyStatus, hashApiKey } from "../keys.js";
 import type { Logger } from "../log.js";
 import type { ApiKeyRecord, RecordStore } from "../stores/types.js";
 import { makeUser, type User } from "../user.js";
-import type { AuthProvider, AuthRequest } from "./types.js";
+import type { AuthProvider, AuthRequest, ProviderObserver } from "./types.js";
 
 /**
  * Most lookups cached at once. Each entry is a hash and at most one record
@@ -25,6 +25,8 @@ export interface ApiKeyProviderDeps {
   now?: () => number;
   /** Bound on cached lookups; {@link API_KEY_CACHE_MAX_ENTRIES} by default. */
   maxCacheEntries?: number;
+  /** Told about cache lookups (metrics). */
+  observer?: ProviderObserver | undefined;
 }
 
 interface CacheEntry {
@@ -52,7 +54,7 @@ export function createApiKeyProvider(
   config: { type: "api_key"; cache_ttl_ms: number },
   deps: ApiKeyProviderDeps,
 ): AuthProvider {
-  const { store, now = Date.now, maxCacheEntries = API_KEY_CACHE_MAX_ENTRIES } = deps;
+  const { store, now = Date.now, maxCacheEntries = API_KEY_CACHE_MAX_ENTRIES, observer } = deps;
   const log = deps.log.child({ component: "api_key" });
   const ttl = config.cache_ttl_ms;
   const authRequiredMessage =
@@ -77,9 +79,13 @@ export function createApiKeyProvider(
   function lookUp(hash: string): Promise<ApiKeyRecord | undefined> {
     const cached = cache.get(hash);
     if (cached) {
-      if (now() - cached.lookedUpAt < ttl) return Promise.resolve(cached.record);
+      if (now() - cached.lookedUpAt < ttl) {
+        observer?.cacheLookup("api_key", true);
+        return Promise.resolve(cached.record);
+      }
       cache.delete(hash);
     }
+    observer?.cacheLookup("api_key", false);
     const pending = inFlight.get(hash);
     if (pending) return pending;
     const lookedUpAt = now();

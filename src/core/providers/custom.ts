@@ -3,7 +3,7 @@ import { AuthError, IdentityUnavailableError } from "../errors.js";
 import type { Logger } from "../log.js";
 import { makeUser, type User } from "../user.js";
 import { createHttpClient, isPlainObject, OutboundError, serviceUrl, type HttpResponse } from "./http.js";
-import type { AuthProvider, AuthRequest } from "./types.js";
+import type { AuthProvider, AuthRequest, ProviderObserver } from "./types.js";
 
 /** `server.auth.provider_config` of type `custom`, defaults filled in. */
 export type CustomProviderConfig = Extract<ProviderConfig, { type: "custom" }>;
@@ -12,6 +12,8 @@ export interface CustomProviderDeps {
   log: Logger;
   /** Clock in milliseconds, for the latency in log lines; tests pass a fake one. */
   now?: () => number;
+  /** Told about identity-service calls and cache lookups (metrics). */
+  observer?: ProviderObserver | undefined;
 }
 
 /**
@@ -85,6 +87,8 @@ export function createCustomProvider(config: CustomProviderConfig, deps: CustomP
     verifyTls: config.verify_tls,
     tlsCafile: config.tls_cafile,
     owner: "custom auth provider",
+    observer: deps.observer,
+    service: "custom",
   });
   if (!http.verifiesTls) log.warn({ host }, "TLS certificate verification is off for the custom auth endpoint (verify_tls: false)");
 
@@ -149,6 +153,10 @@ export function createCustomProvider(config: CustomProviderConfig, deps: CustomP
     credential: "bearer",
     authRequiredMessage,
     authenticate,
+    async ready() {
+      const failure = await http.probe(url);
+      return failure && `custom auth endpoint ${failure}`;
+    },
     async close() {
       await http.close();
     },

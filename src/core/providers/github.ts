@@ -5,7 +5,7 @@ import { makeUser, type User } from "../user.js";
 import { attributesFromClaims } from "./claims.js";
 import { createHttpClient, isPlainObject, OutboundError, parseJson, serviceUrl, type HttpResponse } from "./http.js";
 import { createTokenCache } from "./token-cache.js";
-import type { AuthProvider, AuthRequest } from "./types.js";
+import type { AuthProvider, AuthRequest, ProviderObserver } from "./types.js";
 
 /** `server.auth.provider_config` of type `github_token`, defaults filled in. */
 export type GitHubProviderConfig = Extract<ProviderConfig, { type: "github_token" }>;
@@ -13,6 +13,8 @@ export type GitHubProviderConfig = Extract<ProviderConfig, { type: "github_token
 export interface GitHubProviderDeps {
   log: Logger;
   now?: () => number;
+  /** Told about identity-service calls and cache lookups (metrics). */
+  observer?: ProviderObserver | undefined;
 }
 
 /** Pages of `/user/orgs` read at most (100 organizations each). */
@@ -39,8 +41,9 @@ export function createGitHubProvider(config: GitHubProviderConfig, deps: GitHubP
   const base = serviceUrl(config.github_api_base_url.replace(/\/+$/, ""), owner, "github_api_base_url");
   const baseText = base.href.replace(/\/+$/, "");
   const host = base.host;
-  const http = createHttpClient({ timeoutMs: config.timeout_ms, verifyTls: config.verify_tls, tlsCafile: config.tls_cafile, owner });
-  const cache = createTokenCache<User>(now);
+  const observer = deps.observer;
+  const http = createHttpClient({ timeoutMs: config.timeout_ms, verifyTls: config.verify_tls, tlsCafile: config.tls_cafile, owner, observer, service: "github" });
+  const cache = createTokenCache<User>(now, undefined, observer && ((hit) => observer.cacheLookup("github", hit)));
   const authRequiredMessage =
     "Authentication required. Please provide a valid GitHub access token (https://github.com/settings/tokens) in the Authorization header";
 
@@ -124,6 +127,10 @@ export function createGitHubProvider(config: GitHubProviderConfig, deps: GitHubP
     credential: "bearer",
     authRequiredMessage,
     authenticate,
+    async ready() {
+      const failure = await http.probe(base);
+      return failure && `GitHub API ${failure}`;
+    },
     async close() {
       cache.clear();
       await http.close();

@@ -1,3 +1,4 @@
+import type { ProviderObserver } from "./types.js";
 import { readFileSync } from "node:fs";
 import { Agent, request } from "undici";
 
@@ -39,6 +40,10 @@ export interface HttpClientOptions {
   tlsCafile?: string | undefined;
   /** Names the provider in start-up errors (`custom auth provider: cannot read tls_cafile ...`). */
   owner: string;
+  /** Told about each exchange (metrics), under `service`'s name. */
+  observer?: ProviderObserver | undefined;
+  /** The identity service's name for metrics: `jwks`, `introspection`, `custom`, `github`, `kubernetes`. */
+  service?: string;
 }
 
 export interface HttpResponse {
@@ -63,6 +68,13 @@ export interface HttpRequestOptions {
 export interface HttpClient {
   /** Whether certificates are verified (for a start-up warning). */
   readonly verifiesTls: boolean;
+  /** True once any exchange got an HTTP answer (readiness: the service has been reached). */
+  readonly reached: boolean;
+  /**
+   * Readiness: `undefined` when the service has been reached before, or
+   * answers a GET of `url` now with any status; else why not (`timeout`, `unreachable`).
+   */
+  probe(url: URL | string): Promise<string | undefined>;
   request(url: URL | string, options?: HttpRequestOptions): Promise<HttpResponse>;
   close(): Promise<void>;
 }
@@ -89,7 +101,22 @@ export function createHttpClient(options: HttpClientOptions): HttpClient {
     bodyTimeout: timeoutMs,
   });
 
+  const { observer, service = owner } = options;
+  let reached = false;
+
   async function send(url: URL | string, opts: HttpRequestOptions = {}): Promise<HttpResponse> {
+    try {
+      const res = await exchange(url, opts);
+      reached = true;
+      observer?.identityCall(service, res.status < 500);
+      return res;
+    } catch (err) {
+      if (!(err instanceof OutboundError && err.kind === "cancelled")) observer?.identityCall(service, false);
+      throw err;
+    }
+  }
+
+  async function exchange(url: URL | string, opts: HttpRequestOptions): Promise<HttpResponse> {
     const controller = new AbortController();
     let timedOut = false;
     const timer = setTimeout(() => {
@@ -138,6 +165,18 @@ export function createHttpClient(options: HttpClientOptions): HttpClient {
 
   return {
     verifiesTls: verify,
+    get reached() {
+      return reached;
+    },
+    async probe(url) {
+      if (reached) return undefined;
+      try {
+        await send(url, { readBody: () => false });
+        return undefined;
+      } catch (err) {
+        return err instanceof OutboundError ? err.kind : "unreachable";
+      }
+    },
     request: send,
     async close() {
       await agent.close();

@@ -6,7 +6,7 @@ import { createCustomProvider } from "./custom.js";
 import { createGitHubProvider } from "./github.js";
 import { createKubernetesProvider } from "./kubernetes.js";
 import { createOAuth2Provider } from "./oauth2.js";
-import type { AuthProvider } from "./types.js";
+import type { AuthProvider, ProviderObserver } from "./types.js";
 import { createUpstreamHeaderProvider } from "./upstream-header.js";
 
 export interface ProviderDeps {
@@ -15,6 +15,8 @@ export interface ProviderDeps {
   log: Logger;
   /** Clock in milliseconds; tests pass a fake one. */
   now?: () => number;
+  /** Told about identity-service calls and cache lookups (the gateway's metrics). */
+  observer?: ProviderObserver | undefined;
 }
 
 /** Builds the provider a validated `server.auth.provider_config` describes. */

@@ -23,6 +23,8 @@ export interface IntrospectorOptions {
   http: HttpClient;
   log: Logger;
   now: () => number;
+  /** Told about every cache lookup (metrics). */
+  onCacheLookup?: ((hit: boolean) => void) | undefined;
 }
 
 /** RFC 6749 §2.3.1: client_secret_basic credentials are form-encoded before base64. */
@@ -48,7 +50,7 @@ function formEncode(text: string): string {
 export function createIntrospector(options: IntrospectorOptions): (token: string, signal: AbortSignal | undefined) => Promise<User> {
   const { introspection, claimsMapping, cacheTtlMs, url, http, log, now } = options;
   const host = url.host;
-  const cache = createTokenCache<User | "inactive">(now);
+  const cache = createTokenCache<User | "inactive">(now, undefined, options.onCacheLookup);
   const basic = `Basic ${Buffer.from(`${formEncode(String(introspection.client_id))}:${formEncode(String(introspection.client_secret))}`).toString("base64")}`;
 
   return async (token, signal) => {

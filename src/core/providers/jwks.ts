@@ -22,6 +22,11 @@ export interface RemoteKeySet {
   getKey: JWTVerifyGetKey;
   /** How many fetches were started (for tests and metrics). */
   readonly fetches: number;
+  /**
+   * Readiness: `undefined` once a key set is loaded; otherwise tries a fetch
+   * now (within the cooldown) and says why there are no keys.
+   */
+  ready(): Promise<string | undefined>;
 }
 
 /**
@@ -111,6 +116,11 @@ export function createRemoteKeySet(options: RemoteKeySetOptions): RemoteKeySet {
 
   return {
     getKey,
+    async ready() {
+      if (local) return undefined;
+      await refresh();
+      return local ? undefined : "JWKS not loaded";
+    },
     get fetches() {
       return fetches;
     },

@@ -5,7 +5,7 @@ import { makeUser, type User } from "../user.js";
 import { attributesFromClaims } from "./claims.js";
 import { createHttpClient, isPlainObject, OutboundError, parseJson, serviceUrl } from "./http.js";
 import { createTokenCache } from "./token-cache.js";
-import type { AuthProvider, AuthRequest } from "./types.js";
+import type { AuthProvider, AuthRequest, ProviderObserver } from "./types.js";
 
 /** `server.auth.provider_config` of type `kubernetes`, defaults filled in. */
 export type KubernetesProviderConfig = Extract<ProviderConfig, { type: "kubernetes" }>;
@@ -13,6 +13,8 @@ export type KubernetesProviderConfig = Extract<ProviderConfig, { type: "kubernet
 export interface KubernetesProviderDeps {
   log: Logger;
   now?: () => number;
+  /** Told about identity-service calls and cache lookups (metrics). */
+  observer?: ProviderObserver | undefined;
 }
 
 const REVIEW_PATH = "/apis/authentication.k8s.io/v1/selfsubjectreviews";
@@ -35,9 +37,10 @@ export function createKubernetesProvider(config: KubernetesProviderConfig, deps:
   const base = serviceUrl(config.api_server_url, owner, "api_server_url");
   const url = new URL(base.href.replace(/\/+$/, "") + REVIEW_PATH);
   const host = base.host;
-  const http = createHttpClient({ timeoutMs: config.timeout_ms, verifyTls: config.verify_tls, tlsCafile: config.tls_cafile, owner });
+  const observer = deps.observer;
+  const http = createHttpClient({ timeoutMs: config.timeout_ms, verifyTls: config.verify_tls, tlsCafile: config.tls_cafile, owner, observer, service: "kubernetes" });
   if (!http.verifiesTls) log.warn({ host }, "TLS certificate verification is off for the Kubernetes API server (verify_tls: false)");
-  const cache = createTokenCache<User>(now);
+  const cache = createTokenCache<User>(now, undefined, observer && ((hit) => observer.cacheLookup("kubernetes", hit)));
   const authRequiredMessage = "Authentication required. Please provide a valid Kubernetes authentication token in the Authorization header";
 
   async function authenticate(req: AuthRequest): Promise<User> {
@@ -85,6 +88,10 @@ export function createKubernetesProvider(config: KubernetesProviderConfig, deps:
     credential: "bearer",
     authRequiredMessage,
     authenticate,
+    async ready() {
+      const failure = await http.probe(base);
+      return failure && `Kubernetes API server ${failure}`;
+    },
     async close() {
       cache.clear();
       await http.close();

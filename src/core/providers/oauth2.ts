@@ -8,7 +8,7 @@ import { createHttpClient, serviceUrl } from "./http.js";
 import { createIntrospector } from "./introspection.js";
 import { createRemoteKeySet, type RemoteKeySet } from "./jwks.js";
 import { createTokenCache } from "./token-cache.js";
-import type { AuthProvider, AuthRequest } from "./types.js";
+import type { AuthProvider, AuthRequest, ProviderObserver } from "./types.js";
 
 /** `server.auth.provider_config` of type `oauth2_token`, defaults filled in. */
 export type OAuth2ProviderConfig = Extract<ProviderConfig, { type: "oauth2_token" }>;
@@ -17,6 +17,8 @@ export interface OAuth2ProviderDeps {
   log: Logger;
   /** Clock in milliseconds; tests pass a fake one. */
   now?: () => number;
+  /** Told about identity-service calls and cache lookups (metrics). */
+  observer?: ProviderObserver | undefined;
 }
 
 /** The provider, plus its key set (for tests and metrics: how many JWKS fetches happened). */
@@ -43,7 +45,15 @@ export function createOAuth2Provider(config: OAuth2ProviderConfig, deps: OAuth2P
   const now = deps.now ?? Date.now;
   const log = deps.log.child({ component: "auth.oauth2" });
   const owner = "oauth2_token provider";
-  const http = createHttpClient({ timeoutMs: config.timeout_ms, verifyTls: config.verify_tls, tlsCafile: config.tls_cafile, owner });
+  const observer = deps.observer;
+  const http = createHttpClient({
+    timeoutMs: config.timeout_ms,
+    verifyTls: config.verify_tls,
+    tlsCafile: config.tls_cafile,
+    owner,
+    observer,
+    service: config.jwks ? "jwks" : "introspection",
+  });
   if (!http.verifiesTls) log.warn("TLS certificate verification is off for the identity provider (verify_tls: false)");
 
   const authRequiredMessage = config.issuer
@@ -54,6 +64,7 @@ export function createOAuth2Provider(config: OAuth2ProviderConfig, deps: OAuth2P
 
   let authenticateToken: (token: string, signal: AbortSignal | undefined) => Promise<User>;
   let keySet: RemoteKeySet | undefined;
+  let ready: () => Promise<string | undefined>;
 
   if (config.jwks) {
     const jwks = config.jwks;
@@ -67,7 +78,8 @@ export function createOAuth2Provider(config: OAuth2ProviderConfig, deps: OAuth2P
       now,
     });
     const getKey = keySet.getKey;
-    const cache = createTokenCache<User>(now);
+    ready = keySet.ready;
+    const cache = createTokenCache<User>(now, undefined, observer && ((hit) => observer.cacheLookup("verified_token", hit)));
     const audience = typeof config.audience === "string" ? config.audience : [...config.audience];
     const verifyOptions = {
       algorithms: [...config.algorithms],
@@ -113,8 +125,14 @@ export function createOAuth2Provider(config: OAuth2ProviderConfig, deps: OAuth2P
       http,
       log,
       now,
+      onCacheLookup: observer && ((hit) => observer.cacheLookup("introspection", hit)),
     });
     authenticateToken = introspect;
+    const introspectionUrl = serviceUrl(config.introspection.url, owner, "introspection.url");
+    ready = async () => {
+      const failure = await http.probe(introspectionUrl);
+      return failure && `introspection endpoint ${failure}`;
+    };
   } else {
     throw new Error(`${owner}: one of jwks or introspection must be configured`);
   }
@@ -124,6 +142,7 @@ export function createOAuth2Provider(config: OAuth2ProviderConfig, deps: OAuth2P
     credential: "bearer",
     authRequiredMessage,
     keySet,
+    ready: () => ready(),
     async authenticate(req: AuthRequest): Promise<User> {
       if (req.token === undefined) throw new AuthError("missing_credential", authRequiredMessage);
       try {

@@ -19,18 +19,28 @@ export interface TokenCache<T> {
  * itself, so a heap dump holds no credential. Entries die at their own
  * expiry; the oldest is evicted beyond `maxEntries`.
  */
-export function createTokenCache<T>(now: () => number, maxEntries = TOKEN_CACHE_MAX_ENTRIES): TokenCache<T> {
+export function createTokenCache<T>(
+  now: () => number,
+  maxEntries = TOKEN_CACHE_MAX_ENTRIES,
+  /** Told about every lookup (metrics: hit ratio). */
+  onLookup?: (hit: boolean) => void,
+): TokenCache<T> {
   const entries = new Map<string, { value: T; expiresAt: number }>();
   const key = (token: string) => createHash("sha256").update(token).digest("base64url");
   return {
     get(token) {
       const k = key(token);
       const entry = entries.get(k);
-      if (!entry) return undefined;
-      if (entry.expiresAt <= now()) {
-        entries.delete(k);
+      if (!entry) {
+        onLookup?.(false);
         return undefined;
       }
+      if (entry.expiresAt <= now()) {
+        entries.delete(k);
+        onLookup?.(false);
+        return undefined;
+      }
+      onLookup?.(true);
       return entry.value;
     },
     set(token, value, expiresAt) {

@@ -35,5 +35,23 @@ export interface AuthProvider {
   /** The 401 message when no credential was sent (`Authentication required...`). */
   readonly authRequiredMessage: string;
   authenticate(request: AuthRequest): Promise<User>;
+  /**
+   * Readiness (GET /ready): resolves with `undefined` once the identity
+   * service has been reached at least once (JWKS loaded, endpoint answered),
+   * trying now if it has not; otherwise with a short reason, never a secret.
+   * Absent: nothing to reach (the provider is always ready).
+   */
+  ready?(): Promise<string | undefined>;
   close(): Promise<void>;
+}
+
+/**
+ * What providers report for metrics. Names are fixed by the code (`jwks`,
+ * `introspection`, `verified_token`, ...), never taken from a request.
+ */
+export interface ProviderObserver {
+  /** One call to an identity service; `ok` false when it gave no usable answer (unreachable, timeout, 5xx). */
+  identityCall(service: string, ok: boolean): void;
+  /** One lookup in a provider's cache. */
+  cacheLookup(cache: string, hit: boolean): void;
 }

@@ -1,0 +1,217 @@
+import { collectDefaultMetrics, Counter, Histogram, Registry } from "prom-client";
+import type { ProviderObserver } from "../core/providers/types.js";
+
+/**
+ * The gateway's Prometheus metrics (GET /metrics, docs/operations.md).
+ *
+ * Every label has a bounded set of values: route groups come from a fixed
+ * list, decisions and outcomes are enums, providers and caches are named by
+ * the code. No principal, token, key id or raw path is ever a label: a label
+ * per caller would grow without bound and leak who calls.
+ */
+export interface GatewayMetrics {
+  readonly registry: Registry;
+  /** One finished request. */
+  request(group: string, status: number, decision: Decision, seconds: number): void;
+  /** Time the authentication provider took (stage 3), success or not. */
+  authentication(provider: string, outcome: "ok" | "refused" | "unavailable", seconds: number): void;
+  /** Time to the upstream's response headers. */
+  upstream(group: string, seconds: number): void;
+  /** An upstream exchange that failed (502/504) or was cut. */
+  upstreamError(kind: "unreachable" | "timeout" | "invalid"): void;
+  /** A request the quota refused (429). */
+  quotaRejected(): void;
+  /** A quota store failure, and what was done about it (`refused` 503, or `admitted` when failing open). */
+  quotaStoreError(outcome: string): void;
+  /** LLM tokens read from a response's `usage`. */
+  tokens(count: number): void;
+  /** What the providers report: identity-service calls and cache lookups. */
+  readonly providers: ProviderObserver;
+}
+
+/**
+ * What became of a request: `allowed` (passed every stage), `public`
+ * (a public path), `401`, `403`, `404-hidden` (a resource the caller may not
+ * see), `429`, or `error` (refused for another reason: bad path, body too
+ * large, identity service or quota store down, shutting down).
+ */
+export type Decision = "allowed" | "public" | "401" | "403" | "404-hidden" | "429" | "error";
+
+const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+
+/** Creates the registry and every metric in it (with Node's default process metrics). */
+export function createMetrics(): GatewayMetrics {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry });
+  const registers = [registry];
+
+  const requests = new Counter({
+    name: "tollgate_requests_total",
+    help: "Requests answered, by route group, status and decision",
+    labelNames: ["route", "status", "decision"] as const,
+    registers,
+  });
+  const requestDuration = new Histogram({
+    name: "tollgate_request_duration_seconds",
+    help: "Time from a request's arrival to the end of its response (streams included), by route group",
+    labelNames: ["route"] as const,
+    buckets: LATENCY_BUCKETS,
+    registers,
+  });
+  const authDuration = new Histogram({
+    name: "tollgate_authentication_duration_seconds",
+    help: "Time the authentication provider took, by provider type and outcome",
+    labelNames: ["provider", "outcome"] as const,
+    buckets: LATENCY_BUCKETS,
+    registers,
+  });
+  const upstreamDuration = new Histogram({
+    name: "tollgate_upstream_duration_seconds",
+    help: "Time to the upstream's response headers, by route group",
+    labelNames: ["route"] as const,
+    buckets: LATENCY_BUCKETS,
+    registers,
+  });
+  const upstreamErrors = new Counter({
+    name: "tollgate_upstream_errors_total",
+    help: "Upstream exchanges that failed: unreachable (502), timeout (504), invalid answer (502)",
+    labelNames: ["kind"] as const,
+    registers,
+  });
+  const quotaRejections = new Counter({
+    name: "tollgate_quota_rejections_total",
+    help: "Requests refused by the quota (429)",
+    registers,
+  });
+  const quotaStoreErrors = new Counter({
+    name: "tollgate_quota_store_errors_total",
+    help: "Quota store failures, by what was done: refused (503, failure_mode closed) or admitted (failure_mode open)",
+    labelNames: ["outcome"] as const,
+    registers,
+  });
+  const tokens = new Counter({
+    name: "tollgate_llm_tokens_total",
+    help: "LLM tokens counted from responses' usage (clients with token budgets)",
+    registers,
+  });
+  const identityCalls = new Counter({
+    name: "tollgate_identity_provider_requests_total",
+    help: "Calls to identity services (JWKS, introspection, custom endpoint, GitHub, Kubernetes), by service",
+    labelNames: ["service"] as const,
+    registers,
+  });
+  const identityErrors = new Counter({
+    name: "tollgate_identity_provider_errors_total",
+    help: "Calls to identity services that got no usable answer (unreachable, timeout, 5xx, malformed), by service",
+    labelNames: ["service"] as const,
+    registers,
+  });
+  const cacheLookups = new Counter({
+    name: "tollgate_cache_lookups_total",
+    help: "Lookups in the providers' caches (verified tokens, introspection, API keys, ...), by cache and result (hit, miss)",
+    labelNames: ["cache", "result"] as const,
+    registers,
+  });
+
+  return {
+    registry,
+    request(group, status, decision, seconds) {
+      requests.labels(group, statusLabel(status), decision).inc();
+      requestDuration.labels(group).observe(seconds);
+    },
+    authentication(provider, outcome, seconds) {
+      authDuration.labels(provider, outcome).observe(seconds);
+    },
+    upstream(group, seconds) {
+      upstreamDuration.labels(group).observe(seconds);
+    },
+    upstreamError(kind) {
+      upstreamErrors.labels(kind).inc();
+    },
+    quotaRejected() {
+      quotaRejections.inc();
+    },
+    quotaStoreError(outcome) {
+      quotaStoreErrors.labels(outcome).inc();
+    },
+    tokens(count) {
+      if (count > 0) tokens.inc(count);
+    },
+    providers: {
+      identityCall(service, ok) {
+        identityCalls.labels(service).inc();
+        if (!ok) identityErrors.labels(service).inc();
+      },
+      cacheLookup(cache, hit) {
+        cacheLookups.labels(cache, hit ? "hit" : "miss").inc();
+      },
+    },
+  };
+}
+
+/** Status codes outside 100–599 (none should occur) are folded into one label value. */
+function statusLabel(status: number): string {
+  return status >= 100 && status <= 599 ? String(status) : "other";
+}
+
+/**
+ * Path segments that name a route group; anything else is `other`. The list
+ * is fixed so that a client inventing paths cannot grow the label set.
+ */
+const ROUTE_GROUPS = new Set([
+  "chat",
+  "completions",
+  "embeddings",
+  "responses",
+  "conversations",
+  "models",
+  "files",
+  "vector_stores",
+  "vector-io",
+  "vector_io",
+  "batches",
+  "fine_tuning",
+  "images",
+  "audio",
+  "moderations",
+  "assistants",
+  "threads",
+  "uploads",
+  "inference",
+  "agents",
+  "safety",
+  "shields",
+  "tools",
+  "tool-runtime",
+  "toolgroups",
+  "scoring",
+  "eval",
+  "datasets",
+  "telemetry",
+  "providers",
+  "inspect",
+  "health",
+  "version",
+  "ready",
+  "metrics",
+]);
+
+/** Version prefixes skipped before the group segment: /v1, /v1alpha, /v2beta, ... */
+const VERSION_SEGMENT = /^v\d+(?:alpha|beta)?\d*$/;
+
+/**
+ * The route group of a canonical path: its first segment after an API
+ * version (`/v1/chat/completions` → `chat`), from a fixed list, else `other`.
+ */
+export function routeGroup(path: string | undefined): string {
+  if (path === undefined) return "other";
+  let start = 1;
+  let end = path.indexOf("/", start);
+  let segment = end === -1 ? path.slice(start) : path.slice(start, end);
+  if (VERSION_SEGMENT.test(segment) && end !== -1) {
+    start = end + 1;
+    end = path.indexOf("/", start);
+    segment = end === -1 ? path.slice(start) : path.slice(start, end);
+  }
+  return ROUTE_GROUPS.has(segment) ? segment : "other";
+}

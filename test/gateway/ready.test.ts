@@ -1,0 +1,146 @@
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import { startCustomAuth } from "../support/custom-auth.js";
+import { startGateway } from "../support/gateway.js";
+import { startOidc } from "../support/oidc.js";
+import { throwawayRedis } from "../support/redis-server.js";
+import { closedPort } from "../support/refusal.js";
+import { startUpstreamProcess, type UpstreamProcess } from "../support/upstream.js";
+
+// GET /ready: 200 only when the stores answer and the identity provider has
+// been reached; 503 naming the failing part otherwise. /health stays the
+// liveness probe and never checks a dependency.
+
+interface Readiness {
+  status: number;
+  body: { status: string; checks: Record<string, string>; failing?: string[] };
+}
+
+async function ready(url: string): Promise<Readiness> {
+  const res = await fetch(`${url}/ready`);
+  return { status: res.status, body: (await res.json()) as Readiness["body"] };
+}
+
+/** Polls /ready until `want` holds (dependencies recover in the background), or fails with the last answer. */
+async function readyUntil(url: string, want: (r: Readiness) => boolean, timeoutMs = 15_000): Promise<Readiness> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const r = await ready(url);
+    if (want(r)) return r;
+    if (Date.now() > deadline) assert.fail(`/ready never matched; last: ${r.status} ${JSON.stringify(r.body)}`);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+}
+
+describe("readiness", { timeout: 240_000 }, () => {
+  let upstream: UpstreamProcess;
+
+  before(async () => {
+    upstream = await startUpstreamProcess();
+  });
+
+  after(async () => {
+    await upstream?.close();
+  });
+
+  const headerAuth = { provider_config: { type: "upstream_header", principal_header: "x-user" } };
+
+  test("ready when the record store and the SQLite quota store answer", async () => {
+    const gateway = await startGateway({
+      config: { server: { auth: headerAuth, quota: { kvstore: { type: "sqlite", db_path: "./q.db" } } }, upstream: { url: upstream.url } },
+    });
+    try {
+      const r = await ready(gateway.url);
+      assert.equal(r.status, 200);
+      assert.deepEqual(r.body, { status: "ready", checks: { record_store: "ok", quota_store: "ok" } });
+    } finally {
+      await gateway.close();
+    }
+  });
+
+  test("/ready flips to 503 naming the quota store when Redis stops, and back when it returns; /health stays 200", async (t) => {
+    const redis = await throwawayRedis();
+    if (!redis) {
+      if (process.env.CI === "true") assert.fail("redis-server is not installed (required under CI=true)");
+      t.skip("redis-server is not installed");
+      return;
+    }
+    await redis.start();
+    const gateway = await startGateway({
+      config: { server: { auth: headerAuth, quota: { kvstore: { type: "redis", url: redis.url }, failure_mode: "open" } }, upstream: { url: upstream.url } },
+    });
+    try {
+      assert.equal((await readyUntil(gateway.url, (r) => r.status === 200)).body.checks.quota_store, "ok");
+      await redis.stop();
+      const down = await readyUntil(gateway.url, (r) => r.status === 503);
+      assert.deepEqual(down.body.failing, ["quota_store"]);
+      assert.equal(down.body.status, "not ready");
+      assert.equal(down.body.checks.record_store, "ok");
+      assert.equal((await fetch(`${gateway.url}/health`)).status, 200);
+      await redis.start();
+      await readyUntil(gateway.url, (r) => r.status === 200);
+    } finally {
+      await gateway.close();
+      await redis.stop();
+    }
+  });
+
+  test("not ready until the JWKS has been loaded; ready once the identity provider answers", async () => {
+    const idp = await startOidc();
+    await idp.stop();
+    const gateway = await startGateway({
+      config: {
+        server: {
+          auth: {
+            provider_config: {
+              type: "oauth2_token",
+              jwks: { uri: idp.jwksUri, refresh_cooldown_ms: 100 },
+              issuer: idp.issuer,
+              audience: "https://api.tollgate.test/",
+            },
+          },
+        },
+        upstream: { url: upstream.url },
+      },
+    });
+    try {
+      const down = await ready(gateway.url);
+      assert.equal(down.status, 503);
+      assert.deepEqual(down.body.failing, ["identity_provider"]);
+      assert.match(down.body.checks.identity_provider!, /JWKS not loaded/);
+      await idp.restart();
+      const up = await readyUntil(gateway.url, (r) => r.status === 200);
+      assert.equal(up.body.checks.identity_provider, "ok");
+    } finally {
+      await gateway.close();
+      await idp.close();
+    }
+  });
+
+  test("a custom endpoint that cannot be reached makes the gateway not ready; a reachable one makes it ready", async () => {
+    const port = await closedPort();
+    const unreachable = await startGateway({
+      config: { server: { auth: { provider_config: { type: "custom", endpoint: `http://127.0.0.1:${port}/validate`, timeout_ms: 1000 } } }, upstream: { url: upstream.url } },
+    });
+    try {
+      const r = await ready(unreachable.url);
+      assert.equal(r.status, 503);
+      assert.deepEqual(r.body.failing, ["identity_provider"]);
+      assert.match(r.body.checks.identity_provider!, /custom auth endpoint unreachable/);
+      // The endpoint URL, which may carry a secret path, is not shown.
+      assert.ok(!JSON.stringify(r.body).includes(String(port)));
+    } finally {
+      await unreachable.close();
+    }
+    const auth = await startCustomAuth();
+    const reachable = await startGateway({
+      config: { server: { auth: { provider_config: { type: "custom", endpoint: auth.url } } }, upstream: { url: upstream.url } },
+    });
+    try {
+      assert.equal((await ready(reachable.url)).status, 200);
+    } finally {
+      await reachable.close();
+      await auth.close();
+    }
+  });
+});

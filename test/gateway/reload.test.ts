@@ -1,0 +1,216 @@
+import assert from "node:assert/strict";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { Agent, request } from "undici";
+import { startGateway, type GatewayProcess } from "../support/gateway.js";
+import { startUpstreamProcess, type UpstreamProcess } from "../support/upstream.js";
+
+// Hot reload: SIGHUP (and --watch-config) re-reads the config; a valid one
+// replaces policies, providers and limits at once without dropping requests
+// or streams and without resetting quota counters; an invalid one is refused
+// with its path and the old config stays in force.
+
+const dora = { "x-user": "dora" };
+
+function config(upstreamUrl: string, paths: string[], quota: Record<string, unknown> = {}) {
+  return {
+    server: {
+      auth: {
+        provider_config: { type: "upstream_header", principal_header: "x-user" },
+        route_policy: [{ permit: { paths } }],
+      },
+      quota: { kvstore: { type: "sqlite", db_path: "./data/quota.db" }, authenticated_max_requests: 100_000, period: "day", ...quota },
+    },
+    upstream: { url: upstreamUrl },
+  };
+}
+
+function rewrite(gateway: GatewayProcess, content: unknown): void {
+  writeFileSync(join(gateway.dir, "tollgate.yaml"), typeof content === "string" ? content : JSON.stringify(content, null, 2));
+}
+
+let reloads = 0;
+/** Sends SIGHUP and waits for the outcome's log line (the n-th of its kind). */
+async function hangUp(gateway: GatewayProcess, outcome: "configuration reloaded" | "configuration reload refused; the previous configuration stays in force") {
+  const seen = gateway.logLines().filter((l) => l.msg === outcome).length;
+  gateway.child.kill("SIGHUP");
+  reloads++;
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const lines = gateway.logLines().filter((l) => l.msg === outcome);
+    if (lines.length > seen) return lines.at(-1)!;
+    if (Date.now() > deadline) assert.fail(`no "${outcome}" line after SIGHUP\n${gateway.stdout()}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+describe("hot reload", { timeout: 300_000 }, () => {
+  let upstream: UpstreamProcess;
+
+  before(async () => {
+    upstream = await startUpstreamProcess();
+  });
+
+  after(async () => {
+    await upstream?.close();
+  });
+
+  test("a SIGHUP'd route_policy applies to the next request", async () => {
+    const gateway = await startGateway({ config: config(upstream.url, ["/v1/models*", "/v1/chat/*"]) });
+    try {
+      assert.equal((await fetch(`${gateway.url}/v1/models`, { headers: dora })).status, 200);
+      rewrite(gateway, config(upstream.url, ["/v1/chat/*"]));
+      await hangUp(gateway, "configuration reloaded");
+      const res = await fetch(`${gateway.url}/v1/models`, { headers: dora });
+      assert.equal(res.status, 403);
+      assert.equal(((await res.json()) as { error: { code: string } }).error.code, "route_denied");
+    } finally {
+      await gateway.close();
+    }
+  });
+
+  test("an invalid config is refused with the exact path of the problem; the old one stays in force", async () => {
+    const gateway = await startGateway({ config: config(upstream.url, ["/v1/models*"]) });
+    try {
+      const broken = config(upstream.url, ["/v1/chat/*"]);
+      (broken.server.auth.route_policy[0] as Record<string, unknown>).when = "user is a friend";
+      rewrite(gateway, broken);
+      const refused = await hangUp(gateway, "configuration reload refused; the previous configuration stays in force");
+      assert.match(String(refused.err), /server\.auth\.route_policy\[0\]\.when/);
+      assert.equal((await fetch(`${gateway.url}/v1/models`, { headers: dora })).status, 200);
+
+      rewrite(gateway, "server: [unclosed");
+      const unparsable = await hangUp(gateway, "configuration reload refused; the previous configuration stays in force");
+      assert.match(String(unparsable.err), /tollgate\.yaml/);
+      assert.equal((await fetch(`${gateway.url}/v1/models`, { headers: dora })).status, 200);
+      assert.equal(gateway.child.exitCode, null);
+    } finally {
+      await gateway.close();
+    }
+  });
+
+  test("quota counters survive a reload: the new limits apply to the counts already made", async () => {
+    const gateway = await startGateway({ config: config(upstream.url, ["/v1/*"], { authenticated_max_requests: 5 }) });
+    try {
+      for (let i = 0; i < 3; i++) assert.equal((await fetch(`${gateway.url}/v1/models`, { headers: dora })).status, 200);
+      rewrite(gateway, config(upstream.url, ["/v1/models*"], { authenticated_max_requests: 6 }));
+      await hangUp(gateway, "configuration reloaded");
+      const after = [];
+      for (let i = 0; i < 4; i++) after.push((await fetch(`${gateway.url}/v1/models`, { headers: dora })).status);
+      // 3 made before + 3 more = the new limit of 6.
+      assert.deepEqual(after, [200, 200, 200, 429]);
+    } finally {
+      await gateway.close();
+    }
+  });
+
+  test("reloads under load lose no request and cut no stream (every one counted)", { timeout: 120_000 }, async () => {
+    const gateway = await startGateway({ config: config(upstream.url, ["/v1/*"]) });
+    const agent = new Agent({ connections: 16 });
+    try {
+      let stop = false;
+      const statuses = new Map<number, number>();
+      let streamsComplete = 0;
+      let streamsStarted = 0;
+      const count = (status: number) => statuses.set(status, (statuses.get(status) ?? 0) + 1);
+
+      const plain = async () => {
+        while (!stop) {
+          const res = await request(`${gateway.url}/v1/models`, { headers: dora, dispatcher: agent });
+          await res.body.text();
+          count(res.statusCode);
+        }
+      };
+      // Streams that span several reloads: 20 words, 50 ms apart.
+      const streams = async () => {
+        while (!stop) {
+          streamsStarted++;
+          const res = await request(`${gateway.url}/v1/chat/completions`, {
+            method: "POST",
+            dispatcher: agent,
+            headers: { ...dora, "content-type": "application/json", "x-demo-chunk-delay-ms": "50" },
+            body: JSON.stringify({ model: "demo-small", stream: true, messages: [{ role: "user", content: Array.from({ length: 20 }, (_, i) => `w${i}`).join(" ") }] }),
+          });
+          const text = await res.body.text();
+          count(res.statusCode);
+          if (res.statusCode === 200 && text.includes("data: [DONE]") && text.includes("w19")) streamsComplete++;
+        }
+      };
+      const workers = [plain(), plain(), plain(), plain(), streams(), streams()];
+      // Alternate two valid configs (both permit the traffic) every 250 ms for about 3 s.
+      for (let i = 0; i < 12; i++) {
+        await new Promise((r) => setTimeout(r, 250));
+        rewrite(gateway, config(upstream.url, i % 2 === 0 ? ["/v1/models*", "/v1/chat/*"] : ["/v1/*"]));
+        gateway.child.kill("SIGHUP");
+      }
+      await new Promise((r) => setTimeout(r, 300));
+      stop = true;
+      await Promise.all(workers);
+
+      const total = [...statuses.values()].reduce((a, b) => a + b, 0);
+      assert.deepEqual([...statuses.keys()], [200], `statuses: ${JSON.stringify([...statuses])}`);
+      assert.ok(total > 50, `only ${total} requests were made`);
+      assert.equal(streamsComplete, streamsStarted, "every stream ran to its end");
+      assert.ok(streamsStarted >= 4);
+      const reloaded = gateway.logLines().filter((l) => l.msg === "configuration reloaded").length;
+      assert.ok(reloaded >= 6, `only ${reloaded} reloads happened`);
+      assert.equal(gateway.logLines().filter((l) => l.msg === "configuration reload refused; the previous configuration stays in force").length, 0);
+    } finally {
+      await agent.close();
+      await gateway.close();
+    }
+  });
+
+  test("a stream outlives two reloads, the second replacing the upstream pool it runs on", async () => {
+    const gateway = await startGateway({ config: config(upstream.url, ["/v1/*"]) });
+    try {
+      const res = await fetch(`${gateway.url}/v1/chat/completions`, {
+        method: "POST",
+        headers: { ...dora, "content-type": "application/json", "x-demo-chunk-delay-ms": "100" },
+        body: JSON.stringify({ model: "demo-small", stream: true, messages: [{ role: "user", content: Array.from({ length: 20 }, (_, i) => `w${i}`).join(" ") }] }),
+      });
+      assert.equal(res.status, 200);
+      const text = res.text();
+      // Generation B keeps A's upstream pool; C gets a new one. Releasing B must not close the pool A's stream still uses.
+      rewrite(gateway, config(upstream.url, ["/v1/chat/*", "/v1/models*"]));
+      await hangUp(gateway, "configuration reloaded");
+      const next = config(upstream.url, ["/v1/*"]);
+      rewrite(gateway, { ...next, upstream: { ...next.upstream, connect_timeout_ms: 5000 } });
+      await hangUp(gateway, "configuration reloaded");
+      const body = await text;
+      assert.match(body, /w19/);
+      assert.match(body, /data: \[DONE\]/);
+      assert.equal((await fetch(`${gateway.url}/v1/models`, { headers: dora })).status, 200);
+    } finally {
+      await gateway.close();
+    }
+  });
+
+  test("--watch-config reloads when the file changes", async () => {
+    const gateway = await startGateway({ config: config(upstream.url, ["/v1/models*"]), args: ["--watch-config"] });
+    try {
+      assert.equal((await fetch(`${gateway.url}/v1/models`, { headers: dora })).status, 200);
+      rewrite(gateway, config(upstream.url, ["/v1/chat/*"]));
+      const line = await gateway.waitForLog((l) => l.msg === "configuration reloaded", 10_000);
+      assert.equal(line.trigger, "file change");
+      assert.equal((await fetch(`${gateway.url}/v1/models`, { headers: dora })).status, 403);
+    } finally {
+      await gateway.close();
+    }
+  });
+
+  test("settings that need a restart are named and keep their running values", async () => {
+    const gateway = await startGateway({ config: config(upstream.url, ["/v1/*"]) });
+    try {
+      const next = config(upstream.url, ["/v1/*"]);
+      rewrite(gateway, { ...next, server: { ...next.server, port: 1 }, logging: { level: "debug" } });
+      await hangUp(gateway, "configuration reloaded");
+      const warning = await gateway.waitForLog((l) => /need a restart/.test(String(l.msg)));
+      assert.deepEqual(warning.keys, ["logging"]);
+      assert.equal((await fetch(`${gateway.url}/v1/models`, { headers: dora })).status, 200);
+    } finally {
+      await gateway.close();
+    }
+  });
+});
