@@ -113,17 +113,35 @@ export function createMetrics(): GatewayMetrics {
     registers,
   });
 
+  // Label children are looked up once per label set and kept: prom-client
+  // hashes the label values on every labels() call, which shows in a profile
+  // at tens of thousands of requests a second. The sets are bounded (see above).
+  const requestCounters = new Map<string, Counter.Internal>();
+  const requestHistograms = new Map<string, Histogram.Internal<"route">>();
+  const upstreamHistograms = new Map<string, Histogram.Internal<"route">>();
+  const authHistograms = new Map<string, Histogram.Internal<"provider" | "outcome">>();
+
   return {
     registry,
     request(group, status, decision, seconds) {
-      requests.labels(group, statusLabel(status), decision).inc();
-      requestDuration.labels(group).observe(seconds);
+      const key = `${group} ${status} ${decision}`;
+      let counter = requestCounters.get(key);
+      if (!counter) requestCounters.set(key, (counter = requests.labels(group, statusLabel(status), decision)));
+      counter.inc();
+      let histogram = requestHistograms.get(group);
+      if (!histogram) requestHistograms.set(group, (histogram = requestDuration.labels(group)));
+      histogram.observe(seconds);
     },
     authentication(provider, outcome, seconds) {
-      authDuration.labels(provider, outcome).observe(seconds);
+      const key = `${provider} ${outcome}`;
+      let histogram = authHistograms.get(key);
+      if (!histogram) authHistograms.set(key, (histogram = authDuration.labels(provider, outcome)));
+      histogram.observe(seconds);
     },
     upstream(group, seconds) {
-      upstreamDuration.labels(group).observe(seconds);
+      let histogram = upstreamHistograms.get(group);
+      if (!histogram) upstreamHistograms.set(group, (histogram = upstreamDuration.labels(group)));
+      histogram.observe(seconds);
     },
     upstreamError(kind) {
       upstreamErrors.labels(kind).inc();

@@ -553,7 +553,8 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     if (quotaHeaders) Object.assign(headers, quotaHeaders);
     headers["x-request-id"] = state.requestId;
     try {
-      for (const [name, value] of Object.entries(headers)) res.setHeader(name, value);
+      // One call: the status and every header are validated and stored together (sent with the first chunk).
+      res.writeHead(upstream.status, headers);
     } catch {
       // A header value Node will not send: the upstream's answer is unusable.
       for (const name of res.getHeaderNames()) res.removeHeader(name);
@@ -563,7 +564,6 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
       throw new UpstreamError();
     }
     reply.hijack();
-    res.statusCode = upstream.status;
     if (headers["content-length"] === undefined) res.flushHeaders();
     // pipe() plus two listeners rather than stream.pipeline, which allocates an
     // AbortController and an AbortError per call: measurable at this rate.

@@ -3,6 +3,7 @@ import { after, before, describe, test } from "node:test";
 import { startCustomAuth } from "../support/custom-auth.js";
 import { startGateway } from "../support/gateway.js";
 import { startOidc } from "../support/oidc.js";
+import { parsePrometheus } from "../support/prometheus.js";
 import { throwawayRedis } from "../support/redis-server.js";
 import { closedPort } from "../support/refusal.js";
 import { startUpstreamProcess, type UpstreamProcess } from "../support/upstream.js";
@@ -96,7 +97,6 @@ describe("readiness", { timeout: 240_000 }, () => {
               type: "oauth2_token",
               jwks: { uri: idp.jwksUri, refresh_cooldown_ms: 100 },
               issuer: idp.issuer,
-              audience: "https://api.tollgate.test/",
             },
           },
         },
@@ -111,6 +111,19 @@ describe("readiness", { timeout: 240_000 }, () => {
       await idp.restart();
       const up = await readyUntil(gateway.url, (r) => r.status === 200);
       assert.equal(up.body.checks.identity_provider, "ok");
+
+      // The same token twice: one verification, one cache hit; JWKS calls and failures counted.
+      const token = await idp.token();
+      for (let i = 0; i < 2; i++) {
+        const res = await fetch(`${gateway.url}/v1/models`, { headers: { authorization: `Bearer ${token}` } });
+        assert.equal(res.status, 200);
+      }
+      const metrics = parsePrometheus(await (await fetch(`${gateway.url}/metrics`)).text());
+      assert.equal(metrics.value("tollgate_cache_lookups_total", { cache: "verified_token", result: "miss" }), 1);
+      assert.equal(metrics.value("tollgate_cache_lookups_total", { cache: "verified_token", result: "hit" }), 1);
+      assert.ok(metrics.value("tollgate_identity_provider_requests_total", { service: "jwks" }) >= 2);
+      assert.ok(metrics.value("tollgate_identity_provider_errors_total", { service: "jwks" }) >= 1, "the fetch while the provider was down");
+      assert.equal(metrics.value("tollgate_authentication_duration_seconds_count", { provider: "oauth2_token", outcome: "ok" }), 2);
     } finally {
       await gateway.close();
       await idp.close();
