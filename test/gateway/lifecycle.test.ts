@@ -56,7 +56,8 @@ describe("lifecycle", { timeout: 300_000 }, () => {
 
         const stopped = gateway.stop("SIGTERM");
         // Wait until the gateway has begun draining, then try a new request on a new connection.
-        await gateway.waitForLog((l) => /shutting down/.test(String(l.msg)));
+        // The line of the process serving the connection (with --workers, a worker's; its supervisor logs its own first).
+        await gateway.waitForLog((l) => /shutting down: draining in-flight requests/.test(String(l.msg)));
         const fresh = new Agent();
         const late = await request(`${gateway.url}/health`, { dispatcher: fresh }).then(
           async (r) => ({ status: r.statusCode, body: await r.body.text() }),

@@ -112,18 +112,21 @@ describe("readiness", { timeout: 240_000 }, () => {
       const up = await readyUntil(gateway.url, (r) => r.status === 200);
       assert.equal(up.body.checks.identity_provider, "ok");
 
-      // The same token twice: one verification, one cache hit; JWKS calls and failures counted.
+      // The same token four times: verified once per process (two with TOLLGATE_TEST_WORKERS=2), then cache hits;
+      // JWKS calls and failures counted.
       const token = await idp.token();
-      for (let i = 0; i < 2; i++) {
+      for (let i = 0; i < 4; i++) {
         const res = await fetch(`${gateway.url}/v1/models`, { headers: { authorization: `Bearer ${token}` } });
         assert.equal(res.status, 200);
       }
       const metrics = parsePrometheus(await (await fetch(`${gateway.url}/metrics`)).text());
-      assert.equal(metrics.value("tollgate_cache_lookups_total", { cache: "verified_token", result: "miss" }), 1);
-      assert.equal(metrics.value("tollgate_cache_lookups_total", { cache: "verified_token", result: "hit" }), 1);
+      const misses = metrics.value("tollgate_cache_lookups_total", { cache: "verified_token", result: "miss" });
+      const hits = metrics.value("tollgate_cache_lookups_total", { cache: "verified_token", result: "hit" });
+      assert.equal(misses + hits, 4);
+      assert.ok(misses >= 1 && hits >= 2, `misses ${misses}, hits ${hits}`);
       assert.ok(metrics.value("tollgate_identity_provider_requests_total", { service: "jwks" }) >= 2);
       assert.ok(metrics.value("tollgate_identity_provider_errors_total", { service: "jwks" }) >= 1, "the fetch while the provider was down");
-      assert.equal(metrics.value("tollgate_authentication_duration_seconds_count", { provider: "oauth2_token", outcome: "ok" }), 2);
+      assert.equal(metrics.value("tollgate_authentication_duration_seconds_count", { provider: "oauth2_token", outcome: "ok" }), 4);
     } finally {
       await gateway.close();
       await idp.close();

@@ -30,16 +30,30 @@ function rewrite(gateway: GatewayProcess, content: unknown): void {
   writeFileSync(join(gateway.dir, "tollgate.yaml"), typeof content === "string" ? content : JSON.stringify(content, null, 2));
 }
 
-let reloads = 0;
-/** Sends SIGHUP and waits for the outcome's log line (the n-th of its kind). */
+/** Polls `check` until it holds (a reload reaching every worker takes a moment), or fails after 10 s. */
+async function until(check: () => Promise<boolean>): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  while (!(await check())) {
+    if (Date.now() > deadline) assert.fail("the condition never held");
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** Gateway processes that log a reload: each worker with TOLLGATE_TEST_WORKERS (see test/support/gateway.ts). */
+const RELOADING_PROCESSES = Number(process.env.TOLLGATE_TEST_WORKERS ?? 1);
+
+/**
+ * Sends SIGHUP and waits for the outcome's log lines: one per process that
+ * reloads (every worker), or one refusal (a supervisor refuses for all).
+ */
 async function hangUp(gateway: GatewayProcess, outcome: "configuration reloaded" | "configuration reload refused; the previous configuration stays in force") {
   const seen = gateway.logLines().filter((l) => l.msg === outcome).length;
+  const expected = seen + (outcome === "configuration reloaded" ? RELOADING_PROCESSES : 1);
   gateway.child.kill("SIGHUP");
-  reloads++;
   const deadline = Date.now() + 10_000;
   for (;;) {
     const lines = gateway.logLines().filter((l) => l.msg === outcome);
-    if (lines.length > seen) return lines.at(-1)!;
+    if (lines.length >= expected) return lines.at(-1)!;
     if (Date.now() > deadline) assert.fail(`no "${outcome}" line after SIGHUP\n${gateway.stdout()}`);
     await new Promise((r) => setTimeout(r, 25));
   }
@@ -192,9 +206,9 @@ describe("hot reload", { timeout: 300_000 }, () => {
     try {
       assert.equal((await fetch(`${gateway.url}/v1/models`, { headers: dora })).status, 200);
       rewrite(gateway, config(upstream.url, ["/v1/chat/*"]));
-      const line = await gateway.waitForLog((l) => l.msg === "configuration reloaded", 10_000);
-      assert.equal(line.trigger, "file change");
-      assert.equal((await fetch(`${gateway.url}/v1/models`, { headers: dora })).status, 403);
+      // One process reloads (with --workers, the supervisor validates, then tells every worker).
+      await gateway.waitForLog((l) => /^configuration reload/.test(String(l.msg)) && l.trigger === "file change", 10_000);
+      await until(async () => (await fetch(`${gateway.url}/v1/models`, { headers: dora })).status === 403);
     } finally {
       await gateway.close();
     }
