@@ -1,7 +1,9 @@
-// Scenario 7: nginx as a plain reverse proxy (keep-alive to the upstream,
-// no buffering, so streams pass event by event), one worker like the one
-// Node process of the other gateways. Started as the invoking user with its
-// own prefix, config and pid file under the benchmark's work directory.
+// Scenarios 7 and 7w2: nginx as a plain reverse proxy (keep-alive to the
+// upstream, no buffering, so streams pass event by event), with as many
+// worker processes as the Node gateway it is compared with has processes
+// serving requests (1, or 2 for the multi-core rows). Started as the invoking
+// user with its own prefix, config and pid file under the benchmark's work
+// directory (one prefix per instance, so that several can run at once).
 import { spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { delimiter, join } from "node:path";
@@ -21,9 +23,13 @@ export function installNginx(root) {
   return findNginx();
 }
 
-/** Starts nginx on `port` in front of `upstream`; returns the child process (nginx's master, in the foreground). */
-export function startNginx(binary, { work, port, upstream }) {
-  const prefix = join(work, "nginx");
+/**
+ * Starts nginx on `port` in front of `upstream` with `workers` worker
+ * processes (`worker_processes`, default 1); returns the child process
+ * (nginx's master, in the foreground; the workers are its children).
+ */
+export function startNginx(binary, { work, port, upstream, workers = 1 }) {
+  const prefix = join(work, `nginx-${port}`);
   mkdirSync(join(prefix, "logs"), { recursive: true });
   const { host } = new URL(upstream);
   const conf = join(prefix, "nginx.conf");
@@ -31,7 +37,7 @@ export function startNginx(binary, { work, port, upstream }) {
     conf,
     `
 daemon off;
-worker_processes 1;
+worker_processes ${workers};
 ${process.getuid?.() === 0 ? "user root;" : ""}
 pid ${prefix}/nginx.pid;
 error_log ${prefix}/logs/error.log warn;

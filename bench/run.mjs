@@ -25,12 +25,25 @@
 //   6 Express + jose + express-rate-limit + http-proxy-middleware, same checks (bench/express-stack.mjs)
 //   7 nginx, plain reverse proxy (skipped with a note when nginx is not installed; BENCH_INSTALL_NGINX=1 installs it)
 //
+// Multi-core (issue 10), the same run: 2 processes serving requests on the
+// 2-core machine that also runs the upstream and the load generator.
+//   2w2 the bare Node proxy with 2 workers (bench/bare-proxy.mjs --workers 2, node:cluster)
+//   4w2 scenario 4's gateway with `tollgate serve --workers 2` (a supervisor and 2 workers)
+//   7w2 nginx with `worker_processes 2`
+// Each is compared with its 1-process row (2, 4, 7): req/s ratio, p99, and the
+// CPU each party used during the run (the gateway's whole process tree, the
+// upstream, the load generator; % of one core), which shows how much of the
+// machine was left to the gateway. No one-connection latency pass for them
+// (one connection is served by one worker).
+//
 // Knobs: BENCH_DURATION (seconds per run, default 5), BENCH_ROUNDS (default 3),
 // BENCH_CONNECTIONS (default 50), BENCH_WARMUP (seconds, default 2),
 // BENCH_LOADGEN (wrk | autocannon; default wrk when installed),
 // BENCH_STREAM=0 (JSON rows only), BENCH_LATENCY=0 (skip the one-connection latency pass), BENCH_ONLY (comma-separated scenario ids, e.g. "2,4"),
 // BENCH_CPU_PROF=<dir> (each Node gateway writes a V8 CPU profile there on
-// exit; `node bench/profile-summary.mjs <file>` lists where the time went).
+// exit, `<name>.cpuprofile`; a gateway with workers writes one per process
+// into `<dir>/<name>/`, named with each pid; `node bench/profile-summary.mjs
+// <file>` lists where the time went).
 // Micro-benchmarks live in bench/micro/*.mjs (helpers start with `_`): each
 // runs in its own process, prints a Markdown section, and keeps to a second or
 // two when BENCH_QUICK=1 (set when BENCH_DURATION <= 1).
@@ -40,7 +53,19 @@ import { cpus, tmpdir } from "node:os";
 import { delimiter, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { findNginx, installNginx, startNginx } from "./nginx.mjs";
-import { BENCH_MODEL, REDIS_URL, accessPolicyYaml, freePort, reachable, sampleRss, startIdentityProvider, waitFor } from "./support.mjs";
+import {
+  BENCH_MODEL,
+  REDIS_URL,
+  accessPolicyYaml,
+  freePort,
+  reachable,
+  reapedChildrenCpu,
+  sampleRss,
+  startIdentityProvider,
+  treeCpu,
+  waitFor,
+  waitForSettledTree,
+} from "./support.mjs";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const DURATION = Number(process.env.BENCH_DURATION ?? 5);
@@ -74,12 +99,19 @@ function startProcess(command, args, env = {}) {
   children.push(child);
   return child;
 }
-/** Starts a Node process; with BENCH_CPU_PROF it writes `<name>.cpuprofile` there on exit. */
-const startNode = (args, name) =>
-  startProcess(process.execPath, [
-    ...(process.env.BENCH_CPU_PROF && name ? ["--cpu-prof", `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`, `--cpu-prof-name=${name}.cpuprofile`] : []),
-    ...args,
-  ]);
+/**
+ * Starts a Node process; with BENCH_CPU_PROF it writes `<name>.cpuprofile` there on exit.
+ * With `workers` > 1 every process of the tree inherits the flags (node:cluster
+ * forks with the primary's execArgv), so each writes Node's default
+ * `CPU.<date>.<time>.<pid>...cpuprofile` into `<BENCH_CPU_PROF>/<name>/` instead.
+ */
+function startNode(args, name, { workers = 1 } = {}) {
+  const dir = process.env.BENCH_CPU_PROF;
+  const prof = !dir || !name ? [] : workers > 1 ? ["--cpu-prof", `--cpu-prof-dir=${join(dir, name)}`] : ["--cpu-prof", `--cpu-prof-dir=${dir}`, `--cpu-prof-name=${name}.cpuprofile`];
+  const child = startProcess(process.execPath, [...prof, ...args]);
+  if (prof.length && workers > 1) console.error(`bench: CPU profiles of ${name} go to ${join(dir, name)} (the supervisor's has pid ${child.pid} in its name)`);
+  return child;
+}
 
 /** One load-generator run against `url`; resolves with req/s, p50 and p99 (ms), non-2xx answers and errors. */
 function load(url, headers, body, duration = DURATION, connections = CONNECTIONS) {
@@ -130,16 +162,18 @@ const round2 = (x) => Math.round(x * 100) / 100;
  * Writes a gateway config (YAML lines under `server:` plus upstream and logging) and starts `tollgate serve` on it.
  * Its record store is a file of its own in the work directory (never ./data of the checkout).
  */
-async function startTollgate(name, serverLines, { extra = [`storage: {type: sqlite, db_path: "${join(work, `${name}-records.db`)}"}`] } = {}) {
+async function startTollgate(name, serverLines, { extra = [`storage: {type: sqlite, db_path: "${join(work, `${name}-records.db`)}"}`], workers = 1 } = {}) {
   const port = await freePort();
   const file = join(work, `${name}.yaml`);
   writeFileSync(
     file,
     ["server:", `  port: ${port}`, ...serverLines, `upstream: {url: "${upstream}"}`, ...extra, "logging: {level: warn}"].join("\n"),
   );
-  const child = startNode([cli, "serve", "--config", file], name);
+  const child = startNode([cli, "serve", "--config", file, ...(workers > 1 ? ["--workers", String(workers)] : [])], name, { workers });
   const url = `http://127.0.0.1:${port}`;
   await waitFor(`${url}/health`);
+  // The first worker to listen answers /health; the supervisor logs `workers ready` (at info, which the bench's level hides) once all do.
+  if (workers > 1) await waitForSettledTree(child.pid, workers);
   return { url, pid: child.pid };
 }
 
@@ -148,6 +182,7 @@ let idp;
 let upstream;
 try {
   const notes = [];
+  const multicoreNotes = [];
   const want = (id) => !ONLY || ONLY.has(id);
 
   const upstreamPort = await freePort();
@@ -168,20 +203,41 @@ try {
     "    limits: [{requests: 1000000000, period: second}]",
   ];
   const sqliteQuota = (name) => quota(`{type: sqlite, db_path: "${join(work, `${name}.db`)}"}`);
-  const policyGateway = (name, cacheTtl, quotaLines) =>
-    startTollgate(name, ["  auth:", jwtProvider(cacheTtl), "    access_policy:", ...accessPolicyYaml(), ...quotaLines]);
+  const policyGateway = (name, cacheTtl, quotaLines, workers = 1) =>
+    startTollgate(name, ["  auth:", jwtProvider(cacheTtl), "    access_policy:", ...accessPolicyYaml(), ...quotaLines], { workers });
 
-  /** Scenarios: `{ id, name, url, headers, pid?, stream }` (`stream`: also run the streamed variant). */
+  /**
+   * Scenarios: `{ id, name, url, headers, pid?, stream, workers?, base? }` (`stream`: also run the streamed variant;
+   * `workers`: processes serving requests, 1 unless a multi-core row; `base`: the id of the same scenario with 1 worker).
+   */
   const scenarios = [];
-  const add = (s) => want(s.id) && scenarios.push(s);
+  const add = (s) => want(s.id) && scenarios.push({ workers: 1, ...s });
+  /** The bare Node proxy (scenario 2, or 2w2 with `workers` 2). */
+  async function bareProxy(workers) {
+    const port = await freePort();
+    const name = workers > 1 ? `bare-proxy-w${workers}` : "bare-proxy";
+    const args = [join(root, "bench/bare-proxy.mjs"), "--port", String(port), "--upstream", upstream, "--workers", String(workers)];
+    const child = startNode(args, name, { workers });
+    await waitFor(`http://127.0.0.1:${port}/v1/models`);
+    if (workers > 1) await waitForSettledTree(child.pid, workers);
+    return { url: `http://127.0.0.1:${port}`, pid: child.pid };
+  }
+  let nginxBinary;
+  /** nginx as a plain proxy (scenario 7, or 7w2 with `workers` 2); undefined when nginx is not installed. */
+  async function nginxProxy(workers) {
+    // Looked for (and installed, with BENCH_INSTALL_NGINX=1) once: null is "not there".
+    if (nginxBinary === undefined) nginxBinary = findNginx() ?? (process.env.BENCH_INSTALL_NGINX === "1" ? installNginx(root) : undefined) ?? null;
+    if (!nginxBinary) return undefined;
+    const port = await freePort();
+    const child = startNginx(nginxBinary, { work, port, upstream, workers });
+    children.push(child);
+    await waitFor(`http://127.0.0.1:${port}/v1/models`);
+    if (workers > 1) await waitForSettledTree(child.pid, workers);
+    return { url: `http://127.0.0.1:${port}`, pid: child.pid };
+  }
 
   add({ id: "1", name: "direct to the upstream", url: upstream, headers: {}, pid: upstreamChild.pid, stream: true });
-  if (want("2")) {
-    const port = await freePort();
-    const child = startNode([join(root, "bench/bare-proxy.mjs"), "--port", String(port), "--upstream", upstream], "bare-proxy");
-    await waitFor(`http://127.0.0.1:${port}/v1/models`);
-    add({ id: "2", name: "bare Node proxy (undici, no auth)", url: `http://127.0.0.1:${port}`, headers: {}, pid: child.pid, stream: true });
-  }
+  if (want("2")) add({ id: "2", name: "bare Node proxy (undici, no auth)", headers: {}, stream: true, ...(await bareProxy(1)) });
   if (want("3")) {
     const storage = `storage: {type: sqlite, db_path: "${join(work, "keys.db")}"}`;
     const gw = await startTollgate("api-key", ["  auth:", "    provider_config: {type: api_key}"], { extra: [storage] });
@@ -219,19 +275,22 @@ try {
     add({ id: "6", name: "Express + jose + express-rate-limit + http-proxy-middleware", url: `http://127.0.0.1:${port}`, headers: bearer, pid: child.pid, stream: true });
   }
   if (want("7")) {
-    let nginx = findNginx();
-    if (!nginx && process.env.BENCH_INSTALL_NGINX === "1") nginx = installNginx(root);
-    if (nginx) {
-      const port = await freePort();
-      const child = startNginx(nginx, { work, port, upstream });
-      children.push(child);
-      await waitFor(`http://127.0.0.1:${port}/v1/models`);
-      add({ id: "7", name: "nginx, plain reverse proxy", url: `http://127.0.0.1:${port}`, headers: {}, pid: child.pid, stream: true });
-    } else {
-      notes.push("Scenario 7 skipped: nginx is not installed (scripts/install-bench-tools.sh installs it, or run with BENCH_INSTALL_NGINX=1).");
-    }
+    const nginx = await nginxProxy(1);
+    if (nginx) add({ id: "7", name: "nginx, plain reverse proxy", headers: {}, stream: true, ...nginx });
+    else notes.push("Scenario 7 skipped: nginx is not installed (scripts/install-bench-tools.sh installs it, or run with BENCH_INSTALL_NGINX=1).");
   }
-  for (const n of notes) console.error(`bench: ${n}`);
+  // Multi-core rows: the 1-process scenario's setup, 2 processes serving requests.
+  if (want("2w2")) add({ id: "2w2", base: "2", name: "bare Node proxy, 2 workers (node:cluster)", headers: {}, stream: true, workers: 2, ...(await bareProxy(2)) });
+  if (want("4w2")) {
+    const gw = await policyGateway("jwt-policy-sqlite-w2", 30_000, sqliteQuota("quota-4w2"), 2);
+    add({ id: "4w2", base: "4", name: "Tollgate as 4, --workers 2", url: gw.url, headers: bearer, pid: gw.pid, stream: true, tollgate: true, workers: 2 });
+  }
+  if (want("7w2")) {
+    const nginx = await nginxProxy(2);
+    if (nginx) add({ id: "7w2", base: "7", name: "nginx, plain reverse proxy, worker_processes 2", headers: {}, stream: true, workers: 2, ...nginx });
+    else multicoreNotes.push("Scenario 7w2 skipped: nginx is not installed (scripts/install-bench-tools.sh installs it, or run with BENCH_INSTALL_NGINX=1).");
+  }
+  for (const n of [...notes, ...multicoreNotes]) console.error(`bench: ${n}`);
 
   // One run per (scenario, body): JSON for all, the stream where the scenario has it.
   const runs = [];
@@ -239,13 +298,25 @@ try {
     runs.push({ ...s, kind: "json", body: BODIES.json, results: [], rss: undefined });
     if (STREAM && s.stream) runs.push({ ...s, kind: "stream", body: BODIES.stream, results: [], rss: undefined });
   }
-  const seconds = runs.length * ((WARMUP > 0 ? WARMUP : 0) + ROUNDS * DURATION) + (LATENCY ? runs.filter((r) => r.kind === "json").length * ROUNDS * LATENCY_DURATION : 0);
+  // The one-connection pass: JSON rows of 1-process scenarios (one connection is served by one worker).
+  const latencyRuns = runs.filter((r) => r.kind === "json" && r.workers === 1);
+  const seconds = runs.length * ((WARMUP > 0 ? WARMUP : 0) + ROUNDS * DURATION) + (LATENCY ? latencyRuns.length * ROUNDS * LATENCY_DURATION : 0);
   console.error(`bench: ${runs.length} runs, ${LOADGEN}, about ${Math.ceil(seconds / 60)} min of load`);
 
+  /**
+   * One load run against `r`; the result also carries `cpu`: the share of one
+   * core (1 = a whole core) that the gateway's process tree, the upstream and
+   * the load generator each used during it (undefined parts without /proc).
+   */
   async function measure(r, duration, connections) {
     const sampler = r.pid ? sampleRss(r.pid) : undefined;
+    const before = { gateway: r.pid ? treeCpu(r.pid) : undefined, upstream: treeCpu(upstreamChild.pid), loadgen: reapedChildrenCpu(), at: performance.now() };
     try {
-      return await load(`${r.url}${PATH}`, r.headers, r.body, duration, connections);
+      const result = await load(`${r.url}${PATH}`, r.headers, r.body, duration, connections);
+      const after = { gateway: r.pid ? treeCpu(r.pid) : undefined, upstream: treeCpu(upstreamChild.pid), loadgen: reapedChildrenCpu(), at: performance.now() };
+      const seconds = (after.at - before.at) / 1000;
+      const share = (k) => (before[k] === undefined || after[k] === undefined ? undefined : (after[k] - before[k]) / seconds);
+      return { ...result, cpu: { gateway: share("gateway"), upstream: share("upstream"), loadgen: share("loadgen") } };
     } finally {
       const max = sampler?.stop();
       if (max !== undefined) r.rss = Math.max(r.rss ?? 0, max);
@@ -267,7 +338,7 @@ try {
   // rows only. Under 50 connections a request's latency is mostly its wait
   // behind the others (50 / req/s); here it is what each hop adds.
   if (LATENCY) {
-    const jsonRuns = runs.filter((x) => x.kind === "json");
+    const jsonRuns = latencyRuns;
     for (const r of jsonRuns) r.singles = [];
     for (let round = 0; round < ROUNDS; round++) {
       for (const r of round % 2 === 0 ? jsonRuns : [...jsonRuns].reverse()) {
@@ -279,19 +350,30 @@ try {
     for (const r of jsonRuns) r.single = { p50: median(r.singles.map((x) => x.p50)), p99: median(r.singles.map((x) => x.p99)) };
   }
 
+  /** Median share of one core, in percent, of one party over the rounds; null without /proc. */
+  const cpuPercent = (results, k) => {
+    const xs = results.map((x) => x.cpu?.[k]).filter((x) => x !== undefined);
+    return xs.length ? Math.round(100 * median(xs)) : null;
+  };
   const rows = runs.map((r) => ({
     id: r.id,
     scenario: r.name,
     response: r.kind,
     tollgate: Boolean(r.tollgate),
+    workers: r.workers,
+    ...(r.base ? { base: r.base } : {}),
     rps: Math.round(median(r.results.map((x) => x.rps))),
     p50_ms: round2(median(r.results.map((x) => x.p50))),
     p99_ms: round2(median(r.results.map((x) => x.p99))),
     max_rss_mb: r.rss === undefined ? null : Math.round(r.rss / 1024 / 1024),
+    cpu_percent: { gateway: r.id === "1" ? null : cpuPercent(r.results, "gateway"), upstream: cpuPercent(r.results, "upstream"), loadgen: cpuPercent(r.results, "loadgen") },
     ...(r.single ? { single_p50_ms: round2(r.single.p50), single_p99_ms: round2(r.single.p99) } : {}),
   }));
   for (const r of rows) {
-    const bare = rows.find((b) => b.id === "2" && b.response === r.response);
+    const base = r.base && rows.find((b) => b.id === r.base && b.response === r.response);
+    if (r.base) r.ratio_to_1_worker = base ? round2(r.rps / base.rps) : null;
+    // Against the bare proxy with as many workers (2 for a 1-process row, 2w2 for a 2-worker row).
+    const bare = rows.find((b) => b.id === (r.workers > 1 ? `2w${r.workers}` : "2") && b.response === r.response);
     r.ratio_to_2 = bare ? round2(r.rps / bare.rps) : null;
     r.p99_added_ms = bare ? round2(r.p99_ms - bare.p99_ms) : null;
     if (bare?.single_p99_ms !== undefined && r.single_p99_ms !== undefined) {
@@ -300,8 +382,10 @@ try {
     }
   }
   const singles = rows.filter((r) => r.single_p50_ms !== undefined);
+  const single = rows.filter((r) => r.workers === 1);
 
   const targets = checkTargets(rows);
+  const multicore = multicoreSection(rows, multicoreNotes);
   const loadgen = LOADGEN === "wrk" ? "wrk (1 thread)" : "autocannon";
   const md = [
     `Node ${process.version}, ${cpus().length} cores, load by ${loadgen}, ${CONNECTIONS} connections, ${DURATION} s per run after ${WARMUP} s warm-up, median of ${ROUNDS} rounds.`,
@@ -309,7 +393,7 @@ try {
     "",
     "| # | scenario | response | req/s | p50 ms | p99 ms | p99 added over 2, ms | ratio to 2 | max RSS MB |",
     "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ...rows.map(
+    ...single.map(
       (r) =>
         `| ${r.id} | ${r.scenario} | ${r.response} | ${r.rps} | ${r.p50_ms} | ${r.p99_ms} | ${r.p99_added_ms ?? "–"} | ${r.ratio_to_2?.toFixed(2) ?? "–"} | ${r.max_rss_mb ?? "–"} |`,
     ),
@@ -326,6 +410,7 @@ try {
       : []),
     ...notes.map((n) => `${n}\n`),
     ...(targets.length ? ["Targets (issue 7), this run:", "", ...targets.map((t) => `- ${t.met ? "met" : "**missed**"}: ${t.text}`), ""] : []),
+    ...multicore.lines,
   ].join("\n");
 
   // Micro-benchmarks: every bench/micro/*.mjs runs in its own process and
@@ -344,7 +429,11 @@ try {
   writeFileSync(join(root, "bench/results/latest.md"), report);
   writeFileSync(
     join(root, "bench/results/latest.json"),
-    JSON.stringify({ node: process.version, cores: cpus().length, loadgen: LOADGEN, connections: CONNECTIONS, duration: DURATION, warmup: WARMUP, rounds: ROUNDS, rows, targets, notes }, null, 2),
+    JSON.stringify(
+      { node: process.version, cores: cpus().length, loadgen: LOADGEN, connections: CONNECTIONS, duration: DURATION, warmup: WARMUP, rounds: ROUNDS, rows, targets, multicore_targets: multicore.targets, notes: [...notes, ...multicoreNotes] },
+      null,
+      2,
+    ),
   );
 } finally {
   stopping = true;
@@ -377,7 +466,67 @@ function checkTargets(rows) {
     }
     if (s4 && s6) out.push({ met: s4.rps >= 2 * s6.rps, text: `scenario 4 (${kind}) ≥ 2 × scenario 6: ${(s4.rps / s6.rps).toFixed(2)} ×` });
   }
-  const rss = rows.filter((r) => r.tollgate && r.max_rss_mb !== null).map((r) => r.max_rss_mb);
+  // Per process: a supervisor and its workers (4w2) are a tree of several, shown in the multi-core section.
+  const rss = rows.filter((r) => r.tollgate && r.workers === 1 && r.max_rss_mb !== null).map((r) => r.max_rss_mb);
   if (rss.length) out.push({ met: Math.max(...rss) <= 150, text: `gateway RSS under load ≤ 150 MB: at most ${Math.max(...rss)} MB` });
   return out;
+}
+
+/**
+ * The multi-core section (issue 10): each N-worker row beside its 1-process
+ * row, with the req/s ratio, p99 and the CPU each party used; then Tollgate
+ * against nginx and the bare proxy at the same worker count, and the
+ * issue's targets (reported, never asserted). Empty when no N-worker row ran.
+ */
+function multicoreSection(rows, sectionNotes) {
+  const multi = rows.filter((r) => r.workers > 1);
+  if (!multi.length) return { lines: sectionNotes.length ? ["### Multi-core", "", ...sectionNotes.map((n) => `${n}\n`)] : [], targets: [] };
+  const get = (id, kind) => rows.find((r) => r.id === id && r.response === kind);
+  const listed = [];
+  for (const kind of ["json", "stream"]) {
+    for (const m of multi.filter((r) => r.response === kind)) {
+      const base = get(m.base, kind);
+      if (base) listed.push(base);
+      listed.push(m);
+    }
+  }
+  const pct = (x) => (x === null || x === undefined ? "–" : String(x));
+  const total = (c) => (c.upstream === null || c.loadgen === null ? null : (c.gateway ?? 0) + c.upstream + c.loadgen);
+  const comparisons = [];
+  for (const [other, label] of [["7w2", "nginx with 2 workers"], ["2w2", "the bare Node proxy with 2 workers"]]) {
+    const parts = ["json", "stream"].flatMap((kind) => {
+      const t = get("4w2", kind);
+      const o = get(other, kind);
+      return t && o ? [`${kind} ${(t.rps / o.rps).toFixed(2)} ×`] : [];
+    });
+    if (parts.length) comparisons.push(`- Tollgate with 2 workers against ${label} (4w2 / ${other}): ${parts.join(", ")}`);
+  }
+  const targets = [];
+  for (const kind of ["json", "stream"]) {
+    const one = get("4", kind);
+    const two = get("4w2", kind);
+    const nginx = get("7w2", kind);
+    if (one && two) {
+      targets.push({ met: two.rps >= 1.3 * one.rps, text: `4w2 (${kind}) throughput ≥ 1.3 × scenario 4 (1 worker): ${two.ratio_to_1_worker.toFixed(2)} ×` });
+    }
+    if (two && nginx) targets.push({ met: two.rps >= 0.5 * nginx.rps, text: `4w2 (${kind}) throughput ≥ 0.5 × nginx with 2 workers (7w2): ${(two.rps / nginx.rps).toFixed(2)} ×` });
+    if (one && two) targets.push({ met: two.p99_ms <= one.p99_ms, text: `4w2 (${kind}) p99 no worse than with 1 worker: ${two.p99_ms} ms with 2 workers, ${one.p99_ms} ms with 1` });
+  }
+  const lines = [
+    "### Multi-core: 2 worker processes",
+    "",
+    `The same run, the same load; the machine's ${cpus().length} cores also run the upstream and the load generator. CPU: the share of one core each party used during the runs (median of the rounds; 100 = one core, the machine has ${100 * cpus().length}); the gateway's figure covers its whole process tree (supervisor or master and workers).`,
+    "",
+    "| # | scenario | response | workers | req/s | ratio to 1 worker | p50 ms | p99 ms | max RSS MB | CPU gateway | CPU upstream | CPU load generator | CPU total |",
+    "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ...listed.map(
+      (r) =>
+        `| ${r.id} | ${r.scenario} | ${r.response} | ${r.workers} | ${r.rps} | ${r.workers > 1 ? (r.ratio_to_1_worker?.toFixed(2) ?? "–") : "1.00"} | ${r.p50_ms} | ${r.p99_ms} | ${r.max_rss_mb ?? "–"} | ${pct(r.cpu_percent.gateway)} | ${pct(r.cpu_percent.upstream)} | ${pct(r.cpu_percent.loadgen)} | ${pct(total(r.cpu_percent))} |`,
+    ),
+    "",
+    ...(comparisons.length ? [...comparisons, ""] : []),
+    ...sectionNotes.map((n) => `${n}\n`),
+    ...(targets.length ? ["Targets (issue 10), this run:", "", ...targets.map((t) => `- ${t.met ? "met" : "**missed**"}: ${t.text}`), ""] : []),
+  ];
+  return { lines, targets };
 }

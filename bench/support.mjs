@@ -1,6 +1,7 @@
 // Shared by bench/run.mjs, bench/soak.mjs and the micro-benchmarks: ports,
 // readiness, Redis reachability, the identity provider the JWT scenarios
-// verify against, the 100-rule access policy, RSS sampling from /proc.
+// verify against, the 100-rule access policy, RSS and CPU time from /proc.
+import { execFileSync } from "node:child_process";
 import { generateKeyPairSync } from "node:crypto";
 import { readFileSync, readdirSync } from "node:fs";
 import http from "node:http";
@@ -101,6 +102,19 @@ export function accessPolicyYaml(indent = "      ") {
   );
 }
 
+/** The pids of `pid`'s children (every thread's `children` list); [] when it is gone or /proc is not there. */
+export function childPids(pid) {
+  const out = [];
+  try {
+    for (const task of readdirSync(`/proc/${pid}/task`)) {
+      try {
+        out.push(...readFileSync(`/proc/${pid}/task/${task}/children`, "utf8").split(" ").filter(Boolean).map(Number));
+      } catch {}
+    }
+  } catch {}
+  return out;
+}
+
 /**
  * Resident set size of `pid` and its descendants (a supervisor and its
  * workers, nginx's master and worker), in bytes; undefined where /proc is
@@ -112,17 +126,85 @@ export function treeRss(pid) {
     const status = readFileSync(`/proc/${pid}/status`, "utf8");
     const m = /^VmRSS:\s+(\d+)\s+kB/m.exec(status);
     if (m) total += Number(m[1]) * 1024;
-    for (const task of readdirSync(`/proc/${pid}/task`)) {
-      let children = "";
-      try {
-        children = readFileSync(`/proc/${pid}/task/${task}/children`, "utf8");
-      } catch {}
-      for (const child of children.split(" ").filter(Boolean)) total += treeRss(Number(child)) ?? 0;
-    }
   } catch {
     return undefined;
   }
+  for (const child of childPids(pid)) total += treeRss(child) ?? 0;
   return total;
+}
+
+let clockTicks;
+/** Clock ticks per second, the unit of /proc/<pid>/stat's CPU times (100 on every mainstream Linux). */
+function ticksPerSecond() {
+  if (clockTicks === undefined) {
+    try {
+      clockTicks = Number(execFileSync("getconf", ["CLK_TCK"], { stdio: ["ignore", "pipe", "ignore"] }).toString().trim()) || 100;
+    } catch {
+      clockTicks = 100;
+    }
+  }
+  return clockTicks;
+}
+
+/** Fields of /proc/<pid>/stat after the command name (which may hold spaces): [0] is field 3, `state`. */
+function statFields(pid) {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  return stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+}
+
+/**
+ * CPU time (user + system, seconds) used so far by `pid` and its living
+ * descendants; undefined where /proc is not there or the process is gone.
+ * The difference of two readings is what a gateway, all its workers
+ * included, spent between them.
+ */
+export function treeCpu(pid) {
+  let ticks;
+  try {
+    const f = statFields(pid);
+    ticks = Number(f[11]) + Number(f[12]); // utime, stime (fields 14, 15)
+  } catch {
+    return undefined;
+  }
+  let total = ticks / ticksPerSecond();
+  for (const child of childPids(pid)) total += treeCpu(child) ?? 0;
+  return total;
+}
+
+/**
+ * CPU time (seconds) of this process's children that have exited and been
+ * waited for (cutime + cstime of /proc/self/stat); the difference across one
+ * load-generator run is what the load generator spent. Undefined without /proc.
+ */
+export function reapedChildrenCpu() {
+  try {
+    const f = statFields("self");
+    return (Number(f[13]) + Number(f[14])) / ticksPerSecond(); // cutime, cstime (fields 16, 17)
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Resolves once `pid` has `count` children and its whole tree has stopped
+ * using CPU (three 100 ms samples in a row without a tick): a supervisor's
+ * workers have finished starting, which its first answer alone does not show
+ * (the first worker to listen answers while the others are still loading).
+ * Resolves after `ms` in any case, and at once where /proc is not there.
+ */
+export async function waitForSettledTree(pid, count, ms = 15_000) {
+  const deadline = Date.now() + ms;
+  let last;
+  let quiet = 0;
+  while (Date.now() < deadline) {
+    const cpu = treeCpu(pid);
+    if (cpu === undefined) return;
+    if (childPids(pid).length >= count && cpu === last) {
+      if (++quiet >= 3) return;
+    } else quiet = 0;
+    last = cpu;
+    await new Promise((r) => setTimeout(r, 100));
+  }
 }
 
 /** Samples {@link treeRss} of `pid` every `everyMs` until `stop()`, which returns the largest seen (bytes) or undefined. */
