@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
-import net from "node:net";
+import type { Server } from "node:http";
+import net, { type AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -43,6 +44,20 @@ export const OWNERS: Readonly<Record<string, Owner | undefined>> = {
   f2: { principal: "erin", attributes: { teams: ["web"] } },
   f3: undefined,
 };
+
+/** An app under test from a listening node:http server: its URL, and a close() that cuts its connections, then closes `owned`. */
+export function servedBy(server: Server, owned: { close(): Promise<void> }): AppUnderTest {
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    async close() {
+      await new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      });
+      await owned.close();
+    },
+  };
+}
 
 /** What the whoami routes answer. */
 export function whoami(user: User | undefined): { principal: string | null; attributes: User["attributes"] | null } {

@@ -1,27 +1,17 @@
 import assert from "node:assert/strict";
 import type { Server } from "node:http";
-import type { AddressInfo } from "node:net";
 import { after, before, describe, test } from "node:test";
 import express from "express";
 import { tollgate, type ExpressTollgate } from "../../src/adapters/express.js";
 import { startCustomAuth, type CustomAuthServer } from "../support/custom-auth.js";
 import { captureLog } from "../support/log.js";
-import { describeAdapterCases, fileAccess, whoami, type AppUnderTest, type StartApp } from "./_cases.js";
+import { describeAdapterCases, fileAccess, servedBy, whoami, type AppUnderTest, type StartApp } from "./_cases.js";
 
 async function listen(app: express.Express, tg: ExpressTollgate): Promise<AppUnderTest> {
   const server = await new Promise<Server>((resolve) => {
     const s = app.listen(0, "127.0.0.1", () => resolve(s));
   });
-  return {
-    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-    async close() {
-      await new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        server.closeAllConnections();
-      });
-      await tg.close();
-    },
-  };
+  return servedBy(server, tg);
 }
 
 /** The shared cases against Express 5: `app.use(tg.middleware)`, `req.user`, `tg.can`. */

@@ -1,7 +1,6 @@
 import http from "node:http";
-import type { AddressInfo } from "node:net";
 import { createTollgate } from "../../src/adapters/node.js";
-import { describeAdapterCases, fileAccess, whoami, type StartApp } from "./_cases.js";
+import { describeAdapterCases, fileAccess, servedBy, whoami, type StartApp } from "./_cases.js";
 
 /** The shared cases against the node:http adapter: `tollgate.authenticate(req, res)`, routing on the canonical path. */
 const start: StartApp = async (options) => {
@@ -19,16 +18,7 @@ const start: StartApp = async (options) => {
     res.writeHead(body ? 200 : 404, { "content-type": "application/json" }).end(JSON.stringify(body ?? {}));
   });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  return {
-    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-    async close() {
-      await new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        server.closeAllConnections();
-      });
-      await tollgate.close();
-    },
-  };
+  return servedBy(server, tollgate);
 };
 
 describeAdapterCases("node:http", start);
