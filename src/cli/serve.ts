@@ -50,7 +50,7 @@ export interface RunningServer {
    * the gateway, which swaps policies, providers and limits atomically.
    * Rejects with a `ConfigError` naming each path when the new config is
    * invalid; the old one stays in force. The embedded default has no file:
-   * nothing to reload.
+   * rejects, nothing to reload.
    */
   reload(): Promise<void>;
   /** Drains the gateway, then stops the demo upstream if there is one. */
@@ -148,10 +148,8 @@ export async function startServer(opts: ServeOptions, hooks: WorkerHooks = {}, l
       gateway: running,
       log,
       async reload() {
-        if (opts.config === undefined) {
-          log.warn("reload: running on the embedded default config, there is no file to re-read");
-          return;
-        }
+        // Refused (and logged as such), rather than a "reloaded" that changed nothing.
+        if (opts.config === undefined) throw new Error("running on the embedded default config: there is no file to re-read");
         let next = serveConfig(opts);
         if (demoUrl) next = { ...next, upstream: { ...next.upstream, url: demoUrl } };
         await running.reload(next);

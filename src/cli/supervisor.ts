@@ -334,7 +334,8 @@ export async function runSupervisor(opts: ServeOptions, config: Config, workers:
   function reload(trigger: string): void {
     if (stopping) return;
     if (opts.config === undefined) {
-      log.warn("reload: running on the embedded default config, there is no file to re-read");
+      // As a single process says it (serve.ts): refused, not a "reloaded" that changed nothing.
+      log.error({ trigger, err: "running on the embedded default config: there is no file to re-read" }, "configuration reload refused; the previous configuration stays in force");
       return;
     }
     let next: Config;

@@ -61,6 +61,12 @@ describe("tollgate serve with the embedded default config", { timeout: 150_000 }
       assert.equal(ok.status, 200);
       const refused = await fetch(`${gateway.url}/v1/models`, { headers: { authorization: "Bearer tg_not-a-real-key" } });
       assert.equal(refused.status, 401);
+      // No file to re-read: SIGHUP is refused as such (never a "reloaded" that changed nothing), and serving goes on.
+      gateway.child.kill("SIGHUP");
+      const line = await gateway.waitForLog((l) => /^configuration reload/.test(String(l.msg)));
+      assert.equal(line.msg, "configuration reload refused; the previous configuration stays in force");
+      assert.match(String(line.err), /embedded default config/);
+      assert.equal((await fetch(`${gateway.url}/v1/models`, { headers: { authorization: `Bearer ${adminKey}` } })).status, 200);
       assert.equal(await gateway.stop(), 0);
       assert.deepEqual(linesContaining(gateway.stdout() + gateway.stderr(), adminKey), []);
     } finally {
