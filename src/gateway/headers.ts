@@ -65,6 +65,8 @@ export interface UpstreamHeaderOptions {
   readonly principalHeader?: string | undefined;
   /** The authenticated principal; undefined on public paths and with authentication off. */
   readonly principal?: string | undefined;
+  /** Sent as `X-Request-Id`, replacing the client's copies, when set. */
+  readonly requestId?: string | undefined;
   readonly forwarded: ForwardedFor;
 }
 
@@ -77,8 +79,10 @@ export interface UpstreamHeaderOptions {
  * sets the upstream's), `Expect`, the client's `Authorization` (its
  * credential is for Tollgate, never for the upstream), any client-sent
  * `principalHeader` (else a client could claim to be someone else) and the
- * client's `X-Forwarded-Proto`/`-Host` and `Forwarded`.
+ * client's `X-Forwarded-Proto`/`-Host` and `Forwarded`, and its `X-Request-Id`
+ * when the gateway sends its own.
  * Added: `Authorization: Bearer <apiKey>`, `<principalHeader>: <principal>`,
+ * `X-Request-Id: <requestId>`,
  * `X-Forwarded-For` (the client's list, if any, plus the peer address, as
  * nginx's `$proxy_add_x_forwarded_for`: the last entry is the one the gateway
  * saw), `X-Forwarded-Proto` and `X-Forwarded-Host`.
@@ -104,11 +108,13 @@ export function upstreamRequestHeaders(rawHeaders: readonly string[], options: U
       continue;
     }
     if (isHopByHop(lower, named) || SET_BY_GATEWAY.has(lower) || lower === principalHeader) continue;
+    if (lower === "x-request-id" && options.requestId !== undefined) continue;
     out.push(name, value);
   }
 
   if (options.apiKey !== undefined) out.push("authorization", `Bearer ${options.apiKey}`);
   if (principalHeader !== undefined && options.principal !== undefined) out.push(principalHeader, options.principal);
+  if (options.requestId !== undefined) out.push("x-request-id", options.requestId);
   const { remoteAddress, proto, host } = options.forwarded;
   if (remoteAddress !== undefined) forwardedFor.push(remoteAddress);
   if (forwardedFor.length > 0) out.push("x-forwarded-for", forwardedFor.join(", "));

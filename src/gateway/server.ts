@@ -600,9 +600,9 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
       apiKey: config.upstream.api_key,
       principalHeader: config.upstream.principal_header,
       principal: context.user?.principal,
+      requestId: state.requestId,
       forwarded: { remoteAddress: raw.socket.remoteAddress, proto, host: raw.headers.host },
     });
-    headers = withRequestId(headers, state.requestId);
     if (guarded?.inspectResponse) headers = identityEncoding(headers);
     const buffered: BufferedBody | undefined = bodyless ? undefined : guarded?.body;
     if (buffered) headers = withBodyLength(headers, buffered.bytes.length);
@@ -777,18 +777,6 @@ const REQUEST_ID = /^[A-Za-z0-9._:@/+=-]{1,128}$/;
 
 function requestIdOf(value: string | string[] | undefined): string {
   return typeof value === "string" && REQUEST_ID.test(value) ? value : randomUUID();
-}
-
-/** Request headers for the upstream with the request's own `X-Request-Id` (the client's copies removed). */
-function withRequestId(headers: string[], requestId: string): string[] {
-  const out: string[] = [];
-  for (let i = 0; i < headers.length; i += 2) {
-    const name = headers[i]!;
-    if (name.length === 12 && name.toLowerCase() === "x-request-id") continue;
-    out.push(name, headers[i + 1]!);
-  }
-  out.push("x-request-id", requestId);
-  return out;
 }
 
 /** Request headers asking for an uncompressed answer: the gateway must read it (resources.ts). */

@@ -40,6 +40,14 @@ describe("upstreamRequestHeaders", () => {
     assert.deepEqual(withKey.filter(([n]) => n.toLowerCase() === "authorization"), [["authorization", "Bearer sk-up"]]);
   });
 
+  test("sends the gateway's request id in place of every client copy, and the client's when none is given", () => {
+    const raw = ["X-Request-Id", "client-1", "x-request-id", "client-2"];
+    const out = pairs(upstreamRequestHeaders(raw, { requestId: "req-9", forwarded }));
+    assert.deepEqual(out.filter(([n]) => n.toLowerCase() === "x-request-id"), [["x-request-id", "req-9"]]);
+    const kept = pairs(upstreamRequestHeaders(raw, { forwarded }));
+    assert.deepEqual(kept.filter(([n]) => n.toLowerCase() === "x-request-id"), [["X-Request-Id", "client-1"], ["x-request-id", "client-2"]]);
+  });
+
   test("drops every client-sent principal header and sets the authenticated principal", () => {
     const raw = ["X-Principal", "mallory", "x-principal", "root"];
     const out = pairs(upstreamRequestHeaders(raw, { principalHeader: "x-principal", principal: "alice", forwarded }));
