@@ -516,11 +516,9 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
    */
   async function checkReadiness(runtime: Runtime): Promise<{ ready: boolean; body: Record<string, unknown> }> {
     const checks: [string, () => Promise<string | undefined>][] = [];
-    const s = store;
-    if (s) checks.push(["record_store", async () => void (await s.findOwner("tollgate", "readiness-probe"))]);
-    const quota = runtime.quota;
+    const { quota, provider } = runtime;
+    if (store) checks.push(["record_store", async () => void (await store.ping())]);
     if (quota) checks.push(["quota_store", async () => void (await quota.ping())]);
-    const provider = runtime.provider;
     if (provider?.ready) checks.push(["identity_provider", () => provider.ready!()]);
     const results = await Promise.all(checks.map(async ([name, check]) => [name, await bounded(check)] as const));
     const failing = results.filter(([, reason]) => reason !== undefined).map(([name]) => name);

@@ -142,6 +142,9 @@ export async function openPostgresRecordStore(url: string): Promise<RecordStore>
       const rows = await query("DELETE FROM tollgate_owners WHERE type = $1 AND id = $2 RETURNING id", [type, id]);
       return rows.length > 0;
     },
+    async ping() {
+      await query("SELECT 1");
+    },
     async close() {
       if (closed) return;
       closed = true;

@@ -95,6 +95,7 @@ export async function openSqliteRecordStore(dbPath: string, options: SqliteRecor
   );
   const ownerById = db.prepare("SELECT type, id, principal, attributes, created_at FROM tollgate_owners WHERE type = ? AND id = ?");
   const deleteOwner = db.prepare("DELETE FROM tollgate_owners WHERE type = ? AND id = ?");
+  const selectOne = db.prepare("SELECT 1 AS one");
 
   let closed = false;
   const open = () => {
@@ -153,6 +154,10 @@ export async function openSqliteRecordStore(dbPath: string, options: SqliteRecor
     async deleteOwner(type, id) {
       open();
       return Number(deleteOwner.run(type, id).changes ?? 0) > 0;
+    },
+    async ping() {
+      open();
+      selectOne.get();
     },
     async close() {
       if (closed) return;

@@ -215,10 +215,18 @@ const cases: Case[] = [
       }),
   },
   {
+    name: "ping answers while the store is open (readiness)",
+    run: (open) =>
+      using(open, async (store) => {
+        await store.ping();
+      }),
+  },
+  {
     name: "a closed store refuses every call and closing again is harmless",
     run: async (open) => {
       const store = await open();
       await store.close();
+      await assert.rejects(store.ping(), /closed/);
       await assert.rejects(store.findApiKeyByHash("a".repeat(64)), /closed/);
       await assert.rejects(store.insertApiKey(record()), /closed/);
       await assert.rejects(store.listApiKeys(), /closed/);
