@@ -116,32 +116,22 @@ export function createMetrics(): GatewayMetrics {
   // Label children are looked up once per label set and kept: prom-client
   // hashes the label values on every labels() call, which shows in a profile
   // at tens of thousands of requests a second. The sets are bounded (see above).
-  const requestCounters = new Map<string, Counter.Internal>();
-  const requestHistograms = new Map<string, Histogram.Internal<"route">>();
-  const upstreamHistograms = new Map<string, Histogram.Internal<"route">>();
-  const authHistograms = new Map<string, Histogram.Internal<"provider" | "outcome">>();
+  const requestCounter = memoized((key) => requests.labels(...(key.split(" ") as [string, string, string])));
+  const requestHistogram = memoized((group) => requestDuration.labels(group));
+  const upstreamHistogram = memoized((group) => upstreamDuration.labels(group));
+  const authHistogram = memoized((key) => authDuration.labels(...(key.split(" ") as [string, string])));
 
   return {
     registry,
     request(group, status, decision, seconds) {
-      const key = `${group} ${status} ${decision}`;
-      let counter = requestCounters.get(key);
-      if (!counter) requestCounters.set(key, (counter = requests.labels(group, statusLabel(status), decision)));
-      counter.inc();
-      let histogram = requestHistograms.get(group);
-      if (!histogram) requestHistograms.set(group, (histogram = requestDuration.labels(group)));
-      histogram.observe(seconds);
+      requestCounter(`${group} ${statusLabel(status)} ${decision}`).inc();
+      requestHistogram(group).observe(seconds);
     },
     authentication(provider, outcome, seconds) {
-      const key = `${provider} ${outcome}`;
-      let histogram = authHistograms.get(key);
-      if (!histogram) authHistograms.set(key, (histogram = authDuration.labels(provider, outcome)));
-      histogram.observe(seconds);
+      authHistogram(`${provider} ${outcome}`).observe(seconds);
     },
     upstream(group, seconds) {
-      let histogram = upstreamHistograms.get(group);
-      if (!histogram) upstreamHistograms.set(group, (histogram = upstreamDuration.labels(group)));
-      histogram.observe(seconds);
+      upstreamHistogram(group).observe(seconds);
     },
     upstreamError(kind) {
       upstreamErrors.labels(kind).inc();
@@ -164,6 +154,19 @@ export function createMetrics(): GatewayMetrics {
         cacheLookups.labels(cache, hit ? "hit" : "miss").inc();
       },
     },
+  };
+}
+
+/**
+ * `make(key)`, computed once per key and kept. Keys are label values joined
+ * by a space (none of ours contains one).
+ */
+function memoized<T>(make: (key: string) => T): (key: string) => T {
+  const made = new Map<string, T>();
+  return (key) => {
+    let value = made.get(key);
+    if (value === undefined) made.set(key, (value = make(key)));
+    return value;
   };
 }
 
