@@ -1,10 +1,7 @@
 import type { NextFunction, Request, RequestHandler, Response } from "express";
-import type { Config } from "../core/config/schema.js";
-import type { Logger } from "../core/log.js";
-import type { Pipeline, RequestContext } from "../core/pipeline.js";
+import type { RequestContext } from "../core/pipeline.js";
 import type { User as TollgateUser } from "../core/user.js";
-import type { Can } from "./can.js";
-import { authenticateAt, createTollgate, type TollgateOptions } from "./node.js";
+import { authenticateAt, createTollgate, handleOf, type TollgateHandle, type TollgateOptions } from "./node.js";
 
 /**
  * Tollgate as Express middleware (`tollgate/express`):
@@ -51,19 +48,9 @@ declare global {
 }
 
 /** Tollgate bound to one configuration, for an Express app; see {@link tollgate}. */
-export interface ExpressTollgate {
+export interface ExpressTollgate extends TollgateHandle {
   /** Runs the pipeline; refuses with the OpenAI error envelope or sets `req.user` and calls `next()`. */
   readonly middleware: RequestHandler;
-  /** The access policy inside a handler: `tg.can(req.user, "read", "file::f1", owner)`; see `Tollgate.can`. */
-  readonly can: Can;
-  /** The validated configuration (frozen). */
-  readonly config: Config;
-  /** The framework-free pipeline. */
-  readonly pipeline: Pipeline;
-  /** The logger Tollgate writes with. */
-  readonly log: Logger;
-  /** Releases the provider's connections, the quota store and the record store Tollgate opened; call it after the server has closed. */
-  close(): Promise<void>;
 }
 
 /**
@@ -83,12 +70,5 @@ export async function tollgate(options: TollgateOptions): Promise<ExpressTollgat
     next();
   }
 
-  return {
-    middleware,
-    can: core.can,
-    config: core.config,
-    pipeline: core.pipeline,
-    log: core.log,
-    close: () => core.close(),
-  };
+  return { ...handleOf(core), middleware };
 }

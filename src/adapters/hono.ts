@@ -1,12 +1,9 @@
 import type { Context, MiddlewareHandler } from "hono";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
-import type { Config } from "../core/config/schema.js";
 import { TollgateError, toErrorResponse } from "../core/errors.js";
-import type { Logger } from "../core/log.js";
-import type { Pipeline, PipelineRequest, RequestContext } from "../core/pipeline.js";
+import type { PipelineRequest, RequestContext } from "../core/pipeline.js";
 import type { User } from "../core/user.js";
-import type { Can } from "./can.js";
-import { createTollgate, type TollgateOptions } from "./node.js";
+import { createTollgate, handleOf, type TollgateHandle, type TollgateOptions } from "./node.js";
 
 /**
  * Tollgate as Hono middleware (`tollgate/hono`):
@@ -61,19 +58,9 @@ export interface TollgateEnv {
 }
 
 /** Tollgate bound to one configuration, for a Hono app; see {@link tollgate}. */
-export interface HonoTollgate {
+export interface HonoTollgate extends TollgateHandle {
   /** Runs the pipeline; refuses with the OpenAI error envelope or sets `user` and `tollgate` and calls `next()`. */
   readonly middleware: MiddlewareHandler<TollgateEnv>;
-  /** The access policy inside a handler: `tg.can(c.get("user"), "read", "file::f1", owner)`; see `Tollgate.can`. */
-  readonly can: Can;
-  /** The validated configuration (frozen). */
-  readonly config: Config;
-  /** The framework-free pipeline. */
-  readonly pipeline: Pipeline;
-  /** The logger Tollgate writes with. */
-  readonly log: Logger;
-  /** Releases the provider's connections, the quota store and the record store Tollgate opened; call it after the server has closed. */
-  close(): Promise<void>;
 }
 
 /**
@@ -104,14 +91,7 @@ export async function tollgate(options: TollgateOptions): Promise<HonoTollgate> 
     for (const [name, value] of quotaHeaders) if (!c.res.headers.has(name)) c.res.headers.set(name, value);
   };
 
-  return {
-    middleware,
-    can: core.can,
-    config: core.config,
-    pipeline: core.pipeline,
-    log: core.log,
-    close: () => core.close(),
-  };
+  return { ...handleOf(core), middleware };
 }
 
 /** The slice of `@hono/node-server`'s `c.env.incoming` read here (an `IncomingMessage` or HTTP/2 request). */

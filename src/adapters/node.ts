@@ -82,8 +82,19 @@ export interface Tollgate {
   readonly can: Can;
   /** The logger Tollgate writes with (component `tollgate`); adapters log their refusals' causes with it. */
   readonly log: Logger;
-  /** Closes the provider's connections and the record store Tollgate opened; idempotent. */
+  /** Closes the provider's connections, the quota store and the record store Tollgate opened (after your server has closed); idempotent. */
   close(): Promise<void>;
+}
+
+/**
+ * What a framework adapter hands back beside its middleware (`tollgate/express`,
+ * `tollgate/hono`): the parts of {@link Tollgate} a handler or a shutdown uses.
+ */
+export type TollgateHandle = Pick<Tollgate, "can" | "config" | "pipeline" | "log" | "close">;
+
+/** The {@link TollgateHandle} of `core`. */
+export function handleOf(core: Tollgate): TollgateHandle {
+  return { can: core.can, config: core.config, pipeline: core.pipeline, log: core.log, close: () => core.close() };
 }
 
 /**
