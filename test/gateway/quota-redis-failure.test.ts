@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
+import { eventually } from "../support/eventually.js";
 import { startGateway, type GatewayProcess } from "../support/gateway.js";
 import { throwawayRedis, type ThrowawayRedis } from "../support/redis-server.js";
 import { startUpstreamProcess, type UpstreamProcess } from "../support/upstream.js";
@@ -51,23 +52,13 @@ async function call(gateway: GatewayProcess) {
   return { status: res.status, code: body.error?.code, ratelimit: res.headers.get("ratelimit") };
 }
 
-async function eventually(gateway: GatewayProcess, ok: (r: Awaited<ReturnType<typeof call>>) => boolean, ms = 10_000) {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const r = await call(gateway);
-    if (ok(r)) return r;
-    if (Date.now() > deadline) assert.fail(`no matching answer within ${ms} ms; last: ${JSON.stringify(r)}`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-}
-
 test("failure_mode closed: Redis down answers 503 quickly, the gateway stays up and recovers when Redis returns", async (t) => {
   const s = await setup(t, "closed");
   if (!s) return;
   assert.equal((await call(s.gateway)).status, 200);
   await s.redis.stop();
   const started = Date.now();
-  const down = await eventually(s.gateway, (r) => r.status === 503);
+  const down = await eventually(() => call(s.gateway), (r) => r.status === 503);
   assert.equal(down.code, "quota_store_unavailable");
   assert.ok(Date.now() - started < 5000);
   // Many requests while it is down: each refused, none a 500, the process alive.
@@ -75,7 +66,7 @@ test("failure_mode closed: Redis down answers 503 quickly, the gateway stays up 
   assert.deepEqual([...new Set(during.map((r) => r.status))], [503]);
   assert.equal(s.gateway.child.exitCode, null);
   await s.redis.start();
-  const back = await eventually(s.gateway, (r) => r.status === 200);
+  const back = await eventually(() => call(s.gateway), (r) => r.status === 200);
   assert.match(back.ratelimit!, /"requests-day";r=\d+/);
   assert.equal(s.gateway.child.exitCode, null);
   await s.gateway.waitForLog((l) => l.msg === "quota store failed" && l.outcome === "refused");
@@ -91,6 +82,6 @@ test("failure_mode open: Redis down lets requests through, logged; counting resu
   assert.ok(during.every((r) => r.ratelimit === null), "no RateLimit fields when nothing was counted");
   await s.gateway.waitForLog((l) => l.msg === "quota store failed" && l.outcome === "admitted");
   await s.redis.start();
-  await eventually(s.gateway, (r) => r.status === 200 && r.ratelimit !== null);
+  await eventually(() => call(s.gateway), (r) => r.status === 200 && r.ratelimit !== null);
   assert.equal(s.gateway.child.exitCode, null);
 });

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { startCustomAuth } from "../support/custom-auth.js";
+import { eventually } from "../support/eventually.js";
 import { startGateway } from "../support/gateway.js";
 import { startOidc } from "../support/oidc.js";
 import { parsePrometheus } from "../support/prometheus.js";
@@ -23,14 +24,8 @@ async function ready(url: string): Promise<Readiness> {
 }
 
 /** Polls /ready until `want` holds (dependencies recover in the background), or fails with the last answer. */
-async function readyUntil(url: string, want: (r: Readiness) => boolean, timeoutMs = 15_000): Promise<Readiness> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const r = await ready(url);
-    if (want(r)) return r;
-    if (Date.now() > deadline) assert.fail(`/ready never matched; last: ${r.status} ${JSON.stringify(r.body)}`);
-    await new Promise((resolve) => setTimeout(resolve, 200));
-  }
+function readyUntil(url: string, want: (r: Readiness) => boolean): Promise<Readiness> {
+  return eventually(() => ready(url), want, { timeoutMs: 15_000, intervalMs: 200 });
 }
 
 describe("readiness", { timeout: 240_000 }, () => {

@@ -3,6 +3,7 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { Agent, request } from "undici";
+import { eventually } from "../support/eventually.js";
 import { startGateway, type GatewayProcess } from "../support/gateway.js";
 import { startUpstreamProcess, type UpstreamProcess } from "../support/upstream.js";
 
@@ -28,15 +29,6 @@ function config(upstreamUrl: string, paths: string[], quota: Record<string, unkn
 
 function rewrite(gateway: GatewayProcess, content: unknown): void {
   writeFileSync(join(gateway.dir, "tollgate.yaml"), typeof content === "string" ? content : JSON.stringify(content, null, 2));
-}
-
-/** Polls `check` until it holds (a reload reaching every worker takes a moment), or fails after 10 s. */
-async function until(check: () => Promise<boolean>): Promise<void> {
-  const deadline = Date.now() + 10_000;
-  while (!(await check())) {
-    if (Date.now() > deadline) assert.fail("the condition never held");
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 /** Gateway processes that log a reload: each worker with TOLLGATE_TEST_WORKERS (see test/support/gateway.ts). */
@@ -208,7 +200,7 @@ describe("hot reload", { timeout: 300_000 }, () => {
       rewrite(gateway, config(upstream.url, ["/v1/chat/*"]));
       // One process reloads (with --workers, the supervisor validates, then tells every worker).
       await gateway.waitForLog((l) => /^configuration reload/.test(String(l.msg)) && l.trigger === "file change", 10_000);
-      await until(async () => (await fetch(`${gateway.url}/v1/models`, { headers: dora })).status === 403);
+      await eventually(async () => (await fetch(`${gateway.url}/v1/models`, { headers: dora })).status, (status) => status === 403, { intervalMs: 50 });
     } finally {
       await gateway.close();
     }
