@@ -221,46 +221,36 @@ describe("serve --workers", { timeout: 600_000 }, () => {
     }
   });
 
-  test("a quota of 60 against 180 concurrent requests admits exactly 60 with two workers on one SQLite file", { timeout: 60_000 }, async (t) => {
-    const config = headerAuthConfig(upstream.url);
-    const gateway = await startWorkers({
-      ...config,
-      server: { ...config.server, quota: { kvstore: { type: "sqlite", db_path: "./quota.db" }, authenticated_max_requests: 60, period: "hour" } },
-    });
-    try {
-      assert.deepEqual(await burst(gateway, 180), { 200: 60, 429: 120 });
-      if (!requirePidInLogs(t, gateway)) return;
-      assert.equal(answeringPids(gateway, "/v1/models").size, 2, "both workers took part");
-    } finally {
-      await gateway.stop();
-      await gateway.close();
-    }
-  });
-
-  test("a quota of 60 against 180 concurrent requests admits exactly 60 with two workers on Redis", { timeout: 60_000 }, async (t) => {
-    const url = await requireService(t, "redis");
-    if (!url) return;
-    const config = headerAuthConfig(upstream.url);
-    const gateway = await startWorkers({
-      ...config,
-      server: {
-        ...config.server,
-        quota: {
-          kvstore: { type: "redis", url, namespace: `tollgate-test:${randomUUID()}:`, command_timeout_ms: 15_000 },
-          authenticated_max_requests: 60,
-          period: "hour",
-        },
+  // One quota store shared by both workers: the SQLite file, or Redis (the single source of truth, never per-worker counters).
+  const quotaStores: { name: string; kvstore: (t: TestContext) => Promise<Record<string, unknown> | undefined> }[] = [
+    { name: "one SQLite file", kvstore: async () => ({ type: "sqlite", db_path: "./quota.db" }) },
+    {
+      name: "Redis",
+      kvstore: async (t) => {
+        const url = await requireService(t, "redis");
+        return url === undefined ? undefined : { type: "redis", url, namespace: `tollgate-test:${randomUUID()}:`, command_timeout_ms: 15_000 };
       },
+    },
+  ];
+  for (const store of quotaStores) {
+    test(`a quota of 60 against 180 concurrent requests admits exactly 60 with two workers on ${store.name}`, { timeout: 60_000 }, async (t) => {
+      const kvstore = await store.kvstore(t);
+      if (!kvstore) return;
+      const config = headerAuthConfig(upstream.url);
+      const gateway = await startWorkers({
+        ...config,
+        server: { ...config.server, quota: { kvstore, authenticated_max_requests: 60, period: "hour" } },
+      });
+      try {
+        assert.deepEqual(await burst(gateway, 180), { 200: 60, 429: 120 });
+        if (!requirePidInLogs(t, gateway)) return;
+        assert.equal(answeringPids(gateway, "/v1/models").size, 2, "both workers took part");
+      } finally {
+        await gateway.stop();
+        await gateway.close();
+      }
     });
-    try {
-      assert.deepEqual(await burst(gateway, 180), { 200: 60, 429: 120 });
-      if (!requirePidInLogs(t, gateway)) return;
-      assert.equal(answeringPids(gateway, "/v1/models").size, 2, "both workers took part");
-    } finally {
-      await gateway.stop();
-      await gateway.close();
-    }
-  });
+  }
 
   test("/metrics counts the requests every worker served, whichever worker answers the scrape", { timeout: 60_000 }, async (t) => {
     const gateway = await startWorkers(headerAuthConfig(upstream.url));
