@@ -371,7 +371,11 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
   function sendError(request: FastifyRequest, reply: FastifyReply, err: unknown): void {
     const { status, headers: errorHeaders, body } = errorResponse(err, request.raw.url);
     const state = request.gatewayState;
-    if (state && state.decision === undefined) state.decision = decisionOf(err, status, state);
+    if (state && state.decision === undefined) {
+      state.decision = decisionOf(err, status, state);
+      if (state.decision === "429") metrics.quotaRejected();
+      if (err instanceof UpstreamError || err instanceof UpstreamTimeoutError) metrics.upstreamError(err instanceof UpstreamTimeoutError ? "timeout" : "unreachable");
+    }
     // A request that passed the quota and failed later still tells the client where it stands.
     const headers = { ...state?.context?.responseHeaders, ...errorHeaders };
     if (status >= 500 && !(err instanceof TollgateError) && !hasCode(err, "FST_")) {
@@ -389,17 +393,14 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
 
   /** What the request log and metrics call a refusal (see {@link Decision}). */
   function decisionOf(err: unknown, status: number, state: GatewayRequestState): Decision {
-    if (err instanceof UpstreamError || err instanceof UpstreamTimeoutError) {
-      metrics.upstreamError(err instanceof UpstreamTimeoutError ? "timeout" : "unreachable");
-      return "allowed";
-    }
+    // The pipeline let it through; the upstream failed (its own counter, upstreamError).
+    if (err instanceof UpstreamError || err instanceof UpstreamTimeoutError) return "allowed";
     switch (status) {
       case 401:
         return "401";
       case 403:
         return "403";
       case 429:
-        metrics.quotaRejected();
         return "429";
       case 404:
         // After the pipeline let a user through, a 404 of ours is stage 6 hiding a resource.
