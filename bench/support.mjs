@@ -83,13 +83,15 @@ export const BENCH_MODEL = "demo-small";
 
 /**
  * The 100-rule access policy of scenarios 4–6, as data: 99 rules that do not
- * apply to the benchmark's user and model (each forbids another model to
- * members of a team the user is not in), then the one that decides (any
- * model may be read). Evaluated in order, first match decides: the worst
- * case, every rule is looked at.
+ * apply to the benchmark's user and model, then the one that decides (any
+ * model may be read). Half of the 99 forbid every model to members of a team
+ * the user is not in: their resource matches, so their condition is
+ * evaluated on every request; the other half forbid another model, and are
+ * passed over on the resource. Evaluated in order, first match decides: the
+ * worst case, every rule is looked at.
  */
 export const POLICY_RULES = [
-  ...Array.from({ length: 99 }, (_, i) => ({ effect: "forbid", resource: `model::blocked-${i}`, team: `t${i}` })),
+  ...Array.from({ length: 99 }, (_, i) => ({ effect: "forbid", resource: i % 2 === 0 ? "model::*" : `model::blocked-${i}`, team: `t${i}` })),
   { effect: "permit", resource: "model::*" },
 ];
 
