@@ -43,16 +43,22 @@ console.error(`node ${process.version}: ${files.length} test files`);
 const scratch = mkdtempSync(join(tmpdir(), "tollgate-test-"));
 const skipsFile = join(scratch, "skips.jsonl");
 const reporter = fileURLToPath(new URL("./skip-reporter.mjs", import.meta.url));
-const result = spawnSync(
-  process.execPath,
-  [
-    "--import", "tsx", "--test", "--test-concurrency=2", "--test-timeout=120000",
-    "--test-reporter=spec", "--test-reporter-destination=stdout",
-    `--test-reporter=${reporter}`, `--test-reporter-destination=${skipsFile}`,
-    ...files,
-  ],
-  { stdio: "inherit", env: { ...process.env, TOLLGATE_TEST: "1" } },
-);
+const args = [
+  "--import", "tsx", "--test", "--test-concurrency=2", "--test-timeout=120000",
+  "--test-reporter=spec", "--test-reporter-destination=stdout",
+  `--test-reporter=${reporter}`, `--test-reporter-destination=${skipsFile}`,
+  ...files,
+];
+// Several whole-suite runs at once on one machine (worktrees, several
+// runtimes) starve each other's timing-sensitive tests: they take turns,
+// through flock(1) on one lock file, where flock is installed.
+const LOCK_FROM_FILES = 10;
+const lock = files.length >= LOCK_FROM_FILES && spawnSync("flock", ["--version"]).status === 0 ? join(tmpdir(), "tollgate-test-suite.lock") : undefined;
+if (lock) console.error(`taking turns with other test runs on this machine (flock ${lock})`);
+const result = spawnSync(lock ? "flock" : process.execPath, lock ? [lock, process.execPath, ...args] : args, {
+  stdio: "inherit",
+  env: { ...process.env, TOLLGATE_TEST: "1" },
+});
 
 let skips = [];
 try {
