@@ -6,7 +6,13 @@ export const MAX_CREDENTIAL_BYTES = 8192;
 // RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 const B64TOKEN = /^[A-Za-z0-9\-._~+/]+=*$/;
 
+// The reference's exact message: a Llama Stack client may compare it. What
+// was wrong goes to the challenge's error_description and the log instead.
 const FORMAT = "Invalid Authorization header format";
+
+function malformed(detail: string): AuthError {
+  return new AuthError("invalid_request", FORMAT, detail);
+}
 
 /**
  * Extracts the bearer credential from the `Authorization` header value(s).
@@ -25,7 +31,7 @@ export function parseBearer(
   if (header === undefined) return undefined;
   if (typeof header !== "string") {
     if (header.length === 0) return undefined;
-    if (header.length > 1) throw new AuthError("invalid_request", `${FORMAT}: exactly one Authorization header is allowed`);
+    if (header.length > 1) throw malformed(`exactly one Authorization header is allowed`);
     header = header[0]!;
   }
   const value = header.trim();
@@ -35,13 +41,13 @@ export function parseBearer(
   if (value === "") return undefined;
   const space = value.search(/[ \t]/);
   const scheme = space === -1 ? value : value.slice(0, space);
-  if (scheme.toLowerCase() !== "bearer") throw new AuthError("invalid_request", `${FORMAT}: expected 'Bearer <token>'`);
+  if (scheme.toLowerCase() !== "bearer") throw malformed(`expected 'Bearer <token>'`);
   const credential = space === -1 ? "" : value.slice(space).trim();
-  if (credential === "") throw new AuthError("invalid_request", `${FORMAT}: empty bearer token`);
-  if (/[ \t,]/.test(credential)) throw new AuthError("invalid_request", `${FORMAT}: exactly one bearer token is allowed`);
+  if (credential === "") throw malformed(`empty bearer token`);
+  if (/[ \t,]/.test(credential)) throw malformed(`exactly one bearer token is allowed`);
   if (Buffer.byteLength(credential) > maxBytes) {
-    throw new AuthError("invalid_request", `${FORMAT}: bearer token longer than ${maxBytes} bytes`);
+    throw malformed(`bearer token longer than ${maxBytes} bytes`);
   }
-  if (!B64TOKEN.test(credential)) throw new AuthError("invalid_request", `${FORMAT}: bearer token contains characters not allowed by RFC 6750`);
+  if (!B64TOKEN.test(credential)) throw malformed(`bearer token contains characters not allowed by RFC 6750`);
   return credential;
 }

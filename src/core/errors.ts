@@ -52,12 +52,18 @@ export const AUTH_REALM = "tollgate";
  * the challenge carries no error attribute) and `invalid_token` otherwise.
  */
 export class AuthError extends TollgateError {
-  constructor(code: "missing_credential" | "invalid_token" | "invalid_request", message: string) {
+  /** What exactly was wrong, when the message is kept short on purpose (the challenge's `error_description`, and the log). */
+  readonly detail: string | undefined;
+
+  constructor(code: "missing_credential" | "invalid_token" | "invalid_request", message: string, detail?: string) {
+    // RFC 6750 §3: error_description is a quoted-string without `"` or `\`.
+    const description = detail === undefined ? "" : `, error_description="${detail.replace(/["\\]/g, "'")}"`;
     const challenge =
       code === "missing_credential"
         ? `Bearer realm="${AUTH_REALM}"`
-        : `Bearer realm="${AUTH_REALM}", error="${code}"`;
+        : `Bearer realm="${AUTH_REALM}", error="${code}"${description}`;
     super(401, "authentication_error", code, message, { "www-authenticate": challenge });
+    this.detail = detail;
   }
 }
 

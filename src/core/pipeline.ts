@@ -189,7 +189,8 @@ export function createPipeline({
       if (user !== undefined && routePolicy !== undefined && routePolicy.rules.length > 0) {
         const decision = evaluateRoute(routePolicy, user, matchPath);
         onDecision?.({ principal: user.principal, action: "route", resource: path, decision });
-        if (!decision.allowed) throw new ForbiddenError("Access denied: route not permitted by route_policy", "route_denied");
+        // The reference's words, with the path it was asked for (canonical here).
+        if (!decision.allowed) throw new ForbiddenError(`Access denied: insufficient permissions for route ${path}`, "route_denied");
       }
       checkRequiredScopes(requiredScopes, user, matchPath);
       if (!quota) return { path, query, public: false, user };

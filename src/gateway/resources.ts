@@ -41,6 +41,42 @@ const OWNER_CACHE_MAX_ENTRIES = 10_000;
 /** A list page size when the client asks none: OpenAI's default. */
 const DEFAULT_LIST_LIMIT = 20;
 
+/**
+ * Resources Llama Stack keeps in its registry: a denied action other than a
+ * read is a 403 there (and here). Every other type is store-backed (files,
+ * responses, conversations, batches, ...): the reference filters those by
+ * action, so any denied action is the same 404 as a missing resource.
+ */
+const REGISTRY_TYPES: ReadonlySet<string> = new Set(["model", "vector_store", "vector_db", "shield", "tool_group", "dataset", "benchmark", "scoring_function"]);
+
+/**
+ * The reference's not-found wording per type (its ResourceNotFoundError
+ * subclasses): label, the client call that lists them, and its plural when
+ * it is not the label plus "s". A type it does not name reads `Widget 'x' not found.`
+ */
+const NOT_FOUND_WORDING: Readonly<Record<string, readonly [label: string, list?: string, plural?: string]>> = {
+  model: ["Model", "models.list"],
+  file: ["File", "files.list"],
+  vector_store: ["Vector Store", "vector_dbs.list"],
+  vector_db: ["Vector Store", "vector_dbs.list"],
+  response: ["Response", "responses.list"],
+  conversation: ["Conversation"],
+  batch: ["Batch", "batches.list", "batches"],
+  dataset: ["Dataset", "datasets.list"],
+  tool_group: ["Tool Group", "toolgroups.list"],
+};
+
+/**
+ * The 404 for a resource the caller may not see, worded exactly as the
+ * reference words a missing one, so that hidden and missing cannot be told
+ * apart: `Model 'm' not found. Use 'client.models.list()' to list available Models.`
+ */
+export function notFound(type: string, id: string): NotFoundError {
+  const [label, list, plural] = NOT_FOUND_WORDING[type] ?? [type.split(/[_-]/).map((w, i) => (i === 0 ? w.charAt(0).toUpperCase() + w.slice(1) : w)).join(" ")];
+  const hint = list === undefined ? "" : ` Use 'client.${list}()' to list available ${plural ?? `${label}s`}.`;
+  return new NotFoundError(`${label} '${id}' not found.${hint}`, type === "model" ? "model_not_found" : "not_found");
+}
+
 /** What `before` decided for one request: what to forward and what to do with the answer. */
 export interface GuardedRequest {
   readonly match: CatalogMatch;
@@ -93,13 +129,11 @@ export function createResourceGuard({ pipeline, catalog, store, maxBodyBytes, lo
     return owner;
   }
 
-  function deny(match: CatalogMatch, action: string): never {
-    if (action === "read") {
-      throw match.type === "model"
-        ? new NotFoundError("The model does not exist or you do not have access to it.", "model_not_found")
-        : new NotFoundError(`No such ${match.type}`, "not_found");
-    }
-    throw new ForbiddenError(`Access denied: you may not ${action} this ${match.type}`, "access_denied");
+  function deny(type: string, id: string | undefined, action: string): never {
+    // A denied read looks like a missing resource; so does any denied action on
+    // a store-backed resource (the reference filters those by action).
+    if (id !== undefined && (action === "read" || !REGISTRY_TYPES.has(type))) throw notFound(type, id);
+    throw new ForbiddenError(`Access denied: you may not ${action} this ${type}`, "access_denied");
   }
 
   async function bodyResource(raw: IncomingMessage, context: RequestContext, match: CatalogMatch, field: string): Promise<BufferedBody> {
@@ -115,7 +149,7 @@ export function createResourceGuard({ pipeline, catalog, store, maxBodyBytes, lo
       throw new BadRequestError(`Missing or invalid ${field}: a string is required`, "invalid_request");
     }
     const key = resourceKey(match.type, value);
-    if (!pipeline.checkAccess(context, "read", { key, owner: await bodyOwnerOf(match.type, value) }).allowed) deny(match, "read");
+    if (!pipeline.checkAccess(context, "read", { key, owner: await bodyOwnerOf(match.type, value) }).allowed) deny(match.type, value, "read");
     return body;
   }
 
@@ -128,7 +162,7 @@ export function createResourceGuard({ pipeline, catalog, store, maxBodyBytes, lo
           return { match, body: undefined, inspectResponse: true };
         case "create": {
           const decision = pipeline.checkAccess(context, "create", { key: resourceKey(match.type, "*"), owner: undefined });
-          if (!decision.allowed) deny(match, "create");
+          if (!decision.allowed) deny(match.type, undefined, "create");
           // POST /v1/responses also names a model: a read of it.
           const body = match.type === "response" && match.entry.path.endsWith("/responses") ? await bodyResource(raw, context, { ...match, type: "model", entry: { ...match.entry, optional: false } }, "model") : undefined;
           return { match, body, inspectResponse: true };
@@ -140,7 +174,7 @@ export function createResourceGuard({ pipeline, catalog, store, maxBodyBytes, lo
           if (match.pathId === undefined) return undefined;
           const owner = await ownerOf(match.type, match.pathId);
           const key = resourceKey(match.type, match.pathId);
-          if (!pipeline.checkAccess(context, match.action, { key, owner }).allowed) deny(match, match.action);
+          if (!pipeline.checkAccess(context, match.action, { key, owner }).allowed) deny(match.type, match.pathId, match.action);
           return { match, body: undefined, inspectResponse: match.action === "delete" };
         }
       }

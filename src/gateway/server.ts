@@ -6,7 +6,7 @@ import { performance } from "node:perf_hooks";
 import type { Registry } from "prom-client";
 import fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import type { Config } from "../core/config/schema.js";
-import { ConfigError, MethodNotAllowedError, NotFoundError, ShuttingDownError, TollgateError, UpstreamError, UpstreamTimeoutError } from "../core/errors.js";
+import { AuthError, ConfigError, MethodNotAllowedError, NotFoundError, ShuttingDownError, TollgateError, UpstreamError, UpstreamTimeoutError } from "../core/errors.js";
 import type { Logger } from "../core/log.js";
 import { toPipelineRequest } from "../adapters/node.js";
 import { createPipeline, type Pipeline, type RequestContext } from "../core/pipeline.js";
@@ -376,6 +376,8 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
       if (state.decision === "429") metrics.quotaRejected();
       if (err instanceof UpstreamError || err instanceof UpstreamTimeoutError) metrics.upstreamError(err instanceof UpstreamTimeoutError ? "timeout" : "unreachable");
     }
+    // The client gets the reference's short message; what exactly was wrong is logged (never the credential).
+    if (err instanceof AuthError && err.detail !== undefined) log.info({ reqId: state?.requestId, detail: err.detail }, "credential refused");
     // A request that passed the quota and failed later still tells the client where it stands.
     const headers = { ...state?.context?.responseHeaders, ...errorHeaders };
     if (status >= 500 && !(err instanceof TollgateError) && !hasCode(err, "FST_")) {

@@ -5,7 +5,10 @@ import { AuthError } from "../../src/core/errors.js";
 
 const TOKEN = "abc.DEF-123_~+/xyz==";
 
-/** Asserts a 401 invalid_request whose message explains `reason` and never echoes `secret`. */
+/**
+ * Asserts a 401 invalid_request with the reference's exact message, whose
+ * challenge's error_description explains `reason`, and which never echoes `secret`.
+ */
 function assertRefused(header: string | readonly string[], reason: RegExp, secret = TOKEN, maxBytes?: number): void {
   assert.throws(
     () => parseBearer(header, maxBytes),
@@ -13,10 +16,12 @@ function assertRefused(header: string | readonly string[], reason: RegExp, secre
       assert.ok(err instanceof AuthError, `expected an AuthError, got ${String(err)}`);
       assert.equal(err.status, 401);
       assert.equal(err.code, "invalid_request");
-      assert.equal(err.headers["www-authenticate"], 'Bearer realm="tollgate", error="invalid_request"');
-      assert.match(err.message, /^Invalid Authorization header format/);
-      assert.match(err.message, reason);
-      assert.ok(!err.message.includes(secret), `the message echoes the credential: ${err.message}`);
+      assert.equal(err.message, "Invalid Authorization header format");
+      const challenge = err.headers["www-authenticate"] ?? "";
+      assert.match(challenge, /^Bearer realm="tollgate", error="invalid_request", error_description="[^"\\]+"$/);
+      assert.match(challenge, reason);
+      assert.match(err.detail ?? "", reason);
+      assert.ok(!challenge.includes(secret), `the challenge echoes the credential: ${challenge}`);
       return true;
     },
   );

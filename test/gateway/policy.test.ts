@@ -110,7 +110,8 @@ function suite(storage: "sqlite" | "postgres") {
       assert.equal((await client("alice").files.retrieve(id)).id, id);
       await assert.rejects(client("bob").files.retrieve(id), (e: unknown) => e instanceof OpenAI.NotFoundError);
       await assert.rejects(client("bob").files.content(id), (e: unknown) => e instanceof OpenAI.NotFoundError);
-      await assert.rejects(client("bob").files.delete(id), (e: unknown) => e instanceof OpenAI.PermissionDeniedError);
+      // A store-backed resource: a denied delete is the same 404 as a denied read (as in Llama Stack).
+      await assert.rejects(client("bob").files.delete(id), (e: unknown) => e instanceof OpenAI.NotFoundError);
       const bobs: string[] = [];
       for await (const f of client("bob").files.list()) bobs.push(f.id);
       assert.ok(!bobs.includes(id));
@@ -118,14 +119,14 @@ function suite(storage: "sqlite" | "postgres") {
       assert.equal((await client("alice").files.retrieve(id)).id, id);
     });
 
-    it("alice's teammate may read and list her file under `user in owners teams`, but not delete it", async () => {
+    it("alice's teammate may read and list her file under `user in owners teams`, but not delete it (404, as in Llama Stack)", async () => {
       const id = await upload("alice", "team notes");
       assert.equal((await client("carol").files.retrieve(id)).id, id);
       assert.equal(await (await client("carol").files.content(id)).text(), "team notes");
       const seen: string[] = [];
       for await (const f of client("carol").files.list()) seen.push(f.id);
       assert.ok(seen.includes(id));
-      await assert.rejects(client("carol").files.delete(id), (e: unknown) => e instanceof OpenAI.PermissionDeniedError);
+      await assert.rejects(client("carol").files.delete(id), (e: unknown) => e instanceof OpenAI.NotFoundError && e.message.includes(`File '${id}' not found.`));
     });
 
     it("the owner deletes her file, and its owner record goes with it", async () => {
@@ -232,7 +233,7 @@ function suite(storage: "sqlite" | "postgres") {
         const { status, body } = await rawRequest(gateway!.url, "GET", path, TOKENS.bob);
         assert.equal(status, 404, `${path}: ${body}`);
       }
-      assert.equal((await rawRequest(gateway!.url, "DELETE", `/V1/FILES/${id};v`, TOKENS.bob)).status, 403);
+      assert.equal((await rawRequest(gateway!.url, "DELETE", `/V1/FILES/${id};v`, TOKENS.bob)).status, 404);
       assert.equal((await client("alice").files.retrieve(id)).id, id);
     });
 
