@@ -125,11 +125,17 @@ export async function startServer(opts: ServeOptions, hooks: WorkerHooks = {}, l
       config = { ...config, upstream: { ...config.upstream, url: demo.url } };
       log.info({ url: demo.url }, "demo upstream started");
     }
-    const providerType = config.server.auth?.provider_config.type;
+    const providerType = config.server.auth?.provider_config?.type;
     // Every provider needs the store once authentication is on: the owners of
     // resources created through the gateway are recorded there (docs/policy.md).
     if (providerType) store = await openRecordStore(config.storage);
-    if (!providerType) log.warn("server.auth is not set: authentication is off and every request is forwarded");
+    if (!providerType) {
+      log.warn(
+        config.server.auth
+          ? "server.auth has no provider_config: every request is anonymous and only route_policy rules without conditions apply"
+          : "server.auth is not set: authentication is off and every request is forwarded",
+      );
+    }
     gateway = await createGateway({ config, log, store, source, renderMetrics: hooks.renderMetrics });
     const { url } = await gateway.listen();
     log.info({ url, upstream: withoutCredentials(config.upstream.url), auth: providerType ?? "off", quota: config.server.quota?.kvstore.type ?? "off", version: VERSION }, "listening");

@@ -395,7 +395,7 @@ async function prepareStores(config: Config, log: Logger): Promise<RecordStore |
  * that a start-up failure never swallows the only copy of a key.
  */
 async function printFirstKey(config: Config, store: RecordStore, url: string, log: Logger): Promise<void> {
-  if (config.server.auth?.provider_config.type !== "api_key") return;
+  if (config.server.auth?.provider_config?.type !== "api_key") return;
   if ((await store.countActiveApiKeys(Date.now())) > 0) return;
   const { key, record } = await createApiKey(store, { principal: "admin", attributes: { roles: ["admin"] } });
   log.info({ id: record.id, principal: record.principal }, "created the first admin API key");

@@ -186,9 +186,10 @@ export function createPipeline({
       const user = await authenticate(request, path, query);
       // Route rules and scopes match a case- and parameter-insensitive form (routes.ts).
       const matchPath = routeMatchPath(path);
-      if (user !== undefined && routePolicy !== undefined && routePolicy.rules.length > 0) {
+      // Also without a user: a route_policy with no provider still decides (Llama Stack 0.7).
+      if (routePolicy !== undefined && routePolicy.rules.length > 0) {
         const decision = evaluateRoute(routePolicy, user, matchPath);
-        onDecision?.({ principal: user.principal, action: "route", resource: path, decision });
+        onDecision?.({ principal: user?.principal, action: "route", resource: path, decision });
         // The reference's words, with the path it was asked for (canonical here).
         if (!decision.allowed) throw new ForbiddenError(`Access denied: insufficient permissions for route ${path}`, "route_denied");
       }

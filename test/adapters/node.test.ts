@@ -242,7 +242,7 @@ describe("createTollgate options", () => {
       const tollgate = await createTollgate({ configFile: file, log: silent });
       try {
         assert.deepEqual(tollgate.config.server.public_paths, ["/ready"]);
-        assert.equal(tollgate.config.server.auth?.provider_config.type, "custom");
+        assert.equal(tollgate.config.server.auth?.provider_config?.type, "custom");
       } finally {
         await tollgate.close();
       }

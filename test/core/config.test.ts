@@ -190,7 +190,7 @@ describe("the Llama Stack server section", () => {
 
   test("the older form's provider_type is case-insensitive, as in Llama Stack", () => {
     const config = parseConfig(older.replace("provider_type: custom", "provider_type: Custom"), "t", {});
-    assert.equal(config.server.auth?.provider_config.type, "custom");
+    assert.equal(config.server.auth?.provider_config?.type, "custom");
   });
 
   test("in the older form an unknown key is reported under config", () => {

@@ -301,7 +301,7 @@ describe("deploy/compose.yaml", () => {
   test("deploy/tollgate.yaml validates, and names the stack's services with the stack's credentials", () => {
     const config = loadConfig(mountedConfig().host, tollgateEnvironment());
     assert.equal(config.server.host, "0.0.0.0", "inside a container the gateway must listen on every interface");
-    assert.equal(config.server.auth?.provider_config.type, "api_key");
+    assert.equal(config.server.auth?.provider_config?.type, "api_key");
     assert.ok((config.server.auth?.access_policy.length ?? 0) > 0, "the example has an access_policy");
 
     assert.equal(config.storage.type, "postgres");

@@ -5,6 +5,7 @@ import { DEFAULT_OAUTH2_CLAIMS_MAPPING } from "../providers/claims.js";
 import { parseCondition } from "../policy/conditions.js";
 import { PERIODS } from "../quota/limits.js";
 import { ACTIONS, compileAccessPolicy, compileRequiredScopes, compileRoutePolicy, PolicyError } from "../policy/compile.js";
+import { kvstoreReferenceSchema, llamaStorageSchema, resolveQuotaStore, resolveRecordStore } from "./llama-stack.js";
 
 /**
  * The configuration schema: the single description of `tollgate.yaml`.
@@ -289,13 +290,20 @@ const authSchema = z
     if (auth.provider_config && auth.provider_type !== undefined) {
       ctx.addIssue({ code: "custom", message: "use either provider_config or provider_type + config, not both", path: ["provider_type"] });
     } else if (!auth.provider_config && auth.provider_type === undefined) {
-      ctx.addIssue({ code: "custom", message: "required", path: ["provider_config"] });
+      // Llama Stack 0.7 accepts a route_policy alone: no authentication, and
+      // its rules without conditions decide for everyone. Anything that needs
+      // a user still needs a provider: without one it would silently pass.
+      if (auth.route_policy.length === 0) ctx.addIssue({ code: "custom", message: "required", path: ["provider_config"] });
+      else if (auth.access_policy.length > 0 || Object.keys(auth.required_scopes).length > 0) {
+        ctx.addIssue({ code: "custom", message: "required with access_policy or required_scopes (without a provider there is no user to check)", path: ["provider_config"] });
+      }
     } else if (auth.provider_config && auth.config !== undefined) {
       ctx.addIssue({ code: "custom", message: "`config` belongs to the provider_type form; move it into provider_config", path: ["config"] });
     }
   })
   .transform(({ provider_type, config, ...auth }, ctx) => {
     if (auth.provider_config) return { ...auth, provider_config: auth.provider_config };
+    if (provider_type === undefined) return { ...auth, provider_config: undefined };
     // Older Llama Stack form: {provider_type: custom, config: {endpoint: ...}}.
     const legacy = providerConfigSchema.safeParse({ ...(config ?? {}), type: provider_type!.toLowerCase() });
     if (!legacy.success) {
@@ -340,11 +348,13 @@ const quotaKvstoreSchema = z.discriminatedUnion("type", [
       message: "use either url or host/port, not both",
       path: ["url"],
     }),
+  // Llama Stack 0.7: {backend: kv_default, namespace: quota}, resolved against the top-level storage.backends.
+  kvstoreReferenceSchema,
 ]);
 
 const quotaSchema = z
   .strictObject({
-    kvstore: quotaKvstoreSchema.default({ type: "sqlite", db_path: "./data/quota.db" }).describe("where counters live; sqlite (default) or redis"),
+    kvstore: quotaKvstoreSchema.default({ type: "sqlite", db_path: "./data/quota.db" }).describe("where counters live; sqlite (default) or redis, or Llama Stack's {backend, namespace}"),
     anonymous_max_requests: z.number().int().min(0).default(100).describe("requests per `period` for unauthenticated clients (Llama Stack)"),
     authenticated_max_requests: z.number().int().min(0).default(1000).describe("requests per `period` for each authenticated principal (Llama Stack)"),
     period: quotaPeriod.default("day"),
@@ -383,7 +393,13 @@ const quotaSchema = z
 export const workersSchema = z.union([z.number().int().min(1).max(1024), z.literal("auto")]);
 
 const serverSchema = z.strictObject({
-  host: z.string().min(1).default("127.0.0.1").describe("address to listen on"),
+  host: z
+    .string()
+    .min(1)
+    .nullable()
+    .default("127.0.0.1")
+    .transform((h) => h ?? "127.0.0.1")
+    .describe("address to listen on (null, as Llama Stack writes it: the default)"),
   port: z.number().int().min(0).max(65535).default(8321).describe("port to listen on (0: any free port)"),
   workers: workersSchema.default(1).describe("worker processes sharing the port (auto: one per available core); `--workers` wins"),
   public_paths: z
@@ -435,6 +451,8 @@ const upstreamSchema = z.strictObject({
 });
 
 const storageSchema = z.discriminatedUnion("type", [
+  // Llama Stack 0.7's {backends: {...}, stores: {...}}: resolved to one of the two below (llama-stack.ts).
+  llamaStorageSchema,
   z.strictObject({
     type: z.literal("sqlite"),
     db_path: z.string().min(1).default("./data/tollgate.db").describe("SQLite file (created with its folder)"),
@@ -456,13 +474,35 @@ const loggingSchema = z.strictObject({
   level: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
 });
 
-export const configSchema = z.strictObject({
-  server: serverSchema.default(serverSchema.parse({})),
-  upstream: upstreamSchema.default(upstreamSchema.parse({})),
-  storage: storageSchema.default({ type: "sqlite", db_path: "./data/tollgate.db" }),
-  metrics: metricsSchema.default(metricsSchema.parse({})).describe("Prometheus metrics (docs/operations.md)"),
-  logging: loggingSchema.default({ level: "info" }),
-});
+export const configSchema = z
+  .strictObject({
+    server: serverSchema.default(serverSchema.parse({})),
+    upstream: upstreamSchema.default(upstreamSchema.parse({})),
+    storage: storageSchema.default({ type: "sqlite", db_path: "./data/tollgate.db" }),
+    metrics: metricsSchema.default(metricsSchema.parse({})).describe("Prometheus metrics (docs/operations.md)"),
+    logging: loggingSchema.default({ level: "info" }),
+  })
+  .transform(({ storage, ...config }, ctx) => {
+    // Llama Stack's named backends become Tollgate's stores (llama-stack.ts).
+    const backends = "backends" in storage ? storage.backends : undefined;
+    let record: { type: "sqlite"; db_path: string } | { type: "postgres"; url: string };
+    if ("backends" in storage) {
+      const resolved = resolveRecordStore(storage);
+      if (Array.isArray(resolved)) {
+        for (const issue of resolved) ctx.addIssue({ code: "custom", message: issue.message, path: [...issue.path] });
+        return z.NEVER;
+      }
+      record = resolved;
+    } else record = storage;
+    const quota = config.server.quota;
+    if (quota === undefined || !("backend" in quota.kvstore)) return { ...config, storage: record, server: { ...config.server, quota: quota && { ...quota, kvstore: quota.kvstore as Exclude<typeof quota.kvstore, { backend: string }> } } };
+    const kvstore = resolveQuotaStore(quota.kvstore, backends);
+    if ("message" in kvstore) {
+      ctx.addIssue({ code: "custom", message: kvstore.message, path: [...kvstore.path] });
+      return z.NEVER;
+    }
+    return { ...config, storage: record, server: { ...config.server, quota: { ...quota, kvstore } } };
+  });
 
 /** A validated configuration, defaults filled in. */
 export type Config = z.output<typeof configSchema>;

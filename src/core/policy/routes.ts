@@ -1,7 +1,7 @@
 import { ForbiddenError } from "../errors.js";
 import type { User } from "../user.js";
 import { allHold } from "./conditions.js";
-import { NO_MATCH, NO_USER, type CompiledRoutePolicy, type CompiledScopeRule, type Decision, type PathMatcher } from "./compile.js";
+import { NO_MATCH, type CompiledRoutePolicy, type CompiledScopeRule, type Decision, type PathMatcher } from "./compile.js";
 
 /**
  * The form of a canonical path that route rules, required scopes and the
@@ -34,11 +34,12 @@ export function pathMatches(m: PathMatcher, path: string): boolean {
 
 /**
  * The reference's `route_policy`: first matching rule decides; a configured
- * policy with no match denies; an empty policy or no user (authentication
- * off) allows. `path` is {@link routeMatchPath} of the canonical path.
+ * policy with no match denies; an empty policy allows. Without a user
+ * (`server.auth` with a route_policy and no provider, as Llama Stack 0.7
+ * allows) a rule with conditions never applies and one without decides, as
+ * in the reference. `path` is {@link routeMatchPath} of the canonical path.
  */
 export function evaluateRoute(policy: CompiledRoutePolicy, user: User | undefined, path: string): Decision {
-  if (user === undefined) return NO_USER;
   if (policy.rules.length === 0) return NO_ROUTE_POLICY;
   const rules = policy.rules;
   for (let i = 0; i < rules.length; i++) {
@@ -46,6 +47,10 @@ export function evaluateRoute(policy: CompiledRoutePolicy, user: User | undefine
     let matched = false;
     for (let j = 0; j < rule.paths.length && !matched; j++) matched = pathMatches(rule.paths[j]!, path);
     if (!matched) continue;
+    if (user === undefined) {
+      if (rule.conditions.length === 0) return rule.decision;
+      continue;
+    }
     const hold = allHold(rule.conditions, user, undefined);
     if (rule.unless ? !hold : hold) return rule.decision;
   }

@@ -11,8 +11,13 @@ const route = (rules: RouteRuleInput[], u = user, path: string) => evaluateRoute
 
 describe("route_policy", () => {
   test("an empty route policy allows every path", () => assert.equal(route([], user, "/v1/anything"), true));
-  test("no user (authentication off) is allowed", () => {
-    assert.equal(evaluateRoute(compileRoutePolicy([{ forbid: { paths: "*" } }]), undefined, "/v1/x").allowed, true);
+  test("without a user (a route_policy and no provider) rules without conditions decide, as in Llama Stack 0.7", () => {
+    assert.equal(evaluateRoute(compileRoutePolicy([{ forbid: { paths: "*" } }]), undefined, "/v1/x").allowed, false);
+    assert.equal(evaluateRoute(compileRoutePolicy([{ permit: { paths: "/v1/models*" } }]), undefined, "/v1/models").allowed, true);
+  });
+  test("without a user a rule with conditions never applies, and no match denies", () => {
+    const policy = compileRoutePolicy([{ permit: { paths: "*" }, when: "user with admin in roles" }, { permit: { paths: "*" }, unless: "user with admin in roles" }]);
+    assert.equal(evaluateRoute(policy, undefined, "/v1/models").allowed, false);
   });
   test("a configured policy with no matching rule denies", () => {
     assert.equal(route([{ permit: { paths: "/v1/models" } }], user, "/v1/files"), false);
