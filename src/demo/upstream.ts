@@ -21,7 +21,10 @@ import { parseArgs } from "node:util";
  * Request headers steer it, for tests: `x-demo-delay-ms` (wait before the
  * response headers), `x-demo-chunk-delay-ms` (wait between SSE events),
  * `x-demo-status` (answer this status with an OpenAI error body),
- * `x-demo-reset-after-chunks` (cut the connection after N SSE events).
+ * `x-demo-reset-after-chunks` (cut the connection after N SSE events),
+ * `x-demo-wording: llama_stack` (a missing model, file, vector store or
+ * response is a 404 worded as Llama Stack words it, and chat refuses a model
+ * it does not serve, as a Llama Stack server in front of it would).
  *
  * It has no authentication and echoes headers back: never expose it.
  */
@@ -143,6 +146,21 @@ function parseJsonBody(text: string): Record<string, unknown> | undefined {
   }
 }
 
+function llamaStackWording(req: IncomingMessage): boolean {
+  return req.headers["x-demo-wording"] === "llama_stack";
+}
+
+/** Llama Stack's not-found message for a missing object of a collection. */
+function llamaStackNotFound(kind: "models" | "files" | "vector_stores" | "responses", id: string): string {
+  const [label, list] = {
+    models: ["Model", "models"],
+    files: ["File", "files"],
+    vector_stores: ["Vector Store", "vector_dbs"],
+    responses: ["Response", "responses"],
+  }[kind];
+  return `${label} '${id}' not found. Use 'client.${list}.list()' to list available ${label}s.`;
+}
+
 /** Starts the demo upstream; see the module comment for what it serves. */
 export async function startDemoUpstream(options: DemoUpstreamOptions = {}): Promise<DemoUpstream> {
   const { port = 0, host = "127.0.0.1", chunkDelayMs = 0 } = options;
@@ -208,8 +226,16 @@ export async function startDemoUpstream(options: DemoUpstreamOptions = {}): Prom
     if (method === "GET" && path.startsWith("/v1/models/")) {
       const id = decodeURIComponent(path.slice("/v1/models/".length));
       if ((DEMO_MODELS as readonly string[]).includes(id)) sendJson(res, 200, model(id));
+      else if (llamaStackWording(req)) sendError(res, 404, llamaStackNotFound("models", id), "model_not_found", "not_found_error");
       else sendError(res, 404, `The model '${id}' does not exist`, "model_not_found");
       return;
+    }
+    if (method === "POST" && path === "/v1/chat/completions" && llamaStackWording(req)) {
+      const requested = parseJsonBody(record.body)?.model;
+      if (typeof requested === "string" && !(DEMO_MODELS as readonly string[]).includes(requested)) {
+        sendError(res, 404, llamaStackNotFound("models", requested), "model_not_found", "not_found_error");
+        return;
+      }
     }
     if (method === "POST" && path === "/v1/chat/completions") return chat(req, res, record);
     if (method === "POST" && path === "/v1/completions") return completion(req, res, record);
@@ -263,7 +289,8 @@ export async function startDemoUpstream(options: DemoUpstreamOptions = {}): Prom
     }
     const found = id === undefined ? undefined : store.get(id);
     if (!found) {
-      sendError(res, 404, `No such object: ${id ?? ""}`, "not_found");
+      if (llamaStackWording(req) && id !== undefined) sendError(res, 404, llamaStackNotFound(kind, id), "not_found", "not_found_error");
+      else sendError(res, 404, `No such object: ${id ?? ""}`, "not_found");
       return true;
     }
     if (method === "GET" && match[3]) {
