@@ -71,7 +71,7 @@ const NOT_FOUND_WORDING: Readonly<Record<string, readonly [label: string, list?:
  * reference words a missing one, so that hidden and missing cannot be told
  * apart: `Model 'm' not found. Use 'client.models.list()' to list available Models.`
  */
-export function notFound(type: string, id: string): NotFoundError {
+function notFound(type: string, id: string): NotFoundError {
   const [label, list, plural] = NOT_FOUND_WORDING[type] ?? [type.split(/[_-]/).map((w, i) => (i === 0 ? w.charAt(0).toUpperCase() + w.slice(1) : w)).join(" ")];
   const hint = list === undefined ? "" : ` Use 'client.${list}()' to list available ${plural ?? `${label}s`}.`;
   return new NotFoundError(`${label} '${id}' not found.${hint}`, type === "model" ? "model_not_found" : "not_found");

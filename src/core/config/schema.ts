@@ -484,24 +484,14 @@ export const configSchema = z
   })
   .transform(({ storage, ...config }, ctx) => {
     // Llama Stack's named backends become Tollgate's stores (llama-stack.ts).
-    const backends = "backends" in storage ? storage.backends : undefined;
-    let record: { type: "sqlite"; db_path: string } | { type: "postgres"; url: string };
-    if ("backends" in storage) {
-      const resolved = resolveRecordStore(storage);
-      if (Array.isArray(resolved)) {
-        for (const issue of resolved) ctx.addIssue({ code: "custom", message: issue.message, path: [...issue.path] });
-        return z.NEVER;
-      }
-      record = resolved;
-    } else record = storage;
+    const record = "backends" in storage ? resolveRecordStore(storage) : storage;
     const quota = config.server.quota;
-    if (quota === undefined || !("backend" in quota.kvstore)) return { ...config, storage: record, server: { ...config.server, quota: quota && { ...quota, kvstore: quota.kvstore as Exclude<typeof quota.kvstore, { backend: string }> } } };
-    const kvstore = resolveQuotaStore(quota.kvstore, backends);
-    if ("message" in kvstore) {
-      ctx.addIssue({ code: "custom", message: kvstore.message, path: [...kvstore.path] });
-      return z.NEVER;
-    }
-    return { ...config, storage: record, server: { ...config.server, quota: { ...quota, kvstore } } };
+    const kvstore =
+      quota === undefined ? undefined : "backend" in quota.kvstore ? resolveQuotaStore(quota.kvstore, "backends" in storage ? storage.backends : undefined) : quota.kvstore;
+    const issues = [...(Array.isArray(record) ? record : []), ...(kvstore !== undefined && "message" in kvstore ? [kvstore] : [])];
+    for (const issue of issues) ctx.addIssue({ code: "custom", message: issue.message, path: [...issue.path] });
+    if (Array.isArray(record) || (kvstore !== undefined && "message" in kvstore)) return z.NEVER;
+    return { ...config, storage: record, server: { ...config.server, quota: quota && kvstore && { ...quota, kvstore } } };
   });
 
 /** A validated configuration, defaults filled in. */
