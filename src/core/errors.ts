@@ -209,3 +209,21 @@ export class QuotaUnavailableError extends TollgateError {
     super(503, "service_unavailable", "quota_store_unavailable", "Quota service unavailable", { "retry-after": "1" });
   }
 }
+
+/** 400: a JSON body nested deeper than the gateway reads (src/gateway/json.ts). */
+export class JsonTooDeepError extends TollgateError {
+  constructor(maxDepth: number) {
+    super(400, "invalid_request_error", "json_too_deep", `JSON body nested deeper than ${maxDepth} levels`);
+  }
+}
+
+/**
+ * 503: the bytes the gateway holds for request bodies it must read (across
+ * every request in flight) would pass `server.max_buffered_bytes`. The client
+ * may retry: the memory frees as the requests ahead of it finish.
+ */
+export class OverloadedError extends TollgateError {
+  constructor() {
+    super(503, "service_unavailable", "overloaded", "Server is overloaded, retry later", { "retry-after": "1" });
+  }
+}

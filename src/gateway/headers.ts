@@ -1,3 +1,5 @@
+import { BadRequestError, HeadersTooLargeError } from "../core/errors.js";
+
 /**
  * Which headers cross the gateway, in each direction.
  *
@@ -140,4 +142,26 @@ export function downstreamResponseHeaders(
     out[lower] = value;
   }
   return out;
+}
+
+/**
+ * Checks a request's header fields before anything reads them (Node's flat
+ * `rawHeaders`, every field as it came):
+ *
+ * - more than `maxCount` fields: 431 (RFC 6585 §5). Node silently drops
+ *   fields past its own `maxHeadersCount` (2,000 by default), which hid a
+ *   `Content-Length` from the body limit and pushed the gateway's own
+ *   headers off at the upstream; the gateway raises Node's count past any
+ *   accepted value and refuses here instead, as Envoy
+ *   (`max_request_headers_count`) and Apache (`LimitRequestFields`) do.
+ * - more than one `Host`: 400, as RFC 9112 §3.2 requires of a server (and
+ *   nginx answers): two hosts are a request two parties would read apart.
+ */
+export function checkRequestHeaders(rawHeaders: readonly string[], maxCount: number): void {
+  if (rawHeaders.length / 2 > maxCount) throw new HeadersTooLargeError();
+  let hosts = 0;
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i]!;
+    if (name.length === 4 && name.toLowerCase() === "host" && ++hosts > 1) throw new BadRequestError("Duplicate Host header", "duplicate_host");
+  }
 }

@@ -25,6 +25,8 @@ export interface GatewayMetrics {
   quotaStoreError(outcome: string): void;
   /** LLM tokens read from a response's `usage`. */
   tokens(count: number): void;
+  /** A request refused with 503 `overloaded`: its body would pass `server.max_buffered_bytes`. */
+  overloaded(): void;
   /** What the providers report: identity-service calls and cache lookups. */
   readonly providers: ProviderObserver;
 }
@@ -94,6 +96,11 @@ export function createMetrics(): GatewayMetrics {
     help: "LLM tokens counted from responses' usage (clients with token budgets)",
     registers,
   });
+  const overloads = new Counter({
+    name: "tollgate_overloaded_total",
+    help: "Requests refused with 503 overloaded: the request bodies held in memory would pass server.max_buffered_bytes",
+    registers,
+  });
   const identityCalls = new Counter({
     name: "tollgate_identity_provider_requests_total",
     help: "Calls to identity services (JWKS, introspection, custom endpoint, GitHub, Kubernetes), by service",
@@ -144,6 +151,9 @@ export function createMetrics(): GatewayMetrics {
     },
     tokens(count) {
       if (count > 0) tokens.inc(count);
+    },
+    overloaded() {
+      overloads.inc();
     },
     providers: {
       identityCall(service, ok) {

@@ -1,5 +1,7 @@
 import { Readable } from "node:stream";
-import { BadRequestError, PayloadTooLargeError } from "../core/errors.js";
+import { BadRequestError, PayloadTooLargeError, RequestTimeoutError } from "../core/errors.js";
+import { watchIdle, type BodyLimits } from "./body.js";
+import { memberValue, scanJson, type JsonScan } from "./json.js";
 
 /**
  * Buffering a request body the gateway must look into, and forwarding what it
@@ -10,12 +12,12 @@ import { BadRequestError, PayloadTooLargeError } from "../core/errors.js";
  * Typical use, in the route handler, before forwarding:
  *
  * ```ts
- * const body = await readJsonBody(request.raw, config.server.max_body_bytes);   // 413 beyond the limit
- * const model = typeof body.json === "object" && body.json !== null ? (body.json as { model?: unknown }).model : undefined;
+ * const body = await readJsonBody(request.raw, limits);   // 413, 408, 400 (too deep), 503 (budget spent)
+ * const model = jsonMember(body, "model");
  * // ...policy check on `model`...
- * // Quotas: rewrite, then forward the re-serialised body:
- * const rewritten = rewriteJsonBody(body, (json) => ({ ...json, stream_options: { ...json.stream_options, include_usage: true } }));
- * forward({ ..., headers: withBodyLength(headers, rewritten.bytes.length), body: bodyStream(rewritten) });
+ * // Quotas: rewrite (spliced, never re-serialised), then forward:
+ * const rewritten = withJsonMember(body, "stream_options", { include_usage: true });
+ * forward({ ..., headers: withBodyLength(headers, rewritten.length), body: bodyStream(rewritten) });
  * ```
  *
  * Several stages share one {@link BufferedBody}: read it once, let each stage
@@ -31,13 +33,20 @@ import { BadRequestError, PayloadTooLargeError } from "../core/errors.js";
 
 /** A request body read whole. */
 export interface BufferedBody {
-  /** The bytes to forward (the client's, or the last rewrite's). */
-  readonly bytes: Buffer;
   /**
-   * The parsed JSON; `undefined` when the body is not JSON (wrong
-   * Content-Type, or invalid JSON: forwarded as is, the upstream answers 400).
+   * The bytes to forward (the client's, or the last rewrite's), in order. A
+   * rewrite splices slices of the client's bytes around what it changes, so
+   * the body is never copied.
    */
-  readonly json: unknown;
+  readonly parts: readonly Buffer[];
+  /** Their total length. */
+  readonly length: number;
+  /**
+   * The scan of a JSON body (json.ts): valid or not, where its top-level
+   * members lie. Undefined when the body is not JSON by its Content-Type,
+   * empty, or rewritten (a rewrite is the last stage to look into it).
+   */
+  readonly json: JsonScan | undefined;
   /** The request's Content-Type (lower-case, without parameters; "" when absent). */
   readonly contentType: string;
 }
@@ -47,77 +56,109 @@ export function mediaType(contentType: string | undefined): string {
   return (contentType ?? "").split(";")[0]!.trim().toLowerCase();
 }
 
+type RequestStream = Readable & { headers?: Record<string, string | string[] | undefined> };
+
 /**
- * Reads the whole body of `raw` (at most `limit` bytes, else a
- * {@link PayloadTooLargeError}, 413) and parses it when its Content-Type is
- * JSON (`application/json`, `*+json`) or absent.
+ * Reads the whole body of `raw` and scans it when its Content-Type is JSON
+ * (`application/json`, `*+json`) or absent. Refuses with 413 past
+ * `limits.maxBytes`, 408 when the client goes silent, 400 for JSON nested
+ * too deep, and 503 when `limits.reserve` finds the gateway's buffer budget
+ * spent. The bytes are held once: with a `Content-Length`, in one buffer of
+ * that size, taken from the budget before the first byte is read.
  *
- * @example const { json, bytes } = await readJsonBody(request.raw, 1_048_576);
+ * @example const body = await readJsonBody(request.raw, { maxBytes: 1_048_576, idleMs: 60_000 }); jsonMember(body, "model");
  */
-export async function readJsonBody(raw: Readable & { headers?: Record<string, string | string[] | undefined> }, limit: number): Promise<BufferedBody> {
+export async function readJsonBody(raw: RequestStream, limits: BodyLimits): Promise<BufferedBody> {
   const contentType = mediaType(typeof raw.headers?.["content-type"] === "string" ? raw.headers["content-type"] : undefined);
+  const bytes = await readWhole(raw, limits);
+  const isJson = contentType === "" || contentType === "application/json" || contentType.endsWith("+json");
+  return { parts: [bytes], length: bytes.length, json: isJson && bytes.length > 0 ? scanJson(bytes) : undefined, contentType };
+}
+
+function readWhole(raw: RequestStream, limits: BodyLimits): Promise<Buffer> {
+  const { maxBytes } = limits;
+  const header = raw.headers?.["content-length"];
+  const declared = typeof header === "string" && raw.headers?.["transfer-encoding"] === undefined ? Number(header) : undefined;
   // Listeners rather than `for await`: the async iterator costs an object
   // graph and a promise per chunk, measurable on every inference request.
-  const bytes = await new Promise<Buffer>((resolve, reject) => {
+  return new Promise<Buffer>((resolve, reject) => {
+    let whole: Buffer | undefined;
     const chunks: Buffer[] = [];
     let size = 0;
-    const onData = (chunk: Buffer) => {
-      size += chunk.length;
-      if (size > limit) {
-        cleanup();
-        raw.destroy();
-        reject(new PayloadTooLargeError(limit));
-        return;
-      }
-      chunks.push(chunk);
-    };
-    const onEnd = () => {
-      cleanup();
-      resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size));
-    };
-    const onError = (err: Error) => {
+    const fail = (err: Error) => {
       cleanup();
       reject(err);
     };
-    const onClose = () => {
-      cleanup();
-      reject(new Error("request body closed before its end"));
+    try {
+      if (declared !== undefined) {
+        if (declared > maxBytes) throw new PayloadTooLargeError(maxBytes);
+        limits.reserve?.(declared);
+        whole = Buffer.allocUnsafe(declared);
+      }
+    } catch (err) {
+      reject(err as Error);
+      return;
+    }
+    const idle = watchIdle(raw, limits.idleMs, () => fail(new RequestTimeoutError()));
+    const onData = (chunk: Buffer) => {
+      idle.touch();
+      if (size + chunk.length > maxBytes) return fail(new PayloadTooLargeError(maxBytes));
+      if (whole) {
+        // Node's parser never delivers more than the declared length.
+        chunk.copy(whole, size);
+      } else {
+        try {
+          limits.reserve?.(chunk.length);
+        } catch (err) {
+          return fail(err as Error);
+        }
+        chunks.push(chunk);
+      }
+      size += chunk.length;
     };
+    const onEnd = () => {
+      cleanup();
+      if (whole) resolve(size === whole.length ? whole : whole.subarray(0, size));
+      else resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size));
+    };
+    const onClose = () => fail(new Error("request body closed before its end"));
     function cleanup() {
+      idle.stop();
       raw.off("data", onData);
       raw.off("end", onEnd);
-      raw.off("error", onError);
+      raw.off("error", fail);
       raw.off("close", onClose);
     }
     raw.on("data", onData);
     raw.on("end", onEnd);
-    raw.on("error", onError);
+    raw.on("error", fail);
     raw.on("close", onClose);
     if (raw.readableEnded) onEnd();
   });
-  const size = bytes.length;
-  const isJson = contentType === "" || contentType === "application/json" || contentType.endsWith("+json");
-  let json: unknown;
-  if (isJson && size > 0) {
-    try {
-      json = JSON.parse(bytes.toString("utf8"));
-    } catch {
-      json = undefined;
-    }
-  }
-  return { bytes, json, contentType };
+}
+
+/** The value of the top-level member `name` of a JSON object body, parsed alone; undefined when absent or not a JSON object. */
+export function jsonMember(body: BufferedBody, name: string): unknown {
+  if (!body.json?.valid || body.parts.length !== 1) return undefined;
+  return memberValue(body.parts[0]!, body.json, name);
 }
 
 /**
- * A new {@link BufferedBody} whose JSON is `rewrite(json)`, re-serialised.
- * `rewrite` gets the current JSON (an object: bodies that are not a JSON
- * object are returned unchanged) and returns the new one; it may mutate and
- * return its argument.
+ * The body with its top-level member `name` set to `value` (replaced where
+ * it is, else added first), spliced around the client's bytes. Bodies that
+ * are not a JSON object are returned unchanged.
  */
-export function rewriteJsonBody(body: BufferedBody, rewrite: (json: Record<string, unknown>) => Record<string, unknown>): BufferedBody {
-  if (typeof body.json !== "object" || body.json === null || Array.isArray(body.json)) return body;
-  const json = rewrite(body.json as Record<string, unknown>);
-  return { bytes: Buffer.from(JSON.stringify(json), "utf8"), json, contentType: body.contentType || "application/json" };
+export function withJsonMember(body: BufferedBody, name: string, value: unknown): BufferedBody {
+  const scan = body.json;
+  if (!scan?.valid || scan.members === undefined || body.parts.length !== 1) return body;
+  const bytes = body.parts[0]!;
+  const span = scan.members.get(name);
+  const text = JSON.stringify(value);
+  const parts =
+    span !== undefined
+      ? [bytes.subarray(0, span.start), Buffer.from(text, "utf8"), bytes.subarray(span.end)]
+      : [bytes.subarray(0, scan.open), Buffer.from(`${JSON.stringify(name)}:${text}${scan.members.size > 0 ? "," : ""}`, "utf8"), bytes.subarray(scan.open)];
+  return { parts, length: parts.reduce((sum, part) => sum + part.length, 0), json: undefined, contentType: body.contentType || "application/json" };
 }
 
 /** A string field of a multipart/form-data body (the `model` of audio and image uploads); undefined when absent. */
@@ -125,7 +166,7 @@ export async function formField(body: BufferedBody, contentTypeHeader: string, n
   if (body.contentType !== "multipart/form-data") return undefined;
   let form: FormData;
   try {
-    form = await new Response(body.bytes, { headers: { "content-type": contentTypeHeader } }).formData();
+    form = await new Response(body.parts.length === 1 ? body.parts[0]! : Buffer.concat(body.parts), { headers: { "content-type": contentTypeHeader } }).formData();
   } catch {
     throw new BadRequestError("Invalid multipart/form-data body", "invalid_body");
   }
@@ -139,13 +180,13 @@ export async function formField(body: BufferedBody, contentTypeHeader: string, n
 const bufferedStreams = new WeakMap<Readable, Buffer>();
 
 /**
- * The body as a stream for the forwarder. The forwarder recognises it
- * ({@link bufferedBytes}) and hands undici the bytes instead: a buffer is
- * written with the request head in one go, a stream chunk by chunk.
+ * The body as a stream for the forwarder. The forwarder recognises a body in
+ * one part ({@link bufferedBytes}) and hands undici the bytes instead: a
+ * buffer is written with the request head in one go, a stream chunk by chunk.
  */
 export function bodyStream(body: BufferedBody): Readable {
-  const stream = Readable.from([body.bytes], { objectMode: false });
-  bufferedStreams.set(stream, body.bytes);
+  const stream = Readable.from(body.parts, { objectMode: false });
+  if (body.parts.length === 1) bufferedStreams.set(stream, body.parts[0]!);
   return stream;
 }
 

@@ -9,7 +9,9 @@ import { routeMatchPath } from "../core/policy/routes.js";
 import type { OwnerRecord, RecordStore } from "../core/stores/types.js";
 import type { Catalog, CatalogMatch } from "./catalog.js";
 import type { UpstreamResponse } from "./forward.js";
-import { formField, readJsonBody, type BufferedBody } from "./request-body.js";
+import type { BodyLimits } from "./body.js";
+import { parseJsonWithin } from "./json.js";
+import { formField, jsonMember, readJsonBody, type BufferedBody } from "./request-body.js";
 
 /**
  * Stage 6 in the gateway: the resource policy applied to real OpenAI-style
@@ -91,7 +93,6 @@ export interface ResourceGuardOptions {
   readonly catalog: Catalog;
   /** Where owners are recorded; without one every resource is unowned. */
   readonly store: RecordStore | undefined;
-  readonly maxBodyBytes: number;
   readonly log: Logger;
   readonly now?: () => number;
 }
@@ -101,13 +102,13 @@ export type FetchPage = (query: string) => Promise<UpstreamResponse>;
 
 export interface ResourceGuard {
   /** Before forwarding: throws 404/403 when denied; undefined when the request touches no catalogued resource. */
-  before(raw: IncomingMessage, context: RequestContext): Promise<GuardedRequest | undefined>;
+  before(raw: IncomingMessage, context: RequestContext, limits: BodyLimits): Promise<GuardedRequest | undefined>;
   /** After the upstream answered: records owners, filters lists; returns the answer to relay. */
   after(guarded: GuardedRequest, context: RequestContext, upstream: UpstreamResponse, fetchPage: FetchPage): Promise<UpstreamResponse>;
 }
 
 /** Builds the guard; see the module comment. */
-export function createResourceGuard({ pipeline, catalog, store, maxBodyBytes, log, now = Date.now }: ResourceGuardOptions): ResourceGuard {
+export function createResourceGuard({ pipeline, catalog, store, log, now = Date.now }: ResourceGuardOptions): ResourceGuard {
   async function ownerOf(type: string, id: string): Promise<Owner | undefined> {
     return store ? await store.findOwner(type, id) : undefined;
   }
@@ -136,11 +137,11 @@ export function createResourceGuard({ pipeline, catalog, store, maxBodyBytes, lo
     throw new ForbiddenError(`Access denied: you may not ${action} this ${type}`, "access_denied");
   }
 
-  async function bodyResource(raw: IncomingMessage, context: RequestContext, match: CatalogMatch, field: string): Promise<BufferedBody> {
-    const body = await readJsonBody(raw, maxBodyBytes);
+  async function bodyResource(raw: IncomingMessage, context: RequestContext, limits: BodyLimits, match: CatalogMatch, field: string): Promise<BufferedBody> {
+    const body = await readJsonBody(raw, limits);
     let value: unknown;
-    if (body.json !== undefined) {
-      value = typeof body.json === "object" && body.json !== null && !Array.isArray(body.json) ? (body.json as Record<string, unknown>)[field] : undefined;
+    if (body.json?.valid) {
+      value = jsonMember(body, field);
     } else {
       value = await formField(body, String(raw.headers["content-type"] ?? ""), field);
     }
@@ -154,7 +155,7 @@ export function createResourceGuard({ pipeline, catalog, store, maxBodyBytes, lo
   }
 
   return {
-    async before(raw, context) {
+    async before(raw, context, limits) {
       const match = catalog.match(raw.method ?? "GET", routeMatchPath(context.path), context.path);
       if (!match) return undefined;
       switch (match.action) {
@@ -164,12 +165,12 @@ export function createResourceGuard({ pipeline, catalog, store, maxBodyBytes, lo
           const decision = pipeline.checkAccess(context, "create", { key: resourceKey(match.type, "*"), owner: undefined });
           if (!decision.allowed) deny(match.type, undefined, "create");
           // POST /v1/responses also names a model: a read of it.
-          const body = match.type === "response" && match.entry.path.endsWith("/responses") ? await bodyResource(raw, context, { ...match, type: "model", entry: { ...match.entry, optional: false } }, "model") : undefined;
+          const body = match.type === "response" && match.entry.path.endsWith("/responses") ? await bodyResource(raw, context, limits, { ...match, type: "model", entry: { ...match.entry, optional: false } }, "model") : undefined;
           return { match, body, inspectResponse: true };
         }
         default: {
           if (match.bodyField !== undefined) {
-            return { match, body: await bodyResource(raw, context, match, match.bodyField), inspectResponse: false };
+            return { match, body: await bodyResource(raw, context, limits, match, match.bodyField), inspectResponse: false };
           }
           if (match.pathId === undefined) return undefined;
           const owner = await ownerOf(match.type, match.pathId);
@@ -306,11 +307,7 @@ function idIn(value: unknown, field: string): string | undefined {
 }
 
 function parseJson(bytes: Buffer): unknown {
-  try {
-    return JSON.parse(bytes.toString("utf8"));
-  } catch {
-    return undefined;
-  }
+  return parseJsonWithin(bytes.toString("utf8"));
 }
 
 async function readAll(body: Readable): Promise<Buffer> {

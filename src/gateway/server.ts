@@ -18,9 +18,10 @@ import type { Quota } from "../core/quota/quota.js";
 import type { QuotaStore } from "../core/quota/store.js";
 import type { RecordStore } from "../core/stores/types.js";
 import { VERSION } from "../version.js";
-import { checkDeclaredLength, hasBody, limitBody } from "./body.js";
+import { checkDeclaredLength, hasBody, limitBody, lingerAfterResponse, type BodyLimits } from "./body.js";
+import { createBufferBudget, type BufferHold } from "./buffer-budget.js";
 import { createForwarder, type Forwarder, type UpstreamResponse } from "./forward.js";
-import { downstreamResponseHeaders, upstreamRequestHeaders } from "./headers.js";
+import { checkRequestHeaders, downstreamResponseHeaders, upstreamRequestHeaders } from "./headers.js";
 import { errorResponse, writeClientError } from "./respond.js";
 import { createCatalog } from "./catalog.js";
 import { policyOptions } from "../core/policy/from-config.js";
@@ -45,6 +46,8 @@ export interface GatewayRequestState {
   decision: Decision | undefined;
   /** Milliseconds to the upstream's response headers, when it was asked. */
   upstreamMs: number | undefined;
+  /** What this request's buffered body takes of `server.max_buffered_bytes`; given back when the handler is done. */
+  readonly bodyHold: BufferHold;
 }
 
 /**
@@ -162,6 +165,8 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
   const log = options.log.child({ component: "gateway" });
   const store = options.store;
   const metrics = createMetrics();
+  // One budget for the process: every request's buffered body counts against it, whichever generation serves it.
+  const bodyBudget = createBufferBudget(() => current.config.server.max_buffered_bytes, () => metrics.overloaded());
   const renderMetrics = options.renderMetrics ?? (() => metrics.registry.metrics());
   const metricsConfig = startConfig.metrics;
   // /metrics on the main port (unless metrics.port moves it) and /ready skip
@@ -211,7 +216,6 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
         pipeline,
         catalog: createCatalog(config.server.resources),
         store,
-        maxBodyBytes: config.server.max_body_bytes,
         log: options.log.child({ component: "resources" }),
       });
       const forwarder = previous && sameJson(previous.config.upstream, config.upstream) ? previous.forwarder : track(createForwarder(config.upstream));
@@ -332,6 +336,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
       requestId: requestIdOf(request.raw.headers["x-request-id"]),
       decision: undefined,
       upstreamMs: undefined,
+      bodyHold: bodyBudget.forRequest(),
     };
     request.gatewayState = state;
     const res = reply.raw;
@@ -359,12 +364,22 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
         },
         "request",
       );
+      state.bodyHold.release();
       runtime.inFlight--;
       if (runtime.retired && runtime.inFlight === 0) void release(runtime);
       // A keep-alive connection that just went idle must not hold the shutdown up.
       if (closing) setImmediate(() => app.server.closeIdleConnections());
     });
     return state;
+  }
+
+  /** How much of this request's body the gateway takes, and how long it waits for it. */
+  function bodyLimits(config: Config, state: GatewayRequestState): BodyLimits {
+    return {
+      maxBytes: config.server.max_body_bytes,
+      idleMs: config.server.body_idle_timeout_ms,
+      reserve: (bytes) => state.bodyHold.reserve(bytes),
+    };
   }
 
   /** Every error the gateway answers goes through here. */
@@ -388,8 +403,13 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
       reply.raw.destroy();
       return;
     }
-    // An unread request body would otherwise be drained after the response; just close.
-    if (!request.raw.complete || closing) headers.connection = "close";
+    // An unread request body would otherwise be drained after the response:
+    // close instead, lingering so that the client still sending it reads this answer.
+    if (!request.raw.complete) {
+      headers.connection = "close";
+      lingerAfterResponse(request.raw, request.raw.socket);
+    }
+    if (closing) headers.connection = "close";
     void reply.code(status).headers(headers).send(body);
   }
 
@@ -413,6 +433,10 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
   }
 
   app.decorateRequest("gatewayState", null);
+  // Node keeps the first 2,000 header fields and silently drops the rest; the
+  // gateway must see them all to refuse past `server.max_header_count` (431).
+  // Their bytes stay bounded by Node's 16 KiB header limit.
+  app.server.maxHeadersCount = 0;
 
   // Bodies are not parsed: the stream goes upstream as it arrives (see the route).
   app.removeAllContentTypeParsers();
@@ -432,6 +456,8 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     const state = trackRequest(request, reply);
     if (closing) throw new ShuttingDownError();
     const raw = request.raw;
+    // Before anything reads a header: a field past the count or a second Host is refused, never dropped or guessed.
+    checkRequestHeaders(raw.rawHeaders, state.runtime.config.server.max_header_count);
     checkDeclaredLength(raw.headers, state.runtime.config.server.max_body_bytes);
     // Every copy of a repeated header (two Authorization headers, two identity
     // headers) reaches the pipeline, so that it refuses rather than guesses.
@@ -447,7 +473,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
       const context = state.context!;
       const raw = request.raw;
       const method = raw.method ?? "GET";
-      const maxBodyBytes = runtime.config.server.max_body_bytes;
+      const limits = bodyLimits(runtime.config, state);
 
       // Served by the gateway itself: liveness (no dependency check), version, readiness, metrics.
       const own = ownEndpoint(context.path);
@@ -469,10 +495,10 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
 
       // Stage 6: the resource policy for what the catalog knows (resources.ts); authentication off: nothing to check.
       const guard = runtime.guard;
-      const guarded = context.user ? await guard.before(raw, context) : undefined;
+      const guarded = context.user ? await guard.before(raw, context, limits) : undefined;
       // Token budgets (stage 5): a streamed completion is asked to report usage (usage.ts);
       // the answer must be readable, so it is asked for uncompressed.
-      const usage = context.recordTokens && method === "POST" ? await prepareUsage(raw, context.path, guarded?.body, maxBodyBytes) : undefined;
+      const usage = context.recordTokens && method === "POST" ? await prepareUsage(raw, context.path, guarded?.body, limits) : undefined;
       const forwardAs = usage
         ? ({ ...guarded, body: usage.body ?? guarded?.body, inspectResponse: true } as GuardedRequest)
         : guarded;
@@ -495,7 +521,10 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
       const upstream = guarded
         ? await guard.after(guarded, context, answer, (query) => forward(raw, { ...context, query }, state, guarded, true))
         : answer;
-      return relay(reply, upstream, usage);
+      const relayed = relay(reply, upstream, usage);
+      // The buffered body has been sent: its memory no longer counts, however long the answer streams.
+      state.bodyHold.release();
+      return relayed;
     },
   });
 
@@ -606,14 +635,13 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     });
     if (guarded?.inspectResponse) headers = identityEncoding(headers);
     const buffered: BufferedBody | undefined = bodyless ? undefined : guarded?.body;
-    if (buffered) headers = withBodyLength(headers, buffered.bytes.length);
-    const maxBodyBytes = config.server.max_body_bytes;
+    if (buffered) headers = withBodyLength(headers, buffered.length);
     return forwarder.forward({
       method: raw.method ?? "GET",
       path: context.path,
       query: context.query,
       headers,
-      body: bodyless ? null : buffered ? bodyStream(buffered) : hasBody(raw.headers) ? limitBody(raw, maxBodyBytes) : null,
+      body: bodyless ? null : buffered ? bodyStream(buffered) : hasBody(raw.headers) ? limitBody(raw, bodyLimits(config, state)) : null,
       signal: state.abort.signal,
     });
   }

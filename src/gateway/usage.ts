@@ -1,6 +1,8 @@
 import type { IncomingMessage } from "node:http";
 import { Transform, type Readable, type TransformCallback } from "node:stream";
-import { readJsonBody, rewriteJsonBody, type BufferedBody } from "./request-body.js";
+import type { BodyLimits } from "./body.js";
+import { parseJsonWithin } from "./json.js";
+import { jsonMember, readJsonBody, withJsonMember, type BufferedBody } from "./request-body.js";
 
 /**
  * LLM token budgets: how many tokens a response used, read from the `usage`
@@ -55,15 +57,14 @@ function isStreamableInference(method: string | undefined, path: string): boolea
  * Before forwarding: for a streamed completion, makes sure the upstream will
  * report usage. `body` is the buffered body when an earlier stage read it.
  */
-export async function prepareUsage(raw: IncomingMessage, path: string, body: BufferedBody | undefined, maxBodyBytes: number): Promise<UsagePlan> {
+export async function prepareUsage(raw: IncomingMessage, path: string, body: BufferedBody | undefined, limits: BodyLimits): Promise<UsagePlan> {
   if (!isStreamableInference(raw.method, path)) return NOTHING;
-  const read = body ?? (await readJsonBody(raw, maxBodyBytes));
-  const json = read.json as { stream?: unknown; stream_options?: unknown } | undefined;
-  if (!json || typeof json !== "object" || json.stream !== true) return { body: read, stripUsageChunk: false };
-  const options = json.stream_options && typeof json.stream_options === "object" ? (json.stream_options as Record<string, unknown>) : {};
+  const read = body ?? (await readJsonBody(raw, limits));
+  if (jsonMember(read, "stream") !== true) return { body: read, stripUsageChunk: false };
+  const given = jsonMember(read, "stream_options");
+  const options = given && typeof given === "object" && !Array.isArray(given) ? (given as Record<string, unknown>) : {};
   if (options.include_usage === true) return { body: read, stripUsageChunk: false };
-  const rewritten = rewriteJsonBody(read, (j) => ({ ...j, stream_options: { ...options, include_usage: true } }));
-  return { body: rewritten, stripUsageChunk: true };
+  return { body: withJsonMember(read, "stream_options", { ...options, include_usage: true }), stripUsageChunk: true };
 }
 
 /**
@@ -105,12 +106,9 @@ function jsonMeter(record: (tokens: number) => void): Transform {
     },
     flush(callback: TransformCallback) {
       if (size > 0 && size <= MAX_METERED_JSON_BYTES) {
-        try {
-          const tokens = usageOf(JSON.parse(Buffer.concat(chunks, size).toString("utf8")));
-          if (tokens !== undefined) record(tokens);
-        } catch {
-          // Not JSON after all: nothing to count.
-        }
+        // Not JSON after all (or nested past what the gateway reads): nothing to count.
+        const tokens = usageOf(parseJsonWithin(Buffer.concat(chunks, size).toString("utf8")));
+        if (tokens !== undefined) record(tokens);
       }
       callback();
     },
@@ -130,12 +128,8 @@ function sseMeter(strip: boolean, record: (tokens: number) => void): Transform {
     if (!event.includes('"usage"')) return event;
     const lines = event.split(/\r\n|\n|\r/);
     const data = lines.filter((l) => l.startsWith("data:")).map((l) => l.slice(l.startsWith("data: ") ? 6 : 5)).join("\n");
-    let json: unknown;
-    try {
-      json = JSON.parse(data);
-    } catch {
-      return event;
-    }
+    const json = parseJsonWithin(data);
+    if (json === undefined) return event;
     const used = usageOf(json);
     if (used === undefined) return event;
     tokens = used;

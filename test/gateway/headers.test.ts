@@ -129,7 +129,7 @@ describe("request bodies", () => {
   });
 
   test("limitBody passes a body up to the limit and fails one beyond it", async () => {
-    assert.equal(await text(limitBody(Readable.from([Buffer.from("12345"), Buffer.from("67890")]), 10)), "1234567890");
-    await assert.rejects(text(limitBody(Readable.from([Buffer.from("12345"), Buffer.from("678901")]), 10)), PayloadTooLargeError);
+    assert.equal(await text(limitBody(Readable.from([Buffer.from("12345"), Buffer.from("67890")]), { maxBytes: 10, idleMs: 60_000 })), "1234567890");
+    await assert.rejects(text(limitBody(Readable.from([Buffer.from("12345"), Buffer.from("678901")]), { maxBytes: 10, idleMs: 60_000 })), PayloadTooLargeError);
   });
 });

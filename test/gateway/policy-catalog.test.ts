@@ -4,7 +4,7 @@ import { describe, test } from "node:test";
 import { PayloadTooLargeError } from "../../src/core/errors.js";
 import { routeMatchPath } from "../../src/core/policy/routes.js";
 import { createCatalog } from "../../src/gateway/catalog.js";
-import { formField, readJsonBody, rewriteJsonBody, withBodyLength } from "../../src/gateway/request-body.js";
+import { formField, jsonMember, readJsonBody, withBodyLength, withJsonMember, type BufferedBody } from "../../src/gateway/request-body.js";
 
 const catalog = createCatalog({ presets: ["openai", "llama_stack"], routes: [{ method: "GET", path: "/v1/widgets/{id}/*", type: "widget", action: "read" }] });
 const match = (method: string, path: string) => {
@@ -54,25 +54,35 @@ describe("the resource catalog", () => {
 
 describe("request-body", () => {
   const stream = (text: string, contentType?: string) => Object.assign(Readable.from([Buffer.from(text)]), { headers: contentType ? { "content-type": contentType } : {} });
+  const limit = (maxBytes: number) => ({ maxBytes, idleMs: 60_000 });
+  const text = (body: BufferedBody) => Buffer.concat(body.parts).toString();
 
-  test("reads and parses a JSON body", async () => {
-    const body = await readJsonBody(stream('{"model":"m","x":1}', "application/json; charset=utf-8"), 1000);
-    assert.deepEqual(body.json, { model: "m", x: 1 });
-    assert.equal(body.bytes.toString(), '{"model":"m","x":1}');
+  test("reads a JSON body and parses the members asked for", async () => {
+    const body = await readJsonBody(stream('{"model":"m","x":1}', "application/json; charset=utf-8"), limit(1000));
+    assert.equal(body.json?.valid, true);
+    assert.equal(jsonMember(body, "model"), "m");
+    assert.equal(jsonMember(body, "x"), 1);
+    assert.equal(text(body), '{"model":"m","x":1}');
     assert.equal(body.contentType, "application/json");
   });
   test("a body over the limit is a 413", async () => {
-    await assert.rejects(readJsonBody(stream("x".repeat(11)), 10), PayloadTooLargeError);
+    await assert.rejects(readJsonBody(stream("x".repeat(11)), limit(10)), PayloadTooLargeError);
   });
-  test("invalid JSON or another type is kept as bytes with json undefined", async () => {
-    assert.equal((await readJsonBody(stream("{nope", "application/json"), 100)).json, undefined);
-    assert.equal((await readJsonBody(stream("{}", "text/plain"), 100)).json, undefined);
+  test("invalid JSON or another type is kept as bytes with no member", async () => {
+    const invalid = await readJsonBody(stream('{"model":"m"', "application/json"), limit(100));
+    assert.equal(invalid.json?.valid, false);
+    assert.equal(jsonMember(invalid, "model"), undefined);
+    assert.equal((await readJsonBody(stream("{}", "text/plain"), limit(100))).json, undefined);
   });
-  test("a rewrite re-serialises; untouched bodies keep their bytes", async () => {
-    const body = await readJsonBody(stream('{ "model" : "m" }'), 100);
-    const rewritten = rewriteJsonBody(body, (json) => ({ ...json, stream_options: { include_usage: true } }));
-    assert.equal(rewritten.bytes.toString(), '{"model":"m","stream_options":{"include_usage":true}}');
-    assert.equal(body.bytes.toString(), '{ "model" : "m" }');
+  test("a rewrite splices the member in; untouched bodies keep their bytes", async () => {
+    const body = await readJsonBody(stream('{ "model" : "m" }'), limit(100));
+    const rewritten = withJsonMember(body, "stream_options", { include_usage: true });
+    assert.equal(text(rewritten), '{"stream_options":{"include_usage":true}, "model" : "m" }');
+    assert.equal(rewritten.length, Buffer.byteLength(text(rewritten)));
+    assert.equal(text(body), '{ "model" : "m" }');
+    const replaced = withJsonMember(await readJsonBody(stream('{"stream_options":{"x":1},"model":"m"}'), limit(100)), "stream_options", { x: 1, include_usage: true });
+    assert.deepEqual(JSON.parse(text(replaced)), { stream_options: { x: 1, include_usage: true }, model: "m" });
+    assert.equal(text(withJsonMember(await readJsonBody(stream("{}"), limit(100)), "a", 1)), '{"a":1}');
   });
   test("withBodyLength sets Content-Length and drops Transfer-Encoding", () => {
     assert.deepEqual(withBodyLength(["Content-Length", "5", "transfer-encoding", "chunked", "x", "y"], 9), ["x", "y", "content-length", "9"]);
@@ -83,14 +93,14 @@ describe("request-body", () => {
     form.append("file", new Blob(["abc"]), "a.wav");
     const req = new Request("http://x/", { method: "POST", body: form });
     const ct = req.headers.get("content-type")!;
-    const body = await readJsonBody(stream(Buffer.from(await req.arrayBuffer()).toString("latin1"), ct), 10_000);
+    const body = await readJsonBody(stream(Buffer.from(await req.arrayBuffer()).toString("latin1"), ct), limit(10_000));
     assert.equal(await formField(body, ct, "model"), "whisper-1");
     const twice = new FormData();
     twice.append("model", "a");
     twice.append("model", "b");
     const req2 = new Request("http://x/", { method: "POST", body: twice });
     const ct2 = req2.headers.get("content-type")!;
-    const body2 = await readJsonBody(stream(Buffer.from(await req2.arrayBuffer()).toString("latin1"), ct2), 10_000);
+    const body2 = await readJsonBody(stream(Buffer.from(await req2.arrayBuffer()).toString("latin1"), ct2), limit(10_000));
     await assert.rejects(formField(body2, ct2, "model"), /Duplicate form field/);
   });
 });

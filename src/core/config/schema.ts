@@ -389,6 +389,13 @@ const quotaSchema = z
   .optional()
   .describe("request and LLM-token quotas (docs/quotas.md); absent: none");
 
+/**
+ * Default bound on request bytes buffered across requests in flight: four
+ * bodies of 64 MiB, or thousands of ordinary chat requests (a few KiB each),
+ * while keeping a gateway under ~1 GiB resident with a body copy each.
+ */
+const DEFAULT_MAX_BUFFERED_BYTES = 256 * MiB;
+
 /** `server.workers` / `--workers`: a count from 1, or `auto` (one per available core). */
 export const workersSchema = z.union([z.number().int().min(1).max(1024), z.literal("auto")]);
 
@@ -428,6 +435,14 @@ const serverSchema = z.strictObject({
     .default({ presets: ["openai", "llama_stack"], routes: [] })
     .describe("the resource catalog: which routes read, create, update, delete or list which resources"),
   max_body_bytes: z.number().int().positive().default(100 * MiB).describe("largest request body accepted (413 beyond)"),
+  body_idle_timeout_ms: positiveMs.default(60_000).describe("a request body with no byte for this long: 408, the upstream request aborted"),
+  max_buffered_bytes: z
+    .number()
+    .int()
+    .positive()
+    .optional()
+    .describe("request bytes held in memory (bodies read for their model or usage), across every request in flight; beyond: 503 overloaded (default 256 MiB, or max_body_bytes when larger)"),
+  max_header_count: z.number().int().min(1).max(1000).default(100).describe("most header fields in a request (431 beyond)"),
   shutdown_timeout_ms: positiveMs.default(30_000).describe("on SIGTERM, wait this long for in-flight requests"),
 }).superRefine((server, ctx) => {
   if ((server.tls_certfile === undefined) !== (server.tls_keyfile === undefined)) {
@@ -436,8 +451,12 @@ const serverSchema = z.strictObject({
   if (server.tls && server.tls_certfile) {
     ctx.addIssue({ code: "custom", message: "use either tls or tls_certfile/tls_keyfile, not both", path: ["tls"] });
   }
+  if (server.max_buffered_bytes !== undefined && server.max_buffered_bytes < server.max_body_bytes) {
+    ctx.addIssue({ code: "custom", message: "must be at least max_body_bytes (else a body of the largest size could never be read)", path: ["max_buffered_bytes"] });
+  }
 }).transform(({ tls_certfile, tls_keyfile, tls_cafile: _ca, cors: _cors, ...server }) => ({
   ...server,
+  max_buffered_bytes: server.max_buffered_bytes ?? Math.max(DEFAULT_MAX_BUFFERED_BYTES, server.max_body_bytes),
   tls: server.tls ?? (tls_certfile && tls_keyfile ? { cert_file: tls_certfile, key_file: tls_keyfile } : undefined),
 }));
 
