@@ -543,8 +543,11 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
 
   /**
    * GET /ready: the record store and the quota store answer, and the
-   * identity provider has been reached (JWKS loaded, endpoint answered). Each
-   * check is bounded in time; a failing one is named with a short reason.
+   * identity provider answers now (each provider says how, with a short
+   * cache). Each check is bounded in time. The body names a failing check
+   * with a fixed reason word (`timeout`, `unreachable`, `http_503`, ...),
+   * never an address or a driver's message: /ready is unauthenticated. The
+   * log line has the detail.
    */
   async function checkReadiness(runtime: Runtime): Promise<{ ready: boolean; body: Record<string, unknown> }> {
     const checks: [string, () => Promise<string | undefined>][] = [];
@@ -553,14 +556,14 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     if (quota) checks.push(["quota_store", async () => void (await quota.ping())]);
     if (provider?.ready) checks.push(["identity_provider", () => provider.ready!()]);
     const results = await Promise.all(checks.map(async ([name, check]) => [name, await bounded(check)] as const));
-    const failing = results.filter(([, reason]) => reason !== undefined).map(([name]) => name);
+    const failing = results.filter(([, result]) => result !== undefined);
     const body: Record<string, unknown> = {
       status: failing.length === 0 ? "ready" : "not ready",
-      checks: Object.fromEntries(results.map(([name, reason]) => [name, reason ?? "ok"])),
+      checks: Object.fromEntries(results.map(([name, result]) => [name, result?.reason ?? "ok"])),
     };
     if (failing.length > 0) {
-      body.failing = failing;
-      log.warn({ failing }, "not ready");
+      body.failing = failing.map(([name]) => name);
+      log.warn({ failing: Object.fromEntries(failing.map(([name, result]) => [name, result!.detail ?? result!.reason])) }, "not ready");
     }
     return { ready: failing.length === 0, body };
   }
@@ -785,20 +788,43 @@ function sameJson(a: unknown, b: unknown): boolean {
 /** Longest time one readiness check may take before it counts as failed. */
 const READY_CHECK_TIMEOUT_MS = 2_000;
 
-/** Runs a readiness check: `undefined` when it passed, else a short reason (no secret: an error's code or first line). */
-async function bounded(check: () => Promise<string | undefined>): Promise<string | undefined> {
+/** A reason word fit for the unauthenticated /ready body: lower-case letters, digits, `_`. */
+const READY_REASON = /^[a-z][a-z0-9_]{0,39}$/;
+
+/** Transport error codes that all mean the same thing to an operator reading /ready. */
+const UNREACHABLE_CODES = new Set(["ECONNREFUSED", "ECONNRESET", "EHOSTUNREACH", "ENETUNREACH", "ENOTFOUND", "EAI_AGAIN", "EPIPE"]);
+
+/**
+ * Runs a readiness check: `undefined` when it passed, else a fixed reason
+ * word for the /ready body and, for the log only, the detail (an error's
+ * code and first line, which may name a host or a file).
+ */
+async function bounded(check: () => Promise<string | undefined>): Promise<{ reason: string; detail?: string } | undefined> {
   let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<string>((resolve) => {
-    timer = setTimeout(() => resolve("timeout"), READY_CHECK_TIMEOUT_MS);
+  const timeout = new Promise<{ reason: string }>((resolve) => {
+    timer = setTimeout(() => resolve({ reason: "timeout" }), READY_CHECK_TIMEOUT_MS);
   });
   try {
     return await Promise.race([
-      check().catch((err: unknown) => errorMessage(err).split("\n")[0]!.slice(0, 200)),
+      check().then(
+        (reason) => (reason === undefined ? undefined : READY_REASON.test(reason) ? { reason } : { reason: "failed", detail: reason.slice(0, 200) }),
+        (err: unknown) => ({ reason: readinessReason(err), detail: errorMessage(err).split("\n")[0]!.slice(0, 200) }),
+      ),
       timeout,
     ]);
   } finally {
     clearTimeout(timer);
   }
+}
+
+/** A failed check's reason word: `unreachable` for transport errors, the error's own code when it is a plain word, else `error`. */
+function readinessReason(err: unknown): string {
+  const code = (err as { code?: unknown } | null)?.code;
+  if (typeof code !== "string") return "error";
+  if (UNREACHABLE_CODES.has(code)) return "unreachable";
+  if (code === "ETIMEDOUT") return "timeout";
+  const word = code.toLowerCase();
+  return READY_REASON.test(word) ? word : "error";
 }
 
 /** A client's `X-Request-Id` is kept when it is short and plain; anything else is replaced, never echoed. */

@@ -98,10 +98,27 @@ export const apiKeyProviderSchema = z
   })
   .describe("Tollgate's own API keys, issued by `tollgate keys create` and stored hashed in `storage`");
 
-/** JWS algorithms `oauth2_token` accepts by default: the asymmetric ones. Never `none`, never HMAC. */
+/** JWS algorithms `oauth2_token` accepts by default: the asymmetric ones. Never `none`. */
 export const ASYMMETRIC_JWS_ALGORITHMS = [
   "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA", "Ed25519",
 ] as const;
+
+/**
+ * HMAC algorithms, accepted only when `algorithms` pins them (never by
+ * default, never beside an asymmetric one): then `oct` keys from the JWKS
+ * verify tokens, as Llama Stack accepts. The key type is checked both ways,
+ * so the classic forgery (HS256 signed with an RSA public key) stays closed.
+ */
+export const HMAC_JWS_ALGORITHMS = ["HS256", "HS384", "HS512"] as const;
+
+/** True for HS256/HS384/HS512. */
+export function isHmacAlgorithm(alg: string): boolean {
+  return (HMAC_JWS_ALGORITHMS as readonly string[]).includes(alg);
+}
+
+/** `cache_ttl_ms` of `oauth2_token` when unset: JWTs are reused 30 s; introspection asks every time (as the reference). */
+export const DEFAULT_JWT_CACHE_TTL_MS = 30_000;
+export const DEFAULT_INTROSPECTION_CACHE_TTL_MS = 0;
 
 /** `claims_mapping`: claim path (dot paths reach nested claims) → attribute name; Llama Stack's defaults. */
 const claimsMapping = (defaults: Record<string, string>) =>
@@ -145,10 +162,10 @@ export const oauth2TokenProviderSchema = z
       .describe("required `aud` of JWTs (one of these)"),
     claims_mapping: claimsMapping(DEFAULT_OAUTH2_CLAIMS_MAPPING),
     algorithms: z
-      .array(z.enum(ASYMMETRIC_JWS_ALGORITHMS))
+      .array(z.enum([...ASYMMETRIC_JWS_ALGORITHMS, ...HMAC_JWS_ALGORITHMS]))
       .min(1)
       .default([...ASYMMETRIC_JWS_ALGORITHMS])
-      .describe("JWS algorithms accepted; the token's own `alg` header is never trusted alone"),
+      .describe("JWS algorithms accepted; the token's own `alg` header is never trusted alone; HS256/384/512 only pinned alone (then `oct` keys are used)"),
     leeway: z.number().min(0).default(0).describe("seconds of clock skew allowed on exp/nbf"),
     typ: z.string().min(1).optional().describe("required JWT `typ` header, e.g. at+jwt (RFC 9068)"),
     timeout_ms: outboundTimeout,
@@ -156,11 +173,20 @@ export const oauth2TokenProviderSchema = z
       .number()
       .int()
       .min(0)
-      .default(30_000)
-      .describe("reuse a verified (or introspected) token this long, never beyond its exp; 0: off"),
+      .optional()
+      .describe("reuse a verified (or introspected) token this long, never beyond its exp; 0: off. Default 30000 with jwks, 0 with introspection (a revoked token is refused at once)"),
     ...tlsClient,
   })
   .superRefine((config, ctx) => {
+    const hmac = config.algorithms.filter(isHmacAlgorithm);
+    if (hmac.length > 0 && hmac.length < config.algorithms.length) {
+      // One key type per config: an HMAC secret and a public key must never be candidates for the same token.
+      ctx.addIssue({
+        code: "custom",
+        message: "HMAC algorithms (HS256, HS384, HS512) cannot be mixed with asymmetric ones; pin one kind",
+        path: ["algorithms"],
+      });
+    }
     if (!config.jwks && !config.introspection) {
       ctx.addIssue({ code: "custom", message: "One of jwks or introspection must be configured", path: ["jwks"] });
     } else if (config.jwks && config.introspection) {

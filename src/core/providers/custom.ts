@@ -75,12 +75,12 @@ export function createCustomProvider(config: CustomProviderConfig, deps: CustomP
     : undefined;
   url.username = "";
   url.password = "";
-  // Only the host ever appears in messages and logs: the endpoint URL may
-  // carry credentials or a secret path.
+  // Only the host ever appears in logs: the endpoint URL may carry
+  // credentials or a secret path. Messages to clients name neither: the
+  // reference's "(validated by <endpoint>)" tells an unauthenticated caller
+  // an internal host and port.
   const host = url.host;
-  const authRequiredMessage = host
-    ? `Authentication required. Please provide your API key as a Bearer token (validated by ${host})`
-    : "Authentication required. Please provide your API key as a Bearer token in the Authorization header";
+  const authRequiredMessage = "Authentication required. Please provide your API key as a Bearer token in the Authorization header";
 
   const http = createHttpClient({
     timeoutMs,
@@ -89,6 +89,7 @@ export function createCustomProvider(config: CustomProviderConfig, deps: CustomP
     owner: "custom auth provider",
     observer: deps.observer,
     service: "custom",
+    log,
   });
   if (!http.verifiesTls) log.warn({ host }, "TLS certificate verification is off for the custom auth endpoint (verify_tls: false)");
 
@@ -153,10 +154,9 @@ export function createCustomProvider(config: CustomProviderConfig, deps: CustomP
     credential: "bearer",
     authRequiredMessage,
     authenticate,
-    async ready() {
-      const failure = await http.probe(url);
-      return failure && `custom auth endpoint ${failure}`;
-    },
+    // A GET of the endpoint: any answer below 500 (a POST-only endpoint says
+    // 405) proves it is up, costs no credential check and sends no key.
+    ready: () => http.probe(url),
     async close() {
       await http.close();
     },

@@ -42,7 +42,10 @@ export function createGitHubProvider(config: GitHubProviderConfig, deps: GitHubP
   const baseText = base.href.replace(/\/+$/, "");
   const host = base.host;
   const observer = deps.observer;
-  const http = createHttpClient({ timeoutMs: config.timeout_ms, verifyTls: config.verify_tls, tlsCafile: config.tls_cafile, owner, observer, service: "github" });
+  const http = createHttpClient({ timeoutMs: config.timeout_ms, verifyTls: config.verify_tls, tlsCafile: config.tls_cafile, owner, observer, service: "github", log });
+  // GitHub's `GET /rate_limit` is documented not to count against the rate
+  // limit, so probing it every few seconds costs the callers' budget nothing.
+  const readinessUrl = new URL(`${baseText}/rate_limit`);
   const cache = createTokenCache<User>(now, undefined, observer && ((hit) => observer.cacheLookup("github", hit)));
   const authRequiredMessage =
     "Authentication required. Please provide a valid GitHub access token (https://github.com/settings/tokens) in the Authorization header";
@@ -127,10 +130,7 @@ export function createGitHubProvider(config: GitHubProviderConfig, deps: GitHubP
     credential: "bearer",
     authRequiredMessage,
     authenticate,
-    async ready() {
-      const failure = await http.probe(base);
-      return failure && `GitHub API ${failure}`;
-    },
+    ready: () => http.probe(readinessUrl),
     async close() {
       cache.clear();
       await http.close();

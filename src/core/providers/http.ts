@@ -1,6 +1,7 @@
 import type { ProviderObserver } from "./types.js";
 import { readFileSync } from "node:fs";
 import { Agent, request } from "undici";
+import type { Logger } from "../log.js";
 
 /**
  * The one way providers call identity services: a connection pool of their
@@ -15,6 +16,14 @@ import { Agent, request } from "undici";
 
 /** Largest body read from an identity service unless the caller says otherwise. */
 export const MAX_RESPONSE_BYTES = 1024 * 1024;
+
+/**
+ * How long a readiness answer about an identity service is reused, in ms:
+ * "answering now" within two seconds, and however often a load balancer
+ * probes /ready (every replica, every second), the service gets at most one
+ * probe per replica per two seconds.
+ */
+export const READY_CACHE_MS = 2_000;
 
 export type OutboundFailure = "timeout" | "unreachable" | "cancelled" | "too_large";
 
@@ -44,6 +53,8 @@ export interface HttpClientOptions {
   observer?: ProviderObserver | undefined;
   /** The identity service's name for metrics: `jwks`, `introspection`, `custom`, `github`, `kubernetes`. */
   service?: string;
+  /** Where a failed readiness probe is logged with its detail (the /ready body gets only a reason word). */
+  log?: Logger | undefined;
 }
 
 export interface HttpResponse {
@@ -68,11 +79,11 @@ export interface HttpRequestOptions {
 export interface HttpClient {
   /** Whether certificates are verified (for a start-up warning). */
   readonly verifiesTls: boolean;
-  /** True once any exchange got an HTTP answer (readiness: the service has been reached). */
-  readonly reached: boolean;
   /**
-   * Readiness: `undefined` when the service has been reached before, or
-   * answers a GET of `url` now with any status; else why not (`timeout`, `unreachable`).
+   * Readiness, "answering now": `undefined` when an exchange got an answer
+   * below 500 within {@link READY_CACHE_MS}, or a GET of `url` does now;
+   * else a fixed reason word (`timeout`, `unreachable`, `http_503`). One
+   * probe per {@link READY_CACHE_MS} at most; concurrent callers share it.
    */
   probe(url: URL | string): Promise<string | undefined>;
   request(url: URL | string, options?: HttpRequestOptions): Promise<HttpResponse>;
@@ -101,13 +112,16 @@ export function createHttpClient(options: HttpClientOptions): HttpClient {
     bodyTimeout: timeoutMs,
   });
 
-  const { observer, service = owner } = options;
-  let reached = false;
+  const { observer, service = owner, log } = options;
+  /** When the service last gave an answer below 500 (any exchange): it was answering then. */
+  let answeredAt = -Infinity;
+  let probeAnswer: { at: number; reason: string | undefined } | undefined;
+  let probing: Promise<string | undefined> | undefined;
 
   async function send(url: URL | string, opts: HttpRequestOptions = {}): Promise<HttpResponse> {
     try {
       const res = await exchange(url, opts);
-      reached = true;
+      if (res.status < 500) answeredAt = Date.now();
       observer?.identityCall(service, res.status < 500);
       return res;
     } catch (err) {
@@ -163,19 +177,36 @@ export function createHttpClient(options: HttpClientOptions): HttpClient {
     }
   }
 
+  async function probeNow(url: URL | string): Promise<string | undefined> {
+    let reason: string | undefined;
+    let detail: Record<string, unknown> = {};
+    try {
+      const res = await send(url, { readBody: () => false });
+      // Any answer below 500 (a 405 to a GET of a POST endpoint, a 401) proves the service is up.
+      if (res.status >= 500) {
+        reason = `http_${res.status}`;
+        detail = { status: res.status };
+      }
+    } catch (err) {
+      reason = err instanceof OutboundError ? err.kind : "unreachable";
+      detail = { err: err instanceof OutboundError ? err.detail : describeError(err) };
+    }
+    const previous = probeAnswer?.reason;
+    probeAnswer = { at: Date.now(), reason };
+    const host = new URL(url).host;
+    if (reason !== undefined && reason !== previous) log?.warn({ host, reason, ...detail }, `${service} readiness probe failed`);
+    else if (reason === undefined && previous !== undefined) log?.info({ host }, `${service} answers again`);
+    return reason;
+  }
+
   return {
     verifiesTls: verify,
-    get reached() {
-      return reached;
-    },
-    async probe(url) {
-      if (reached) return undefined;
-      try {
-        await send(url, { readBody: () => false });
-        return undefined;
-      } catch (err) {
-        return err instanceof OutboundError ? err.kind : "unreachable";
-      }
+    probe(url) {
+      const now = Date.now();
+      if (now - answeredAt < READY_CACHE_MS) return Promise.resolve(undefined);
+      if (probeAnswer && now - probeAnswer.at < READY_CACHE_MS) return Promise.resolve(probeAnswer.reason);
+      probing ??= probeNow(url).finally(() => (probing = undefined));
+      return probing;
     },
     request: send,
     async close() {

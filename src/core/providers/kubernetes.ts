@@ -38,7 +38,11 @@ export function createKubernetesProvider(config: KubernetesProviderConfig, deps:
   const url = new URL(base.href.replace(/\/+$/, "") + REVIEW_PATH);
   const host = base.host;
   const observer = deps.observer;
-  const http = createHttpClient({ timeoutMs: config.timeout_ms, verifyTls: config.verify_tls, tlsCafile: config.tls_cafile, owner, observer, service: "kubernetes" });
+  const http = createHttpClient({ timeoutMs: config.timeout_ms, verifyTls: config.verify_tls, tlsCafile: config.tls_cafile, owner, observer, service: "kubernetes", log });
+  // `GET /readyz`: the API server's own readiness, readable without a
+  // credential (the system:public-info-viewer role), answered 500 while it
+  // cannot serve reviews.
+  const readinessUrl = new URL(base.href.replace(/\/+$/, "") + "/readyz");
   if (!http.verifiesTls) log.warn({ host }, "TLS certificate verification is off for the Kubernetes API server (verify_tls: false)");
   const cache = createTokenCache<User>(now, undefined, observer && ((hit) => observer.cacheLookup("kubernetes", hit)));
   const authRequiredMessage = "Authentication required. Please provide a valid Kubernetes authentication token in the Authorization header";
@@ -88,10 +92,7 @@ export function createKubernetesProvider(config: KubernetesProviderConfig, deps:
     credential: "bearer",
     authRequiredMessage,
     authenticate,
-    async ready() {
-      const failure = await http.probe(base);
-      return failure && `Kubernetes API server ${failure}`;
-    },
+    ready: () => http.probe(readinessUrl),
     async close() {
       cache.clear();
       await http.close();

@@ -1,5 +1,5 @@
 import { errors as joseErrors, jwtVerify, type JWTPayload } from "jose";
-import type { ProviderConfig } from "../config/schema.js";
+import { DEFAULT_INTROSPECTION_CACHE_TTL_MS, DEFAULT_JWT_CACHE_TTL_MS, isHmacAlgorithm, type ProviderConfig } from "../config/schema.js";
 import { AuthError, IdentityUnavailableError, TollgateError } from "../errors.js";
 import type { Logger } from "../log.js";
 import { makeUser, type User } from "../user.js";
@@ -34,10 +34,13 @@ const INVALID_JWT = "Invalid JWT token";
  * about by RFC 7662 introspection (`introspection`).
  *
  * Unlike the reference, the algorithm comes from the configured allow-list
- * (`algorithms`, asymmetric only), never from the token's own `alg` header:
- * that closes `alg: none` and the HS256-signed-with-the-public-key attack.
- * A verified token is reused, keyed by its hash, for `cache_ttl_ms` and never
- * past its `exp`.
+ * (`algorithms`: asymmetric by default, or HMAC pinned alone, then `oct`
+ * keys), never from the token's own `alg` header, and the key type must fit
+ * it: that closes `alg: none` and the HS256-signed-with-the-public-key attack.
+ * A verified JWT is reused, keyed by its hash, for `cache_ttl_ms` (default
+ * 30 s) and never past its `exp`; introspection asks every time unless
+ * `cache_ttl_ms` is set (a revoked token must stop working at once, as in the
+ * reference).
  *
  * @example createOAuth2Provider({ type: "oauth2_token", jwks: { uri: "https://idp/certs", ... }, audience: "llama-stack", ... }, { log })
  */
@@ -53,13 +56,16 @@ export function createOAuth2Provider(config: OAuth2ProviderConfig, deps: OAuth2P
     owner,
     observer,
     service: config.jwks ? "jwks" : "introspection",
+    log,
   });
+  const cacheTtlMs = config.cache_ttl_ms ?? (config.jwks ? DEFAULT_JWT_CACHE_TTL_MS : DEFAULT_INTROSPECTION_CACHE_TTL_MS);
   if (!http.verifiesTls) log.warn("TLS certificate verification is off for the identity provider (verify_tls: false)");
 
-  const authRequiredMessage = config.issuer
-    ? `Authentication required. Please provide a valid OAuth2 Bearer token from ${config.issuer}`
-    : config.introspection
-      ? `Authentication required. Please provide a valid OAuth2 Bearer token validated by ${serviceUrl(config.introspection.url, owner, "introspection.url").host}`
+  // The issuer is public (every token carries it); the introspection
+  // endpoint is an internal address, which an unauthenticated caller never sees.
+  const authRequiredMessage =
+    config.jwks && config.issuer
+      ? `Authentication required. Please provide a valid OAuth2 Bearer token from ${config.issuer}`
       : "Authentication required. Please provide a valid OAuth2 Bearer token in the Authorization header";
 
   let authenticateToken: (token: string, signal: AbortSignal | undefined) => Promise<User>;
@@ -75,6 +81,7 @@ export function createOAuth2Provider(config: OAuth2ProviderConfig, deps: OAuth2P
       recheckMs: jwks.key_recheck_period * 1000,
       cooldownMs: jwks.refresh_cooldown_ms,
       token: jwks.token,
+      hmac: config.algorithms.some(isHmacAlgorithm),
       now,
     });
     const getKey = keySet.getKey;
@@ -110,8 +117,8 @@ export function createOAuth2Provider(config: OAuth2ProviderConfig, deps: OAuth2P
         throw new AuthError("invalid_token", INVALID_JWT);
       }
       const user = makeUser(payload.sub, attributesFromClaims(payload as Record<string, unknown>, config.claims_mapping));
-      if (config.cache_ttl_ms > 0) {
-        const until = now() + config.cache_ttl_ms;
+      if (cacheTtlMs > 0) {
+        const until = now() + cacheTtlMs;
         cache.set(token, user, typeof payload.exp === "number" ? Math.min(until, payload.exp * 1000) : until);
       }
       return user;
@@ -120,7 +127,7 @@ export function createOAuth2Provider(config: OAuth2ProviderConfig, deps: OAuth2P
     const introspect = createIntrospector({
       introspection: config.introspection,
       claimsMapping: config.claims_mapping,
-      cacheTtlMs: config.cache_ttl_ms,
+      cacheTtlMs,
       url: serviceUrl(config.introspection.url, owner, "introspection.url"),
       http,
       log,
@@ -129,10 +136,9 @@ export function createOAuth2Provider(config: OAuth2ProviderConfig, deps: OAuth2P
     });
     authenticateToken = introspect;
     const introspectionUrl = serviceUrl(config.introspection.url, owner, "introspection.url");
-    ready = async () => {
-      const failure = await http.probe(introspectionUrl);
-      return failure && `introspection endpoint ${failure}`;
-    };
+    // A GET of the endpoint (RFC 7662 serves POST: a 4xx answer proves it
+    // is up) sends no token and asks nothing of the provider's database.
+    ready = () => http.probe(introspectionUrl);
   } else {
     throw new Error(`${owner}: one of jwks or introspection must be configured`);
   }
@@ -154,6 +160,7 @@ export function createOAuth2Provider(config: OAuth2ProviderConfig, deps: OAuth2P
       }
     },
     async close() {
+      keySet?.close();
       await http.close();
     },
   };

@@ -7,6 +7,11 @@ import { createHash } from "node:crypto";
  */
 export const TOKEN_CACHE_MAX_ENTRIES = 10_000;
 
+/** The SHA-256 of a token (base64url): what caches and in-flight maps are keyed by, never the token itself. */
+export function tokenHash(token: string): string {
+  return createHash("sha256").update(token).digest("base64url");
+}
+
 export interface TokenCache<T> {
   get(token: string): T | undefined;
   /** Remembers `value` until `expiresAt` (ms since the epoch); a time not in the future stores nothing. */
@@ -26,7 +31,7 @@ export function createTokenCache<T>(
   onLookup?: (hit: boolean) => void,
 ): TokenCache<T> {
   const entries = new Map<string, { value: T; expiresAt: number }>();
-  const key = (token: string) => createHash("sha256").update(token).digest("base64url");
+  const key = tokenHash;
   return {
     get(token) {
       const k = key(token);

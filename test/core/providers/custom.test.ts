@@ -194,9 +194,9 @@ describe("custom provider", () => {
     assert.ok(Date.now() - started < 1500);
   });
 
-  test("the 401 message for a missing token names the endpoint's host only, never its path or credentials", () => {
+  test("the 401 message for a missing token names neither the endpoint's host and port nor its path or credentials", () => {
     const p = createCustomProvider(config({ endpoint: "https://svc:secret@auth.example:8443/private/validate" }), { log: captured.log });
-    assert.equal(p.authRequiredMessage, "Authentication required. Please provide your API key as a Bearer token (validated by auth.example:8443)");
+    assert.equal(p.authRequiredMessage, "Authentication required. Please provide your API key as a Bearer token in the Authorization header");
     assert.equal(p.credential, "bearer");
     assert.equal(p.type, "custom");
     void p.close();

@@ -117,6 +117,53 @@ describe("oauth2_token with introspection (RFC 7662)", () => {
     }
   });
 
+  test("with the default config (no cache_ttl_ms), a revoked token is refused on the very next request", async () => {
+    const p = provider({ cache_ttl_ms: undefined });
+    const token = await idp.token(OPAQUE_RESOURCE);
+    assert.equal("principal" in (await outcome(p, token)), true);
+    assert.equal("principal" in (await outcome(p, token)), true);
+    await idp.revoke(token);
+    assert.deepEqual(await outcome(p, token), { status: 401, message: "Token not active" });
+  });
+
+  test("200 concurrent checks of one token make one introspection call; another token makes its own", async () => {
+    const endpoint = await startScriptedEndpoint((body, _q, res) => {
+      const token = new URLSearchParams(body).get("token");
+      setTimeout(() => res.writeHead(200).end(JSON.stringify({ active: true, sub: `user-of-${token}` })), 200);
+    });
+    try {
+      const p = provider({ cache_ttl_ms: undefined }, { url: endpoint.url });
+      const results = await Promise.all([...Array.from({ length: 200 }, () => outcome(p, "shared-token")), outcome(p, "other-token")]);
+      assert.deepEqual(results.slice(0, 200).map((r) => (r as { principal: string }).principal), Array(200).fill("user-of-shared-token"));
+      assert.equal((results[200] as { principal: string }).principal, "user-of-other-token");
+      assert.equal(endpoint.calls.length, 2);
+      // Coalesced, not cached: the next request asks again (the default keeps no answer).
+      await outcome(p, "shared-token");
+      assert.equal(endpoint.calls.length, 3);
+    } finally {
+      await endpoint.close();
+    }
+  });
+
+  test("a caller that hangs up stops waiting, and the others sharing its call still get their answer", async () => {
+    const endpoint = await startScriptedEndpoint((_b, _q, res) => setTimeout(() => res.writeHead(200).end(JSON.stringify({ active: true, sub: "u" })), 300));
+    try {
+      const p = provider({}, { url: endpoint.url });
+      const client = new AbortController();
+      const leaving = p.authenticate({ token: "t-shared", path: "/v1/models", query: "", headers: {}, signal: client.signal }).then(
+        () => 0,
+        (e: { status: number }) => e.status,
+      );
+      const staying = outcome(p, "t-shared");
+      setTimeout(() => client.abort(), 50);
+      assert.equal(await leaving, 503);
+      assert.equal(((await staying) as { principal: string }).principal, "u");
+      assert.equal(endpoint.calls.length, 1);
+    } finally {
+      await endpoint.close();
+    }
+  });
+
   test("the endpoint receives the token as a form field and the client by HTTP Basic (form-encoded first)", async () => {
     const endpoint = await startScriptedEndpoint((_b, _q, res) => res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ active: true, sub: "u1", username: "name1", scope: "a b" })));
     try {
@@ -141,19 +188,23 @@ describe("oauth2_token with introspection (RFC 7662)", () => {
     }
   });
 
-  test("a 500 from the endpoint is a 401 naming the status, as in the reference", async () => {
+  test("a 5xx from the endpoint is a 503, as every other provider's outage (the reference says 401)", async () => {
     const endpoint = await startScriptedEndpoint((_b, _q, res) => res.writeHead(500).end("{}"));
     try {
-      assert.deepEqual(await outcome(provider({}, { url: endpoint.url }), "opaque-3"), { status: 401, message: "Token introspection failed: 500" });
+      assert.deepEqual(await outcome(provider({}, { url: endpoint.url }), "opaque-3"), { status: 503, message: "Token introspection service unavailable" });
     } finally {
       await endpoint.close();
     }
   });
 
-  test("a 200 that is not JSON is refused with 401", async () => {
-    const endpoint = await startScriptedEndpoint((_b, _q, res) => res.writeHead(200).end("<html>login</html>"));
+  test("a 200 that is not JSON, or an answer over the size limit, is a 503: the token was not judged", async () => {
+    const endpoint = await startScriptedEndpoint((body, _q, res) => {
+      if (new URLSearchParams(body).get("token") === "huge") res.writeHead(200).end(JSON.stringify({ active: true, sub: "u", pad: "x".repeat(2 * 1024 * 1024) }));
+      else res.writeHead(200).end("<html>login</html>");
+    });
     try {
-      assert.deepEqual(await outcome(provider({}, { url: endpoint.url }), "opaque-4"), { status: 401, message: "Token introspection error" });
+      assert.deepEqual(await outcome(provider({}, { url: endpoint.url }), "opaque-4"), { status: 503, message: "Token introspection error" });
+      assert.deepEqual(await outcome(provider({}, { url: endpoint.url }), "huge"), { status: 503, message: "Token introspection error" });
     } finally {
       await endpoint.close();
     }
@@ -192,9 +243,10 @@ describe("oauth2_token with introspection (RFC 7662)", () => {
     }
   });
 
-  test("the message for a missing token names the introspection host, as Llama Stack's does", () => {
-    const host = new URL(idp.introspectionUrl).host;
-    assert.equal(provider().authRequiredMessage, `Authentication required. Please provide a valid OAuth2 Bearer token validated by ${host}`);
+  test("the message for a missing token names no host, port or URL (the introspection endpoint is internal)", () => {
+    for (const p of [provider(), provider({ issuer: idp.issuer })]) {
+      assert.equal(p.authRequiredMessage, "Authentication required. Please provide a valid OAuth2 Bearer token in the Authorization header");
+    }
   });
 
   test("no token or client secret ever appears in the log", () => {

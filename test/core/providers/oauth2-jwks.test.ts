@@ -155,12 +155,53 @@ describe("oauth2_token with jwks, against a real OpenID provider", () => {
     }
   });
 
-  test("HMAC algorithms and none cannot even be configured", () => {
-    for (const alg of ["HS256", "none"]) {
-      assert.throws(
-        () => parseConfig(JSON.stringify({ server: { auth: { provider_config: { type: "oauth2_token", jwks: { uri: idp.jwksUri }, algorithms: [alg] } } } })),
-        (err: unknown) => err instanceof ConfigError && err.issues.some((i) => i.startsWith("server.auth.provider_config.algorithms[0]")),
-      );
+  test("none cannot be configured, and HMAC algorithms only alone: HS256 beside RS256 is refused naming algorithms", () => {
+    const issuesOf = (algorithms: string[]) => {
+      try {
+        parseConfig(JSON.stringify({ server: { auth: { provider_config: { type: "oauth2_token", jwks: { uri: idp.jwksUri }, algorithms } } } }));
+        return [];
+      } catch (err) {
+        assert.ok(err instanceof ConfigError);
+        return err.issues.map((i) => i.replace(/ \(line \d+\)$/, ""));
+      }
+    };
+    assert.ok(issuesOf(["none"]).some((i) => i.startsWith("server.auth.provider_config.algorithms[0]")));
+    assert.deepEqual(issuesOf(["HS256", "RS256"]), [
+      "server.auth.provider_config.algorithms: HMAC algorithms (HS256, HS384, HS512) cannot be mixed with asymmetric ones; pin one kind",
+    ]);
+    assert.deepEqual(issuesOf(["HS256", "HS512"]), []);
+    assert.deepEqual(issuesOf(["RS256", "ES256"]), []);
+  });
+
+  test("with algorithms: [HS256], a token signed with an oct key of the JWKS is accepted, as in Llama Stack; the key type is checked both ways", async () => {
+    const secret = Buffer.from("foobarbaz-a-longer-shared-secret-0123456789");
+    const rsa = idp.keys[0]!;
+    // `k` in plain base64, as Llama Stack's own test writes it; python-jose reads both forms.
+    const jwks = JSON.stringify({ keys: [{ kid: "hmac-1", kty: "oct", alg: "HS256", use: "sig", k: secret.toString("base64") }, rsa.publicJwk] });
+    const server = http.createServer((_req, res) => res.writeHead(200, { "content-type": "application/json" }).end(jwks));
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    try {
+      const uri = `http://127.0.0.1:${(server.address() as AddressInfo).port}/jwks`;
+      const nowSec = Math.floor(Date.now() / 1000);
+      const claims = { sub: "my-user", aud: "llama-stack", iss: idp.issuer, exp: nowSec + 300, groups: ["group1"] };
+      const hs = (kid: string) => new SignJWT(claims).setProtectedHeader({ alg: "HS256", kid }).sign(secret);
+      const rs = (kid: string) => new SignJWT(claims).setProtectedHeader({ alg: "RS256", kid }).sign(rsa.privateKey);
+
+      const hmac = provider({ algorithms: ["HS256"], jwks: { uri } });
+      assert.deepEqual(await outcome(hmac, await hs("hmac-1")), { principal: "my-user", attributes: { roles: ["my-user"], teams: ["group1"] } });
+      // An RS256 token is not in the allow-list, whatever key it names.
+      assert.deepEqual(await outcome(hmac, await rs(rsa.kid)), { status: 401, message: "Invalid JWT token" });
+      // An HS256 token naming the RSA key: only oct keys verify HMAC, so no key is found.
+      assert.deepEqual(await outcome(hmac, await hs(rsa.kid)), { status: 401, message: "Invalid JWT token" });
+
+      // The default (asymmetric) config never uses the oct key, even for a token naming it with an allowed algorithm.
+      const asymmetric = provider({ jwks: { uri } });
+      assert.deepEqual(await outcome(asymmetric, await hs("hmac-1")), { status: 401, message: "Invalid JWT token" });
+      assert.deepEqual(await outcome(asymmetric, await rs("hmac-1")), { status: 401, message: "Invalid JWT token" });
+      assert.equal((await outcome(asymmetric, await rs(rsa.kid)) as { principal: string }).principal, "my-user");
+    } finally {
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
     }
   });
 
