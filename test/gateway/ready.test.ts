@@ -5,12 +5,12 @@ import { eventually } from "../support/eventually.js";
 import { startGateway } from "../support/gateway.js";
 import { startOidc } from "../support/oidc.js";
 import { parsePrometheus } from "../support/prometheus.js";
-import { throwawayRedis } from "../support/redis-server.js";
+import { throwawayRedisOrSkip } from "../support/redis-server.js";
 import { closedPort } from "../support/refusal.js";
 import { startUpstreamProcess, type UpstreamProcess } from "../support/upstream.js";
 
-// GET /ready: 200 only when the stores answer and the identity provider has
-// been reached; 503 naming the failing part otherwise. /health stays the
+// GET /ready: 200 only when the stores answer and the identity provider
+// answers now; 503 naming the failing part otherwise. /health stays the
 // liveness probe and never checks a dependency.
 
 interface Readiness {
@@ -55,12 +55,8 @@ describe("readiness", { timeout: 240_000 }, () => {
   });
 
   test("/ready flips to 503 naming the quota store when Redis stops, and back when it returns; /health stays 200", async (t) => {
-    const redis = await throwawayRedis();
-    if (!redis) {
-      if (process.env.CI === "true") assert.fail("redis-server is not installed (required under CI=true)");
-      t.skip("redis-server is not installed");
-      return;
-    }
+    const redis = await throwawayRedisOrSkip(t);
+    if (!redis) return;
     await redis.start();
     const gateway = await startGateway({
       config: { server: { auth: headerAuth, quota: { kvstore: { type: "redis", url: redis.url }, failure_mode: "open" } }, upstream: { url: upstream.url } },
@@ -102,7 +98,7 @@ describe("readiness", { timeout: 240_000 }, () => {
       const down = await ready(gateway.url);
       assert.equal(down.status, 503);
       assert.deepEqual(down.body.failing, ["identity_provider"]);
-      assert.match(down.body.checks.identity_provider!, /JWKS not loaded/);
+      assert.equal(down.body.checks.identity_provider, "unreachable");
       await idp.restart();
       const up = await readyUntil(gateway.url, (r) => r.status === 200);
       assert.equal(up.body.checks.identity_provider, "ok");
@@ -142,7 +138,7 @@ describe("readiness", { timeout: 240_000 }, () => {
       const r = await ready(unreachable.url);
       assert.equal(r.status, 503);
       assert.deepEqual(r.body.failing, ["identity_provider"]);
-      assert.match(r.body.checks.identity_provider!, /custom auth endpoint unreachable/);
+      assert.equal(r.body.checks.identity_provider, "unreachable");
       // The endpoint URL, which may carry a secret path, is not shown.
       assert.ok(!JSON.stringify(r.body).includes(String(port)));
     } finally {

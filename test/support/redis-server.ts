@@ -54,3 +54,15 @@ export async function throwawayRedis(args: readonly string[] = []): Promise<Thro
     },
   };
 }
+
+/**
+ * {@link throwawayRedis}, or undefined after skipping `t` with the reason
+ * printed; under `CI=true` a missing `redis-server` fails the test instead.
+ */
+export async function throwawayRedisOrSkip(t: { skip(message?: string): void }, args: readonly string[] = []): Promise<ThrowawayRedis | undefined> {
+  const redis = await throwawayRedis(args);
+  if (redis) return redis;
+  if (process.env.CI === "true") throw new Error("redis-server is not installed (required under CI=true)");
+  t.skip("redis-server is not installed");
+  return undefined;
+}

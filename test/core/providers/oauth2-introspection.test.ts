@@ -1,34 +1,11 @@
 import assert from "node:assert/strict";
-import http from "node:http";
-import type { AddressInfo } from "node:net";
 import { after, before, describe, test } from "node:test";
 import { providerConfigSchema } from "../../../src/core/config/schema.js";
 import { createOAuth2Provider, type OAuth2Provider, type OAuth2ProviderConfig } from "../../../src/core/providers/oauth2.js";
 import { captureLog } from "../../support/log.js";
 import { CLIENT_ID, CLIENT_SECRET, OPAQUE_RESOURCE, POST_CLIENT_ID, POST_CLIENT_SECRET, startOidc, type OidcServer } from "../../support/oidc.js";
 import { outcomeOf, type Outcome } from "../../support/refusal.js";
-
-/** A stand-in introspection endpoint for answers a real provider never gives (500, not JSON, slow). */
-async function startScriptedEndpoint(answer: (body: string, req: http.IncomingMessage, res: http.ServerResponse) => void) {
-  const calls: { body: string; authorization: string | undefined }[] = [];
-  const server = http.createServer((req, res) => {
-    let body = "";
-    req.on("data", (c: Buffer) => (body += c.toString()));
-    req.on("end", () => {
-      calls.push({ body, authorization: req.headers.authorization });
-      answer(body, req, res);
-    });
-  });
-  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-  return {
-    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/introspect`,
-    calls,
-    async close() {
-      server.closeAllConnections();
-      await new Promise((r) => server.close(r));
-    },
-  };
-}
+import { startScriptedEndpoint } from "../../support/scripted-endpoint.js";
 
 describe("oauth2_token with introspection (RFC 7662)", () => {
   let idp: OidcServer;
