@@ -143,6 +143,20 @@ describe("github_token provider, against a fake speaking GitHub's wire format", 
     assert.equal(nextLink(undefined), undefined);
   });
 
+  test("readiness asks GET /rate_limit (free of GitHub's rate limit) without a token, and says http_502 while GitHub fails", async () => {
+    const p = provider();
+    const probes = () => github.requests.filter((r) => r.path === "/rate_limit");
+    assert.equal(await p.ready!(), undefined);
+    assert.deepEqual(probes().map((r) => [r.method, r.authorization]), [["GET", undefined]]);
+    github.failWith = 502;
+    try {
+      await new Promise((r) => setTimeout(r, 2_100));
+      assert.equal(await p.ready!(), "http_502");
+    } finally {
+      github.failWith = undefined;
+    }
+  });
+
   test("no token ever appears in the log", () => {
     const text = captured.text();
     assert.ok(text.length > 0);

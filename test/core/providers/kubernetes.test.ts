@@ -102,6 +102,23 @@ describe("kubernetes provider, against a fake API server speaking the SelfSubjec
     assert.equal(provider().authRequiredMessage, "Authentication required. Please provide a valid Kubernetes authentication token in the Authorization header");
   });
 
+  test("readiness asks GET /readyz without a credential, says http_500 while the API server fails, and asks at most once per 2 s", async () => {
+    const p = provider();
+    const probes = () => kube.requests.filter((r) => r.path === "/readyz");
+    assert.equal(await p.ready!(), undefined);
+    assert.deepEqual(probes().map((r) => [r.method, r.authorization]), [["GET", undefined]]);
+    kube.failWith = 500;
+    try {
+      assert.equal(await p.ready!(), undefined, "within 2 s the last answer is reused");
+      assert.equal(probes().length, 1);
+      await new Promise((r) => setTimeout(r, 2_100));
+      assert.equal(await p.ready!(), "http_500");
+      assert.equal(probes().length, 2);
+    } finally {
+      kube.failWith = undefined;
+    }
+  });
+
   test("no token ever appears in the log", () => {
     const text = captured.text();
     assert.ok(text.length > 0);
