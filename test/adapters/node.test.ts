@@ -73,7 +73,7 @@ describe("createTollgate with a node:http server and the custom provider", () =>
     assert.match(res.headers.get("content-type") ?? "", /^application\/json/);
     assert.deepEqual(await res.json(), {
       error: {
-        message: `Authentication required. Please provide your API key as a Bearer token (validated by ${new URL(auth.url).host})`,
+        message: "Authentication required. Please provide your API key as a Bearer token in the Authorization header",
         type: "authentication_error",
         code: "missing_credential",
         param: null,

@@ -148,6 +148,10 @@ export async function startOidc(): Promise<OidcServer> {
   build();
 
   const basic = (id: string, secret: string) => `Basic ${Buffer.from(`${id}:${secret}`).toString("base64")}`;
+  // Token and revocation calls are POSTs, which undici never sends twice: each
+  // gets a connection of its own (`reset`), so none is sent on a pooled
+  // keep-alive connection the provider is closing after a slow test step
+  // (a key rotation under load), which failed the test with ECONNRESET.
 
   const stop = async () => {
     if (!server.listening) return;
@@ -186,6 +190,7 @@ export async function startOidc(): Promise<OidcServer> {
     async token(resource = JWT_RESOURCE) {
       const res = await request(`${issuer}/token`, {
         method: "POST",
+        reset: true,
         headers: { authorization: basic(CLIENT_ID, CLIENT_SECRET), "content-type": "application/x-www-form-urlencoded" },
         body: new URLSearchParams({ grant_type: "client_credentials", resource, scope: "models:read chat:write" }).toString(),
       });
@@ -196,6 +201,7 @@ export async function startOidc(): Promise<OidcServer> {
     async revoke(token) {
       const res = await request(`${issuer}/token/revocation`, {
         method: "POST",
+        reset: true,
         headers: { authorization: basic(CLIENT_ID, CLIENT_SECRET), "content-type": "application/x-www-form-urlencoded" },
         body: new URLSearchParams({ token }).toString(),
       });

@@ -90,6 +90,9 @@ export interface HttpClient {
   close(): Promise<void>;
 }
 
+/** Error codes of a connection the server closed under us (undici's `SocketError`, a reset, a broken pipe). */
+const STALE_CONNECTION_CODES = new Set(["UND_ERR_SOCKET", "ECONNRESET", "EPIPE"]);
+
 // Bodies we do not use are only drained so the connection can be reused.
 const MAX_DRAINED_BYTES = 64 * 1024;
 
@@ -120,13 +123,30 @@ export function createHttpClient(options: HttpClientOptions): HttpClient {
 
   async function send(url: URL | string, opts: HttpRequestOptions = {}): Promise<HttpResponse> {
     try {
-      const res = await exchange(url, opts);
+      const res = await exchangeOrRetryGet(url, opts);
       if (res.status < 500) answeredAt = Date.now();
       observer?.identityCall(service, res.status < 500);
       return res;
     } catch (err) {
       if (!(err instanceof OutboundError && err.kind === "cancelled")) observer?.identityCall(service, false);
       throw err;
+    }
+  }
+
+  /**
+   * A pooled keep-alive connection can be closed by the server (its idle
+   * timeout) just as we send on it: the request never reached the service.
+   * A GET (a JWKS fetch, a readiness probe) is idempotent and is sent once
+   * more on a fresh connection, as browsers do (RFC 9110 §9.2.2); a POST,
+   * which carries a credential to be judged, never is.
+   */
+  async function exchangeOrRetryGet(url: URL | string, opts: HttpRequestOptions): Promise<HttpResponse> {
+    try {
+      return await exchange(url, opts);
+    } catch (err) {
+      const get = (opts.method ?? "GET") === "GET";
+      if (!get || !(err instanceof OutboundError) || err.kind !== "unreachable" || !STALE_CONNECTION_CODES.has(err.detail.code ?? "")) throw err;
+      return await exchange(url, opts);
     }
   }
 

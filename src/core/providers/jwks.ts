@@ -69,8 +69,8 @@ export function createRemoteKeySet(options: RemoteKeySetOptions): RemoteKeySet {
   const host = uri.host;
   const readyCacheMs = options.readyCacheMs ?? READY_CACHE_MS;
   const resolverOf = options.hmac ? createOctKeyResolver : (set: JSONWebKeySet) => createLocalJWKSet(set);
-  // Below one second only when the operator asked for a shorter cooldown (tests); never a tight loop.
-  const retryFirstMs = Math.max(100, Math.min(JWKS_RETRY_FIRST_MS, cooldownMs));
+  // Never below one second, whatever the cooldown (0 turns the cooldown off, not the backoff).
+  const retryFirstMs = JWKS_RETRY_FIRST_MS;
   const retryMaxMs = Math.max(retryFirstMs, cooldownMs);
 
   let local: JWTVerifyGetKey | undefined;
