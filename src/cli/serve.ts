@@ -3,6 +3,7 @@ import { watch } from "node:fs";
 import { availableParallelism } from "node:os";
 import { basename, dirname, resolve } from "node:path";
 import { InvalidArgumentError, type Command } from "commander";
+import { checkConfigFiles } from "../core/config/files.js";
 import { defaultConfig, loadConfig } from "../core/config/load.js";
 import type { Config } from "../core/config/schema.js";
 import { createApiKey } from "../core/keys.js";
@@ -176,10 +177,12 @@ export async function startServer(opts: ServeOptions, hooks: WorkerHooks = {}, l
 
 /**
  * The config `serve` runs with: the file (or the embedded default), with the
- * flags applied over it. Throws a `ConfigError` naming each invalid path.
+ * flags applied over it. Throws a `ConfigError` naming each invalid path, or
+ * each file it names that cannot be read (the check `config validate` runs).
  */
 export function serveConfig(opts: ServeOptions): Config {
   const config: Config = opts.config === undefined ? defaultConfig() : loadConfig(opts.config);
+  checkConfigFiles(config, opts.config ?? "embedded default config");
   return {
     ...config,
     server: { ...config.server, port: opts.port ?? config.server.port, host: opts.host ?? config.server.host },

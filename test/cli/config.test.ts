@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
@@ -74,4 +74,61 @@ test("an unknown command fails with a one-line reason", () => {
   const r = tollgate("frobnicate");
   assert.notEqual(r.status, 0);
   assert.equal(r.stderr.trim().split("\n").length, 1);
+});
+
+test("config validate reads every file the config names, relative to the config's folder, and names the one it cannot read", () => {
+  const folder = mkdtempSync(join(dir, "files-"));
+  mkdirSync(join(folder, "tls"));
+  writeFileSync(join(folder, "tls", "cert.pem"), "-----BEGIN CERTIFICATE-----\n");
+  const text = [
+    "server:",
+    "  tls: {cert_file: tls/cert.pem, key_file: tls/key.pem}",
+    "  auth:",
+    "    provider_config: {type: custom, endpoint: 'https://auth.example/v', tls_cafile: ca.pem}",
+    "",
+  ].join("\n");
+  const path = join(folder, "tollgate.yaml");
+  writeFileSync(path, text);
+  // From another working directory: the paths follow the file, not the shell.
+  const r = spawnSync(process.execPath, [cli, "config", "validate", path], { encoding: "utf8", cwd: tmpdir() });
+  assert.equal(r.status, 1);
+  assert.equal(r.stdout, "");
+  assert.equal(
+    r.stderr,
+    [
+      `tollgate: ${path}: invalid configuration`,
+      `  server.tls.key_file: cannot read ${join(folder, "tls", "key.pem")}: ENOENT`,
+      `  server.auth.provider_config.tls_cafile: cannot read ${join(folder, "ca.pem")}: ENOENT`,
+      "",
+    ].join("\n"),
+  );
+
+  writeFileSync(join(folder, "tls", "key.pem"), "-----BEGIN PRIVATE KEY-----\n");
+  writeFileSync(join(folder, "ca.pem"), "-----BEGIN CERTIFICATE-----\n");
+  const valid = spawnSync(process.execPath, [cli, "config", "validate", path], { encoding: "utf8", cwd: tmpdir() });
+  assert.equal(valid.status, 0, valid.stderr);
+});
+
+test("serve refuses a config whose files cannot be read with the same lines as config validate, before listening", () => {
+  const folder = mkdtempSync(join(dir, "serve-files-"));
+  mkdirSync(join(folder, "cert.pem"));
+  const path = join(folder, "tollgate.yaml");
+  writeFileSync(path, "server:\n  tls: {cert_file: cert.pem, key_file: /nonexistent/key.pem}\n");
+  const validate = tollgate("config", "validate", path);
+  const serve = spawnSync(process.execPath, [cli, "serve", "--config", path, "--port", "0"], { encoding: "utf8", timeout: 30_000 });
+  assert.equal(serve.status, 1);
+  assert.equal(validate.status, 1);
+  assert.match(validate.stderr, new RegExp(`server\\.tls\\.cert_file: cannot read ${join(folder, "cert.pem")}: EISDIR`));
+  assert.match(validate.stderr, /server\.tls\.key_file: cannot read \/nonexistent\/key\.pem: ENOENT/);
+  assert.equal(serve.stderr, validate.stderr);
+  assert.doesNotMatch(serve.stdout, /listening/);
+});
+
+test("config validate refuses an empty or comments-only file, naming it", () => {
+  for (const [name, text] of [["empty.yaml", ""], ["comments.yaml", "# nothing here yet\n"]]) {
+    const path = file(name!, text!);
+    const r = tollgate("config", "validate", path);
+    assert.equal(r.status, 1, name);
+    assert.match(r.stderr, new RegExp(`^tollgate: ${path}: invalid configuration\\n  \\(top level\\): the file is empty`));
+  }
 });

@@ -147,6 +147,20 @@ describe("tollgate keys create", { concurrency: true }, () => {
     const [record] = await stored({ type: "sqlite", db_path: join(cwd, "data", "tollgate.db") });
     assert.equal(record?.principal, "local");
   });
+
+  test("a relative db_path in --config is the config's folder's, wherever the command runs", async () => {
+    const folder = join(tempRoot, `relative-${++counter}`);
+    const elsewhere = join(tempRoot, `elsewhere-${counter}`);
+    mkdirSync(folder);
+    mkdirSync(elsewhere);
+    const file = join(folder, "tollgate.yaml");
+    writeFileSync(file, "storage: {type: sqlite, db_path: ./data/keys.db}\n");
+    const run = await tollgate(["keys", "create", "--config", file, "--principal", "far"], { cwd: elsewhere });
+    assert.equal(run.code, 0, run.stderr);
+    assert.ok(!existsSync(join(elsewhere, "data")), "nothing is written under the working directory");
+    const [record] = await stored({ type: "sqlite", db_path: join(folder, "data", "keys.db") });
+    assert.equal(record?.principal, "far");
+  });
 });
 
 describe("tollgate keys list", { concurrency: true }, () => {

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, test } from "node:test";
@@ -85,6 +85,36 @@ describe("env substitution", () => {
     assert.deepEqual(issues(yaml("server:", "  port: 1", "upstream:", "  url: ${env.UPSTREAM_URL}")), [
       "upstream.url: environment variable UPSTREAM_URL is not set (use ${env.UPSTREAM_URL:=default} for a default) (line 4)",
     ]);
+  });
+
+  test("a substituted value is never re-read as YAML: string fields keep the exact text", () => {
+    for (const text of ["0123", "0x1F", "true", "null", "~", "'quoted'", "a: b", "#x", "1e3", ".inf", "[a, b]", "  padded  ", "-"]) {
+      const config = parseConfig(yaml("upstream:", "  api_key: ${env.SECRET}"), "t", { SECRET: text });
+      assert.equal(config.upstream.api_key, text, `\${env.SECRET} holding ${JSON.stringify(text)}`);
+    }
+    // A default is part of the file's text, so only what YAML reads as plain text there.
+    for (const text of ["0123", "0x1F", "true", "null", "~", "1e3", ".inf"]) {
+      const withDefault = parseConfig(yaml("upstream:", `  api_key: \${env.UNSET:=${text}}`), "t", {});
+      assert.equal(withDefault.upstream.api_key, text, `default ${JSON.stringify(text)}`);
+    }
+  });
+
+  test("number and boolean fields accept the text of a substituted value, and only decimal numbers", () => {
+    const config = parseConfig(yaml("server:", "  port: ${env.PORT:=8321}", "  workers: ${env.WORKERS}", "metrics:", "  enabled: ${env.METRICS}"), "t", { WORKERS: "3", METRICS: "False" });
+    assert.equal(config.server.port, 8321);
+    assert.equal(config.server.workers, 3);
+    assert.equal(config.metrics.enabled, false);
+    assert.equal(parseConfig(yaml("server:", "  workers: ${env.WORKERS}"), "t", { WORKERS: "auto" }).server.workers, "auto");
+    assert.deepEqual(issues(yaml("server:", "  port: ${env.PORT}"), { PORT: "0x1F" }), ["server.port: expected number, received string (line 2)"]);
+  });
+
+  test("a number written as a quoted string in the file is still refused: only substituted text is accepted", () => {
+    assert.deepEqual(issues(yaml("server:", "  port: '8321'")), ["server.port: expected number, received string (line 2)"]);
+  });
+
+  test("list positions stay right when an earlier item expands to nothing", () => {
+    const config = parseConfig(yaml("server:", "  public_paths: ['${env.NONE:=}', '/h${env.X}']"), "t", { X: "ealth" });
+    assert.deepEqual(config.server.public_paths, ["/health"]);
   });
 
   test("substituteEnv names list positions in its error path", () => {
@@ -267,6 +297,53 @@ describe("loadConfig", () => {
   test("a file that cannot be read is a ConfigError saying why", () => {
     const path = join(dir, "missing.yaml");
     assert.throws(() => loadConfig(path, {}), (err: unknown) => err instanceof ConfigError && err.issues[0] === "cannot read the file: ENOENT");
+  });
+
+  test("an empty or comments-only file is an error naming the file, not a gateway without authentication", () => {
+    for (const [name, text] of [["empty.yaml", ""], ["blank.yaml", "\n  \n"], ["comments.yaml", "# server:\n#   auth: ...\n"]] as const) {
+      const path = join(dir, name);
+      writeFileSync(path, text);
+      assert.throws(
+        () => loadConfig(path, {}),
+        (err: unknown) => err instanceof ConfigError && err.message.startsWith(`${path}: invalid configuration`) && /the file is empty/.test(err.issues[0]!),
+        name,
+      );
+    }
+  });
+
+  test("relative file paths resolve against the config file's folder, whatever the working directory", () => {
+    const folder = join(dir, "etc", "tollgate");
+    mkdirSync(folder, { recursive: true });
+    const path = join(folder, "tollgate.yaml");
+    writeFileSync(
+      path,
+      yaml(
+        "server:",
+        "  tls: {cert_file: tls/cert.pem, key_file: ./tls/key.pem}",
+        "  auth:",
+        "    provider_config: {type: custom, endpoint: 'https://auth.example/v', tls_cafile: ../ca.pem}",
+        "  quota:",
+        "    kvstore: {type: sqlite, db_path: ./data/quota.db}",
+        "storage: {type: sqlite, db_path: data/tollgate.db}",
+      ),
+    );
+    const config = loadConfig(path, {});
+    assert.notEqual(process.cwd(), folder);
+    assert.equal(config.storage.type === "sqlite" && config.storage.db_path, join(folder, "data/tollgate.db"));
+    assert.equal(config.server.quota?.kvstore.type === "sqlite" && config.server.quota.kvstore.db_path, join(folder, "data/quota.db"));
+    assert.deepEqual(config.server.tls, { cert_file: join(folder, "tls/cert.pem"), key_file: join(folder, "tls/key.pem") });
+    const provider = config.server.auth?.provider_config;
+    assert.equal(provider?.type === "custom" && provider.tls_cafile, join(dir, "etc", "ca.pem"));
+  });
+
+  test("absolute paths and :memory: are kept; parseConfig without a folder keeps paths as written", () => {
+    const path = join(dir, "absolute.yaml");
+    writeFileSync(path, yaml("storage: {type: sqlite, db_path: /var/lib/tollgate/t.db}", "server:", "  quota: {kvstore: {type: sqlite, db_path: ':memory:'}}"));
+    const config = loadConfig(path, {});
+    assert.equal(config.storage.type === "sqlite" && config.storage.db_path, "/var/lib/tollgate/t.db");
+    assert.equal(config.server.quota?.kvstore.type === "sqlite" && config.server.quota.kvstore.db_path, ":memory:");
+    const text = parseConfig(yaml("storage: {type: sqlite, db_path: ./x.db}"), "t", {});
+    assert.equal(text.storage.type === "sqlite" && text.storage.db_path, "./x.db");
   });
 
   test("the loaded config is frozen", () => {

@@ -1,8 +1,10 @@
 import { readFileSync } from "node:fs";
-import { isMap, isSeq, LineCounter, parseDocument, type Node } from "yaml";
+import { dirname, resolve } from "node:path";
+import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node } from "yaml";
 import { z } from "zod";
 import { ConfigError } from "../errors.js";
-import { EnvSubstitutionError, substituteEnv } from "./env.js";
+import { EnvSubstitutionError, pathKey, substituteEnv } from "./env.js";
+import { resolveConfigPaths } from "./files.js";
 import { configSchema, type Config } from "./schema.js";
 
 type Path = readonly PropertyKey[];
@@ -54,6 +56,15 @@ function lineOf(doc: ReturnType<typeof parseDocument>, counter: LineCounter, pat
   return offset === undefined ? undefined : counter.linePos(offset).line;
 }
 
+/** Options of {@link parseConfig}. */
+export interface ParseConfigOptions {
+  /**
+   * The folder relative file paths in the text resolve against (the config
+   * file's folder); absent: they stay relative (to the working directory).
+   */
+  readonly folder?: string | undefined;
+}
+
 /**
  * Parses and validates a config text. `source` names it in errors (a file
  * path). Throws {@link ConfigError} whose `issues` each read
@@ -63,6 +74,7 @@ export function parseConfig(
   text: string,
   source = "config",
   env: Readonly<Record<string, string | undefined>> = process.env,
+  options: ParseConfigOptions = {},
 ): Config {
   const counter = new LineCounter();
   const doc = parseDocument(text, { lineCounter: counter, prettyErrors: true, uniqueKeys: true });
@@ -81,26 +93,84 @@ export function parseConfig(
     return line === undefined ? "" : ` (line ${line})`;
   };
   let substituted: unknown;
+  const substitutedPaths = new Set<string>();
   try {
-    substituted = substituteEnv(raw, env);
+    substituted = substituteEnv(raw, env, substitutedPaths);
   } catch (err) {
     if (err instanceof EnvSubstitutionError) {
       throw new ConfigError(source, [`${formatPath(err.path)}: ${err.message}${at(err.path)}`]);
     }
     throw err;
   }
-  return validate(substituted, source, at);
+  return validate(substituted, source, at, substitutedPaths, options.folder);
 }
 
-function validate(value: unknown, source: string, at: (path: Path) => string): Config {
-  const result = configSchema.safeParse(value);
+/** Text a number field accepts from `${env.NAME}`: a decimal number, as Llama Stack's `int()`/`float()` read it. */
+const DECIMAL = /^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$/;
+
+/** The value a number or boolean field takes from substituted text, or undefined when the text is not one. */
+function fromText(text: string, expected: string): number | boolean | undefined {
+  const trimmed = text.trim();
+  if (expected === "number") return DECIMAL.test(trimmed) ? Number(trimmed) : undefined;
+  if (expected === "boolean") {
+    const lower = trimmed.toLowerCase();
+    return lower === "true" ? true : lower === "false" ? false : undefined;
+  }
+  return undefined;
+}
+
+/** Where the schema wanted a number or boolean: each type issue, also inside union branches. */
+function typeExpectations(issue: z.core.$ZodIssue, base: Path = []): { path: Path; expected: string }[] {
+  const path = [...base, ...issue.path];
+  if (issue.code === "invalid_type") return [{ path, expected: String(issue.expected) }];
+  if (issue.code === "invalid_union") return issue.errors.flatMap((branch) => branch.flatMap((inner) => typeExpectations(inner, path)));
+  return [];
+}
+
+/**
+ * Lets number and boolean fields accept the text `${env.NAME}` gave them
+ * (`port: ${env.PORT:=8321}`), and only those: the schema says which fields
+ * want a number, so a string field keeps the exact text. Rewrites `value` in
+ * place; true when something changed (then the caller validates again).
+ */
+function acceptSubstitutedText(value: unknown, issues: readonly z.core.$ZodIssue[], substituted: ReadonlySet<string>): boolean {
+  let changed = false;
+  for (const { path, expected } of issues.flatMap((issue) => typeExpectations(issue))) {
+    if (path.length === 0 || !substituted.has(pathKey(path))) continue;
+    const parent = path.slice(0, -1).reduce<unknown>((node, key) => (node as Record<PropertyKey, unknown> | undefined)?.[key], value) as
+      | Record<PropertyKey, unknown>
+      | undefined;
+    const key = path.at(-1)!;
+    const text = parent?.[key];
+    if (typeof text !== "string") continue;
+    const typed = fromText(text, expected);
+    if (typed === undefined) continue;
+    parent![key] = typed;
+    changed = true;
+  }
+  return changed;
+}
+
+function validate(
+  value: unknown,
+  source: string,
+  at: (path: Path) => string,
+  substituted: ReadonlySet<string> = new Set(),
+  folder?: string,
+): Config {
+  let result = configSchema.safeParse(value);
+  // Each round can only turn substituted text into a number or boolean, so
+  // this ends; a few rounds cover fields checked only once their siblings pass.
+  for (let round = 0; !result.success && round < 8 && acceptSubstitutedText(value, result.error.issues, substituted); round++) {
+    result = configSchema.safeParse(value);
+  }
   if (!result.success) {
     const issues = result.error.issues
       .flatMap(describeIssue)
       .map(({ path, message }) => `${formatPath(path)}: ${message}${at(path)}`);
     throw new ConfigError(source, [...new Set(issues)]);
   }
-  return deepFreeze(result.data);
+  return deepFreeze(folder === undefined ? result.data : resolveConfigPaths(result.data, folder));
 }
 
 /**
@@ -118,7 +188,14 @@ export function validateConfig(value: unknown, source = "config"): Config {
   return validate(value, source, () => "");
 }
 
-/** Reads and validates a config file; see {@link parseConfig}. */
+/**
+ * Reads and validates a config file; see {@link parseConfig}. Relative file
+ * paths in it (`storage.db_path`, TLS and CA files) resolve against the
+ * file's folder, whatever the working directory. A file that holds nothing
+ * (empty, or only comments) is refused: serving the defaults would mean no
+ * authentication, and an empty file is far more often a failed write or a
+ * wrong mount than a wish.
+ */
 export function loadConfig(file: string, env: Readonly<Record<string, string | undefined>> = process.env): Config {
   let text: string;
   try {
@@ -126,7 +203,11 @@ export function loadConfig(file: string, env: Readonly<Record<string, string | u
   } catch (err) {
     throw new ConfigError(file, [`cannot read the file: ${(err as NodeJS.ErrnoException).code ?? String(err)}`]);
   }
-  return parseConfig(text, file, env);
+  const doc = parseDocument(text);
+  if (doc.errors.length === 0 && (doc.contents === null || (isScalar(doc.contents) && doc.contents.value === null))) {
+    throw new ConfigError(file, ["(top level): the file is empty; write at least the sections you need (an empty file would serve without authentication)"]);
+  }
+  return parseConfig(text, file, env, { folder: dirname(resolve(file)) });
 }
 
 /**

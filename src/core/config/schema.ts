@@ -50,8 +50,8 @@ const addressOrCidr = z.string().refine((s) => {
 }, "expected an IP address or CIDR such as 10.0.0.0/8");
 
 /**
- * A secret given as `${env.NAME}` whose value happens to look like a number
- * (`12345`) is typed as a number by env substitution; a secret is always text.
+ * A secret written as a bare number in YAML (`api_key: 12345`) is parsed as a
+ * number; a secret is always text. (`${env.NAME}` always gives text.)
  */
 const secretString = z.union([z.string().min(1), z.number().transform(String)]);
 
