@@ -1,7 +1,7 @@
 import type { Command } from "commander";
 import { defaultConfig, loadConfig } from "../core/config/load.js";
 import type { StorageConfig } from "../core/config/schema.js";
-import { API_KEY_PREFIX, apiKeyStatus, createApiKey, hashApiKey, parseAttributes, parseDuration } from "../core/keys.js";
+import { API_KEY_PREFIX, apiKeyStatus, createApiKey, hashApiKey, parseAttributes, parseDuration, rotateApiKey } from "../core/keys.js";
 import { openRecordStore } from "../core/stores/index.js";
 import type { ApiKeyRecord, RecordStore } from "../core/stores/types.js";
 
@@ -13,14 +13,14 @@ interface ConfigOption {
 }
 
 /**
- * `tollgate keys create|list|revoke`: manage Tollgate's own API keys in the
+ * `tollgate keys create|list|rotate|revoke`: manage Tollgate's own API keys in the
  * record store of the config (`storage`), the same store `tollgate serve`
  * authenticates against.
  */
 export function registerKeysCommands(program: Command): void {
   const keys = program
     .command("keys")
-    .description("create, list and revoke Tollgate API keys (for the api_key auth provider)");
+    .description("create, list, rotate and revoke Tollgate API keys (for the api_key auth provider)");
 
   keys
     .command("create")
@@ -92,6 +92,32 @@ export function registerKeysCommands(program: Command): void {
           earlier
             ? `API key ${record.id} (principal ${record.principal}) was already revoked at ${isoTime(record.revokedAt!)}\n`
             : `revoked API key ${record.id} (principal ${record.principal})\n`,
+        );
+      });
+    });
+
+  keys
+    .command("rotate")
+    .description(
+      "give a key a new secret, keeping its id, principal, attributes and expiry; prints the new key alone on stdout " +
+        "(details on stderr); the old secret keeps working for --grace, then stops",
+    )
+    .option("-c, --config <file>", "config file whose `storage` holds the keys (default: ./data/tollgate.db)")
+    .option("-g, --grace <duration>", "how long the old secret keeps working: 45s, 15m, 12h, 30d, 2w (default: it stops at once)")
+    .argument("<id>", "the key's id as `keys list` shows it")
+    .action(async (id: string, opts: ConfigOption & { grace?: string }) => {
+      const graceMs = opts.grace === undefined ? 0 : parseDuration(opts.grace);
+      await withStore(opts, async (store) => {
+        const now = Date.now();
+        const { key, record } = await rotateApiKey(store, id, { graceMs, now });
+        process.stdout.write(`${key}\n`);
+        process.stderr.write(
+          [
+            `rotated API key ${record.id} (principal ${record.principal}); store the new key now: it is not shown again`,
+            graceMs > 0
+              ? `  the old key keeps working until ${isoTime(now + graceMs)}`
+              : "  the old key stops working now (a running gateway refuses it within a second)",
+          ].join("\n") + "\n",
         );
       });
     });

@@ -6,13 +6,13 @@ import { InvalidArgumentError, type Command } from "commander";
 import { checkConfigFiles } from "../core/config/files.js";
 import { defaultConfig, loadConfig } from "../core/config/load.js";
 import type { Config } from "../core/config/schema.js";
-import { createApiKey } from "../core/keys.js";
 import { createLogger, type Logger } from "../core/log.js";
 import { openRecordStore } from "../core/stores/index.js";
 import type { RecordStore } from "../core/stores/types.js";
 import { startDemoUpstream, type DemoUpstream } from "../demo/upstream.js";
 import { createGateway, type Gateway } from "../gateway/server.js";
 import { VERSION } from "../version.js";
+import { issueFirstAdminKey } from "./first-key.js";
 import { runSupervisor, runWorker } from "./supervisor.js";
 
 export interface ServeOptions {
@@ -28,6 +28,8 @@ export interface ServeOptions {
   workers?: Workers | undefined;
   /** Reload the config when its file changes, as on SIGHUP. */
   watchConfig?: boolean | undefined;
+  /** Write the first admin key here (mode 0600) instead of showing it on stderr. */
+  adminKeyFile?: string | undefined;
 }
 
 /** `--workers` / `server.workers`. */
@@ -88,7 +90,11 @@ export function registerServeCommand(program: Command): void {
     .option("-p, --port <n>", "port to listen on, overrides server.port (0: any free port)", parsePort)
     .option("--host <address>", "address to listen on, overrides server.host")
     .option("-w, --workers <n>", "worker processes sharing the port, or auto (one per core); overrides server.workers", parseWorkers)
-    .option("--watch-config", "reload the config when its file changes, as on SIGHUP")
+    .option("--watch-config", "reload the config when its file (or its folder's ..data symlink, as in a Kubernetes ConfigMap) changes, as on SIGHUP")
+    .option(
+      "--admin-key-file <file>",
+      "with api_key auth on a store that never held a key: write the first admin key there (mode 0600; an existing file is never overwritten) instead of stderr",
+    )
     .option("--demo", "also start a small OpenAI-compatible demo upstream and forward to it (overrides upstream.url)")
     .action(async (opts: ServeOptions) => {
       if (cluster.isWorker) {
@@ -109,8 +115,8 @@ export function registerServeCommand(program: Command): void {
 /**
  * Loads the config (flags win), starts the demo upstream when asked, opens the
  * record store for the `api_key` provider, starts the gateway, logs one
- * `listening` line, and on first start with no active API key creates an
- * admin key and prints it once to stderr.
+ * `listening` line, and when the store never held an API key creates the
+ * first admin key and shows it once (first-key.ts).
  */
 export async function startServer(opts: ServeOptions, hooks: WorkerHooks = {}, loaded?: Config): Promise<RunningServer> {
   const source = opts.config ?? "embedded default config";
@@ -142,11 +148,7 @@ export async function startServer(opts: ServeOptions, hooks: WorkerHooks = {}, l
     log.info({ url, upstream: withoutCredentials(config.upstream.url), auth: providerType ?? "off", quota: config.server.quota?.kvstore.type ?? "off", version: VERSION }, "listening");
 
     // After listening, so that a start-up failure (port in use) never swallows the only copy of a key.
-    if (!hooks.skipFirstKey && providerType === "api_key" && store && (await store.countActiveApiKeys(Date.now())) === 0) {
-      const { key, record } = await createApiKey(store, { principal: "admin", attributes: { roles: ["admin"] } });
-      log.info({ id: record.id, principal: record.principal }, "created the first admin API key");
-      process.stderr.write(adminKeyBanner(key, url));
-    }
+    if (!hooks.skipFirstKey && store) await issueFirstAdminKey(config, store, { url, adminKeyFile: opts.adminKeyFile, log });
 
     const running = gateway;
     const demoUrl = demo?.url;
@@ -275,25 +277,4 @@ function withoutCredentials(url: string): string {
   parsed.username = "";
   parsed.password = "";
   return parsed.toString();
-}
-
-/**
- * Printed once to stderr: a plain banner, not a log line, so that it is not
- * shipped to log storage. Also printed by the supervisor of `--workers N`.
- */
-export function adminKeyBanner(key: string, url: string): string {
-  const reachable = url.replace("//0.0.0.0:", "//127.0.0.1:").replace("//[::]:", "//[::1]:");
-  return [
-    "",
-    'Tollgate created the first API key (principal "admin", roles admin). It is shown only this once:',
-    "",
-    `    ${key}`,
-    "",
-    "Try it:",
-    `    curl -H "Authorization: Bearer ${key}" ${reachable}/v1/models`,
-    "",
-    "More keys: tollgate keys create --principal NAME [--attr roles=user]",
-    "",
-    "",
-  ].join("\n");
 }

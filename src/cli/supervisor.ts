@@ -1,11 +1,11 @@
 import cluster, { type Worker } from "node:cluster";
 import { AggregatorRegistry } from "prom-client";
 import type { Config } from "../core/config/schema.js";
-import { createApiKey } from "../core/keys.js";
 import { createLogger, type Logger } from "../core/log.js";
 import { openQuotaStore } from "../core/quota/from-config.js";
 import { openRecordStore, type RecordStore } from "../core/stores/index.js";
-import { adminKeyBanner, handleSignals, serveConfig, startServer, watchConfigFile, type RunningServer, type ServeOptions } from "./serve.js";
+import { issueFirstAdminKey } from "./first-key.js";
+import { handleSignals, serveConfig, startServer, watchConfigFile, type RunningServer, type ServeOptions } from "./serve.js";
 
 /*
  * `tollgate serve --workers N` (N > 1): the process that was started becomes a
@@ -362,7 +362,8 @@ export async function runSupervisor(opts: ServeOptions, config: Config, workers:
     for (let i = 0; i < workers; i++) fork();
     try {
       url = await ready;
-      if (store) await printFirstKey(current, store, url, log);
+      // Done once here rather than by every worker.
+      if (store) await issueFirstAdminKey(current, store, { url, adminKeyFile: opts.adminKeyFile, log });
     } catch (err) {
       log.error({ err: errorMessage(err) }, "a worker failed to start; stopping");
       await stopWorkers(0);
@@ -386,20 +387,6 @@ async function prepareStores(config: Config, log: Logger): Promise<RecordStore |
   const kvstore = config.server.quota?.kvstore;
   if (kvstore?.type === "sqlite") await (await openQuotaStore(kvstore, log)).close();
   return config.server.auth ? openRecordStore(config.storage) : undefined;
-}
-
-/**
- * What a single process does on first start, done once here rather than by
- * every worker: with the `api_key` provider and no active key in the store,
- * create an admin key and print it to stderr. After the workers listen, so
- * that a start-up failure never swallows the only copy of a key.
- */
-async function printFirstKey(config: Config, store: RecordStore, url: string, log: Logger): Promise<void> {
-  if (config.server.auth?.provider_config?.type !== "api_key") return;
-  if ((await store.countActiveApiKeys(Date.now())) > 0) return;
-  const { key, record } = await createApiKey(store, { principal: "admin", attributes: { roles: ["admin"] } });
-  log.info({ id: record.id, principal: record.principal }, "created the first admin API key");
-  process.stderr.write(adminKeyBanner(key, url));
 }
 
 /**

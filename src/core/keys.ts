@@ -31,6 +31,12 @@ const UNIT_MS: Readonly<Record<string, number>> = {
   w: 7 * 24 * 3600 * 1000,
 };
 
+/**
+ * The name of the record stores' `tollgate_meta` row that says the store has
+ * held an API key: from then on no first admin key is ever created.
+ */
+export const KEYS_ISSUED_MARKER = "api_keys_issued";
+
 /** A key's state at a moment, as `tollgate keys list` shows it. */
 export type ApiKeyStatus = "active" | "revoked" | "expired";
 
@@ -72,19 +78,64 @@ export async function createApiKey(
     throw new Error("the expiry must be a time in the future");
   }
   const attributes = checkAttributes(opts.attributes ?? {});
-  const key = API_KEY_PREFIX + randomBytes(32).toString("base64url");
-  const record: ApiKeyRecord = {
+  const key = newSecret();
+  const record = newRecord(key, { principal: opts.principal, attributes, createdAt: now, expiresAt: opts.expiresAt });
+  await store.insertApiKey(record);
+  return { key, record };
+}
+
+/**
+ * Gives the key `id` a new secret and returns it (to show once) with the
+ * updated record. The previous secret keeps working for `graceMs` (default 0:
+ * it stops at once, within the gateway's lookup cache, under a second), then
+ * stops. The id, principal, attributes and expiry stay. Throws when no
+ * unrevoked key has this id.
+ *
+ * @example
+ * const { key } = await rotateApiKey(store, "key_0123abcd", { graceMs: 3_600_000 });
+ */
+export async function rotateApiKey(
+  store: RecordStore,
+  id: string,
+  opts: { graceMs?: number; now?: number } = {},
+): Promise<{ key: string; record: ApiKeyRecord }> {
+  const now = opts.now ?? Date.now();
+  const graceMs = opts.graceMs ?? 0;
+  if (!(Number.isSafeInteger(graceMs) && graceMs >= 0)) throw new Error("the grace must be a whole number of milliseconds, 0 or more");
+  const key = newSecret();
+  const record = await store.rotateApiKey(id, { hash: hashApiKey(key), prefix: key.slice(0, PREFIX_LENGTH) }, graceMs > 0 ? now + graceMs : undefined);
+  if (!record) throw new Error("no such key, or it is revoked");
+  return { key, record };
+}
+
+/**
+ * The record of the first admin key (principal `admin`, `{roles: [admin]}`,
+ * never expiring), stored only when the store has never held a key; see
+ * {@link RecordStore.insertFirstApiKey}. Resolves to the key and its record
+ * when this call created it, undefined otherwise (another process did, or
+ * the store holds or held keys).
+ */
+export async function createFirstAdminKey(store: RecordStore, now = Date.now()): Promise<{ key: string; record: ApiKeyRecord } | undefined> {
+  const key = newSecret();
+  const record = newRecord(key, { principal: "admin", attributes: { roles: ["admin"] }, createdAt: now });
+  return (await store.insertFirstApiKey(record)) ? { key, record } : undefined;
+}
+
+function newSecret(): string {
+  return API_KEY_PREFIX + randomBytes(32).toString("base64url");
+}
+
+function newRecord(key: string, fields: { principal: string; attributes: Record<string, string[]>; createdAt: number; expiresAt?: number | undefined }): ApiKeyRecord {
+  return {
     id: `key_${randomBytes(8).toString("hex")}`,
     hash: hashApiKey(key),
     prefix: key.slice(0, PREFIX_LENGTH),
-    principal: opts.principal,
-    attributes,
-    createdAt: now,
-    expiresAt: opts.expiresAt,
+    principal: fields.principal,
+    attributes: fields.attributes,
+    createdAt: fields.createdAt,
+    expiresAt: fields.expiresAt,
     revokedAt: undefined,
   };
-  await store.insertApiKey(record);
-  return { key, record };
 }
 
 /**
@@ -191,6 +242,18 @@ export function apiKeyFromRow(row: Readonly<Record<string, unknown>>): ApiKeyRec
     expiresAt: optionalNumber(row.expires_at),
     revokedAt: optionalNumber(row.revoked_at),
   };
+}
+
+/**
+ * The key a lookup by `hash` found, from a row that may hold the previous
+ * secret of a rotation (`previous_hash`, `previous_valid_until`): found by
+ * that secret, the key expires no later than the end of its grace.
+ */
+export function apiKeyForSecret(row: Readonly<Record<string, unknown>>, hash: string): ApiKeyRecord {
+  const record = apiKeyFromRow(row);
+  if (record.hash === hash || row.previous_valid_until === null || row.previous_valid_until === undefined) return record;
+  const graceEnd = Number(row.previous_valid_until);
+  return { ...record, expiresAt: record.expiresAt === undefined ? graceEnd : Math.min(record.expiresAt, graceEnd) };
 }
 
 /** The values of an API key row, in the column order both stores insert them (`id` … `revoked_at`). */

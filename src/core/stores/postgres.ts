@@ -1,5 +1,5 @@
 import pg from "pg";
-import { apiKeyFromRow, apiKeyRowValues, DuplicateApiKeyError } from "../keys.js";
+import { apiKeyForSecret, apiKeyFromRow, apiKeyRowValues, DuplicateApiKeyError, KEYS_ISSUED_MARKER } from "../keys.js";
 import { ownerFromRow } from "./owners.js";
 import type { ApiKeyRecord, OwnerRecord, RecordStore } from "./types.js";
 
@@ -40,7 +40,22 @@ CREATE TABLE IF NOT EXISTS tollgate_owners (
   attributes TEXT NOT NULL,
   created_at BIGINT NOT NULL,
   PRIMARY KEY (type, id)
-)`;
+);
+CREATE TABLE IF NOT EXISTS tollgate_meta (
+  name TEXT PRIMARY KEY,
+  value TEXT NOT NULL
+);
+ALTER TABLE tollgate_api_keys ADD COLUMN IF NOT EXISTS previous_hash TEXT;
+ALTER TABLE tollgate_api_keys ADD COLUMN IF NOT EXISTS previous_valid_until BIGINT;
+CREATE INDEX IF NOT EXISTS tollgate_api_keys_previous_hash ON tollgate_api_keys (previous_hash)`;
+
+/**
+ * Key of the transaction-level advisory lock held while deciding whether to
+ * create the first admin key, so that of several replicas starting on an
+ * empty database exactly one creates it. ("tollgatf": the schema lock's
+ * neighbour.)
+ */
+const FIRST_KEY_LOCK_KEY = "8390043843661231206";
 
 const OWNER_COLUMNS = "type, id, principal, attributes, created_at";
 
@@ -97,9 +112,35 @@ export async function openPostgresRecordStore(url: string): Promise<RecordStore>
         if ((err as { code?: unknown })?.code === UNIQUE_VIOLATION) throw new DuplicateApiKeyError({ cause: err });
         throw err;
       }
+      await query(MARK_ISSUED, [KEYS_ISSUED_MARKER]);
+    },
+    async insertFirstApiKey(record) {
+      if (closed) throw new Error("the record store is closed");
+      return inTransaction(pool, async (client) => {
+        await client.query("SELECT pg_advisory_xact_lock($1)", [FIRST_KEY_LOCK_KEY]);
+        const held = await client.query(
+          "SELECT 1 FROM tollgate_meta WHERE name = $1 UNION ALL SELECT 1 FROM tollgate_api_keys LIMIT 1",
+          [KEYS_ISSUED_MARKER],
+        );
+        if (held.rows.length > 0) return false;
+        await client.query(`INSERT INTO tollgate_api_keys (${COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, apiKeyRowValues(record));
+        await client.query(MARK_ISSUED, [KEYS_ISSUED_MARKER]);
+        return true;
+      });
     },
     async findApiKeyByHash(hash) {
-      const [row] = await query(`SELECT ${COLUMNS} FROM tollgate_api_keys WHERE hash = $1`, [hash]);
+      const [row] = await query(
+        `SELECT ${COLUMNS}, previous_valid_until FROM tollgate_api_keys WHERE hash = $1 OR previous_hash = $1 ORDER BY hash = $1 DESC LIMIT 1`,
+        [hash],
+      );
+      return row ? apiKeyForSecret(row, hash) : undefined;
+    },
+    async rotateApiKey(id, secret, previousValidUntil) {
+      const [row] = await query(
+        "UPDATE tollgate_api_keys SET previous_hash = CASE WHEN $1::bigint IS NULL THEN NULL ELSE hash END, previous_valid_until = $1, hash = $2, prefix = $3 " +
+          `WHERE id = $4 AND revoked_at IS NULL RETURNING ${COLUMNS}`,
+        [previousValidUntil ?? null, secret.hash, secret.prefix, id],
+      );
       return row ? apiKeyFromRow(row) : undefined;
     },
     async listApiKeys() {
@@ -153,14 +194,25 @@ export async function openPostgresRecordStore(url: string): Promise<RecordStore>
   };
 }
 
+/** Says the store has held an API key (see `KEYS_ISSUED_MARKER`). */
+const MARK_ISSUED = "INSERT INTO tollgate_meta (name, value) VALUES ($1, 'true') ON CONFLICT (name) DO NOTHING";
+
 async function createSchema(pool: pg.Pool): Promise<void> {
+  await inTransaction(pool, async (client) => {
+    await client.query("SELECT pg_advisory_xact_lock($1)", [SCHEMA_LOCK_KEY]);
+    await client.query(SCHEMA);
+  });
+}
+
+/** Runs `work` in one transaction on one connection: committed when it resolves, rolled back when it throws. */
+async function inTransaction<T>(pool: pg.Pool, work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
   const client = await pool.connect();
   let failure: Error | undefined;
   try {
     await client.query("BEGIN");
-    await client.query("SELECT pg_advisory_xact_lock($1)", [SCHEMA_LOCK_KEY]);
-    await client.query(SCHEMA);
+    const result = await work(client);
     await client.query("COMMIT");
+    return result;
   } catch (err) {
     failure = err instanceof Error ? err : new Error(String(err));
     await client.query("ROLLBACK").catch(() => {});

@@ -1,8 +1,8 @@
 import { mkdirSync } from "node:fs";
 import { dirname, resolve } from "node:path";
-import { apiKeyFromRow, apiKeyRowValues, DuplicateApiKeyError } from "../keys.js";
+import { apiKeyForSecret, apiKeyFromRow, apiKeyRowValues, DuplicateApiKeyError, KEYS_ISSUED_MARKER } from "../keys.js";
 import { ownerFromRow } from "./owners.js";
-import { openSqliteDatabase, type SqliteDriverName, type SqliteRow, type SqliteValue } from "./sqlite-driver.js";
+import { openSqliteDatabase, type SqliteDatabase, type SqliteDriverName, type SqliteRow, type SqliteValue } from "./sqlite-driver.js";
 import type { ApiKeyRecord, OwnerRecord, RecordStore } from "./types.js";
 
 /** How long a statement waits for another process's write lock before failing (ms). */
@@ -27,7 +27,22 @@ CREATE TABLE IF NOT EXISTS tollgate_owners (
   created_at INTEGER NOT NULL,
   PRIMARY KEY (type, id)
 );
+CREATE TABLE IF NOT EXISTS tollgate_meta (
+  name TEXT PRIMARY KEY,
+  value TEXT NOT NULL
+);
 `;
+
+/**
+ * Columns added after the first release, with their types: a store from an
+ * older Tollgate gets them on open (`ALTER TABLE ... ADD COLUMN`, which
+ * SQLite has no IF NOT EXISTS for). The previous secret of a rotated key
+ * and the end of its grace.
+ */
+const ADDED_KEY_COLUMNS: readonly [string, string][] = [
+  ["previous_hash", "TEXT"],
+  ["previous_valid_until", "INTEGER"],
+];
 
 const COLUMNS = "id, hash, prefix, principal, attributes, created_at, expires_at, revoked_at";
 
@@ -73,13 +88,24 @@ export async function openSqliteRecordStore(dbPath: string, options: SqliteRecor
     // can lose the last commits, and fsync on every key lookup is not worth it.
     db.exec("PRAGMA synchronous = NORMAL");
     db.exec(SCHEMA);
+    addKeyColumns(db);
   } catch (err) {
     db.close();
     throw new Error(`cannot open the SQLite database ${path}: ${reason(err)}`, { cause: err });
   }
 
   const insert = db.prepare(`INSERT INTO tollgate_api_keys (${COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`);
-  const byHash = db.prepare(`SELECT ${COLUMNS} FROM tollgate_api_keys WHERE hash = ?`);
+  const byHash = db.prepare(
+    `SELECT ${COLUMNS}, previous_valid_until FROM tollgate_api_keys WHERE hash = ? OR previous_hash = ? ORDER BY hash = ? DESC LIMIT 1`,
+  );
+  const rotate = db.prepare(
+    "UPDATE tollgate_api_keys SET previous_hash = CASE WHEN ? IS NULL THEN NULL ELSE hash END, previous_valid_until = ?, hash = ?, prefix = ? " +
+      `WHERE id = ? AND revoked_at IS NULL RETURNING ${COLUMNS}`,
+  );
+  const markIssued = db.prepare(`INSERT INTO tollgate_meta (name, value) VALUES ('${KEYS_ISSUED_MARKER}', 'true') ON CONFLICT (name) DO NOTHING`);
+  const everIssued = db.prepare(
+    `SELECT 1 AS held FROM tollgate_meta WHERE name = '${KEYS_ISSUED_MARKER}' UNION ALL SELECT 1 FROM tollgate_api_keys LIMIT 1`,
+  );
   const all = db.prepare(`SELECT ${COLUMNS} FROM tollgate_api_keys ORDER BY created_at, id`);
   // COALESCE keeps the first revocation time when a key is revoked twice.
   const revoke = db.prepare(
@@ -114,10 +140,35 @@ export async function openSqliteRecordStore(dbPath: string, options: SqliteRecor
         }
         throw err;
       }
+      markIssued.run();
+    },
+    async insertFirstApiKey(record) {
+      open();
+      // IMMEDIATE takes the write lock before the check, so of several
+      // processes starting on one file exactly one sees an empty store.
+      db.exec("BEGIN IMMEDIATE");
+      try {
+        const held = everIssued.get() !== undefined;
+        if (!held) {
+          insert.run(...apiKeyRowValues(record));
+          markIssued.run();
+        }
+        db.exec("COMMIT");
+        return !held;
+      } catch (err) {
+        db.exec("ROLLBACK");
+        throw err;
+      }
     },
     async findApiKeyByHash(hash) {
       open();
-      const row = byHash.get(hash);
+      const row = byHash.get(hash, hash, hash);
+      return row ? apiKeyForSecret(row, hash) : undefined;
+    },
+    async rotateApiKey(id, secret, previousValidUntil) {
+      open();
+      const until = previousValidUntil ?? null;
+      const row = rotate.get(until, until, secret.hash, secret.prefix, id);
       return row ? apiKeyFromRow(row) : undefined;
     },
     async listApiKeys() {
@@ -165,6 +216,20 @@ export async function openSqliteRecordStore(dbPath: string, options: SqliteRecor
       db.close();
     },
   };
+}
+
+/** Adds the key columns a store from an older release lacks; another process adding them at once is fine. */
+function addKeyColumns(db: SqliteDatabase): void {
+  const present = new Set(db.prepare("PRAGMA table_info(tollgate_api_keys)").all().map((row) => String(row.name)));
+  for (const [name, type] of ADDED_KEY_COLUMNS) {
+    if (present.has(name)) continue;
+    try {
+      db.exec(`ALTER TABLE tollgate_api_keys ADD COLUMN ${name} ${type}`);
+    } catch (err) {
+      if (!/duplicate column name/i.test(String((err as Error)?.message))) throw err;
+    }
+  }
+  db.exec("CREATE INDEX IF NOT EXISTS tollgate_api_keys_previous_hash ON tollgate_api_keys (previous_hash)");
 }
 
 /** An error's message on one line (the CLI reports one line), with the errno code when there is one. */

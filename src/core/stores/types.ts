@@ -40,12 +40,31 @@ export interface RecordStore {
   readonly kind: string;
   /** Stores a new key. Rejects if the id or hash already exists. */
   insertApiKey(record: ApiKeyRecord): Promise<void>;
-  /** The key with this hash, revoked or not; undefined when unknown. */
+  /**
+   * The key with this hash, revoked or not; undefined when unknown. A
+   * secret replaced by {@link rotateApiKey} within its grace finds its key,
+   * with `expiresAt` no later than the end of the grace.
+   */
   findApiKeyByHash(hash: string): Promise<ApiKeyRecord | undefined>;
   /** All keys, oldest first, revoked ones included. */
   listApiKeys(): Promise<ApiKeyRecord[]>;
   /** Marks the key with this id or hash revoked; resolves to the record, or undefined when unknown. */
   revokeApiKey(idOrHash: string, at: number): Promise<ApiKeyRecord | undefined>;
+  /**
+   * Gives the unrevoked key `id` a new secret (its hash and prefix). The
+   * previous secret keeps authenticating until `previousValidUntil`
+   * (milliseconds since the epoch; absent: it stops at once), then stops;
+   * a later rotation ends any older secret at once. Resolves to the updated
+   * record, or undefined when no unrevoked key has this id.
+   */
+  rotateApiKey(id: string, secret: { hash: string; prefix: string }, previousValidUntil: number | undefined): Promise<ApiKeyRecord | undefined>;
+  /**
+   * Stores `record` only when this store has never held an API key (revoked
+   * and expired keys count, as does a key created and later removed), as one
+   * transaction that several processes may run at once: exactly one of them
+   * stores its record. True when `record` was stored.
+   */
+  insertFirstApiKey(record: ApiKeyRecord): Promise<boolean>;
   /** Number of keys that are neither revoked nor expired at `now`. */
   countActiveApiKeys(now: number): Promise<number>;
   /** Records (or replaces) the owner of a resource. */

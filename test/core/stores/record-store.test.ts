@@ -251,6 +251,74 @@ const cases: Case[] = [
     },
   },
   {
+    name: "a rotated key is found by its new secret; the old one finds it only until the end of its grace",
+    run: (open) =>
+      using(open, async (store) => {
+        const key = record({ expiresAt: 1_900_000_000_000 });
+        await store.insertApiKey(key);
+        const next = { hash: "b".repeat(64), prefix: "tg_newsecr" };
+        const rotated = await store.rotateApiKey(key.id, next, 1_800_000_000_000);
+        assert.deepEqual(rotated, { ...key, ...next });
+        assert.deepEqual(await store.findApiKeyByHash(next.hash), { ...key, ...next });
+        // The old secret: the same key, expiring when the grace ends.
+        assert.deepEqual(await store.findApiKeyByHash(key.hash), { ...key, ...next, expiresAt: 1_800_000_000_000 });
+        // A second rotation, without grace, ends both earlier secrets at once.
+        const third = { hash: "c".repeat(64), prefix: "tg_third00" };
+        await store.rotateApiKey(key.id, third, undefined);
+        assert.equal(await store.findApiKeyByHash(key.hash), undefined);
+        assert.equal(await store.findApiKeyByHash(next.hash), undefined);
+        assert.equal((await store.findApiKeyByHash(third.hash))?.id, key.id);
+        assert.deepEqual((await store.listApiKeys()).map((k) => [k.id, k.hash]), [[key.id, third.hash]]);
+      }),
+  },
+  {
+    name: "a revoked or unknown key cannot be rotated",
+    run: (open) =>
+      using(open, async (store) => {
+        const key = record();
+        await store.insertApiKey(key);
+        await store.revokeApiKey(key.id, 5);
+        assert.equal(await store.rotateApiKey(key.id, { hash: "d".repeat(64), prefix: "tg_x" }, undefined), undefined);
+        assert.equal(await store.rotateApiKey("key_unknown", { hash: "e".repeat(64), prefix: "tg_x" }, undefined), undefined);
+        assert.equal((await store.findApiKeyByHash(key.hash))?.revokedAt, 5);
+      }),
+  },
+  {
+    name: "the first key is stored only while the store has never held one, revoked and expired keys included",
+    run: (open) =>
+      using(open, async (store) => {
+        const first = record();
+        assert.equal(await store.insertFirstApiKey(first), true);
+        assert.deepEqual(await store.findApiKeyByHash(first.hash), first);
+        assert.equal(await store.insertFirstApiKey(record()), false);
+        await store.revokeApiKey(first.id, 10);
+        assert.equal(await store.insertFirstApiKey(record()), false);
+        assert.deepEqual((await store.listApiKeys()).map((k) => k.id), [first.id]);
+      }),
+  },
+  {
+    name: "a store that holds any key, even an expired one, never stores a first key",
+    run: (open) =>
+      using(open, async (store) => {
+        await store.insertApiKey(record({ expiresAt: 1 }));
+        assert.equal(await store.insertFirstApiKey(record()), false);
+        assert.equal((await store.listApiKeys()).length, 1);
+      }),
+  },
+  {
+    name: "of eight stores storing a first key at once on one database, exactly one does",
+    run: async (open) => {
+      const stores = await Promise.all(Array.from({ length: 8 }, () => open()));
+      try {
+        const stored = await Promise.all(stores.map((store) => store.insertFirstApiKey(record())));
+        assert.equal(stored.filter(Boolean).length, 1);
+        assert.equal((await stores[0]!.listApiKeys()).length, 1);
+      } finally {
+        await Promise.all(stores.map((store) => store.close()));
+      }
+    },
+  },
+  {
     name: "reopening a database keeps its keys",
     run: async (open) => {
       const key = record();
@@ -297,5 +365,53 @@ test("eight postgres stores starting at once on a fresh schema all open (schema 
     await Promise.all(stores.map((s) => s.close()));
   } finally {
     await place.cleanup();
+  }
+});
+
+test("a SQLite store from an earlier release (no rotation columns, no marker) keeps its keys, counts them as held, and rotates", async () => {
+  const dbPath = join(tempRoot, `older-${++counter}.db`);
+  const db = await openSqliteDatabase(dbPath);
+  db.exec(
+    "CREATE TABLE tollgate_api_keys (id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, prefix TEXT NOT NULL, principal TEXT NOT NULL, " +
+      "attributes TEXT NOT NULL, created_at INTEGER NOT NULL, expires_at INTEGER, revoked_at INTEGER)",
+  );
+  const old = record({ revokedAt: 7 });
+  db.prepare("INSERT INTO tollgate_api_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?)").run(old.id, old.hash, old.prefix, old.principal, JSON.stringify(old.attributes), old.createdAt, null, 7);
+  const live = record();
+  db.prepare("INSERT INTO tollgate_api_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?)").run(live.id, live.hash, live.prefix, live.principal, JSON.stringify(live.attributes), live.createdAt, null, null);
+  db.close();
+  await using(
+    () => openSqliteRecordStore(dbPath),
+    async (store) => {
+      assert.deepEqual(await store.findApiKeyByHash(old.hash), old);
+      assert.equal(await store.insertFirstApiKey(record()), false);
+      assert.ok(await store.rotateApiKey(live.id, { hash: "f".repeat(64), prefix: "tg_rotated" }, 2_000_000_000_000));
+      assert.equal((await store.findApiKeyByHash(live.hash))?.expiresAt, 2_000_000_000_000);
+    },
+  );
+});
+
+test("a PostgreSQL store from an earlier release keeps its keys, counts them as held, and rotates", async (t) => {
+  const url = await requireService(t, "postgres");
+  if (!url) return;
+  const scoped = await scopedPostgres(url, "older");
+  try {
+    await scoped.admin.query(
+      `CREATE TABLE "${scoped.schema}".tollgate_api_keys (id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, prefix TEXT NOT NULL, principal TEXT NOT NULL, ` +
+        "attributes TEXT NOT NULL, created_at BIGINT NOT NULL, expires_at BIGINT, revoked_at BIGINT)",
+    );
+    const old = record({ revokedAt: 7 });
+    await scoped.admin.query(`INSERT INTO "${scoped.schema}".tollgate_api_keys VALUES ($1, $2, $3, $4, $5, $6, NULL, 7)`, [
+      old.id, old.hash, old.prefix, old.principal, JSON.stringify(old.attributes), old.createdAt,
+    ]);
+    await using(
+      () => openPostgresRecordStore(scoped.url),
+      async (store) => {
+        assert.deepEqual(await store.findApiKeyByHash(old.hash), old);
+        assert.equal(await store.insertFirstApiKey(record()), false);
+      },
+    );
+  } finally {
+    await scoped.drop();
   }
 });
