@@ -269,15 +269,52 @@ describe("tollgate keys revoke", { concurrency: true }, () => {
   });
 });
 
+describe("tollgate keys rotate", { concurrency: true }, () => {
+  test("prints the new secret alone on stdout; the key keeps its id, principal, attributes and expiry", async () => {
+    const { file, storage } = sqliteConfig();
+    const created = await tollgate(["keys", "create", "--config", file, "--principal", "rot", "--attr", "roles=user", "--expires", "30d"]);
+    assert.equal(created.code, 0, created.stderr);
+    const [before] = await stored(storage);
+    const run = await tollgate(["keys", "rotate", "--config", file, before!.id, "--grace", "1h"]);
+    assert.equal(run.code, 0, run.stderr);
+    assert.match(run.stdout, /^tg_[A-Za-z0-9_-]{43}\n$/);
+    const key = run.stdout.trim();
+    assert.notEqual(key, created.stdout.trim());
+    assert.match(run.stderr, new RegExp(`^rotated API key ${before!.id} \\(principal rot\\)`));
+    assert.match(run.stderr, /the old key keeps working until \d{4}-\d\d-\d\dT/);
+    assert.ok(!run.stderr.includes(key));
+    const [after] = await stored(storage);
+    assert.deepEqual(after, { ...before!, hash: hashApiKey(key), prefix: key.slice(0, 10) });
+  });
+
+  test("an unknown or revoked id fails with exit 1 and one line; a bad --grace fails before touching the store", async () => {
+    const { file, storage } = sqliteConfig();
+    assert.equal((await tollgate(["keys", "create", "--config", file, "--principal", "gone"])).code, 0);
+    const [record] = await stored(storage);
+    assert.equal((await tollgate(["keys", "revoke", "--config", file, record!.id])).code, 0);
+    for (const args of [[record!.id], ["key_0000000000000000"]]) {
+      const run = await tollgate(["keys", "rotate", "--config", file, ...args]);
+      assert.equal(run.code, 1);
+      assert.equal(run.stdout, "");
+      assert.equal(run.stderr, "tollgate: no such key, or it is revoked\n");
+    }
+    const bad = await tollgate(["keys", "rotate", "--config", file, record!.id, "--grace", "soon"]);
+    assert.equal(bad.code, 1);
+    assert.equal(lines(bad.stderr).length, 1);
+    assert.match(bad.stderr, /invalid duration "soon"/);
+    assert.equal((await stored(storage))[0]!.hash, record!.hash);
+  });
+});
+
 test("every keys command answers --help with its usage and exit 0", async () => {
-  for (const args of [["keys"], ["keys", "create"], ["keys", "list"], ["keys", "revoke"]]) {
+  for (const args of [["keys"], ["keys", "create"], ["keys", "list"], ["keys", "rotate"], ["keys", "revoke"]]) {
     const run = await tollgate([...args, "--help"]);
     assert.equal(run.code, 0, run.stderr);
     assert.match(run.stdout, new RegExp(`^Usage: tollgate ${args.join(" ")} `));
   }
 });
 
-test("create, list and revoke work the same against a PostgreSQL store", async (t) => {
+test("create, list, rotate and revoke work the same against a PostgreSQL store", async (t) => {
   const url = await requireService(t, "postgres");
   if (!url) return;
   const { url: scoped, schema, admin, drop } = await scopedPostgres(url, "cli");
@@ -290,7 +327,12 @@ test("create, list and revoke work the same against a PostgreSQL store", async (
     const key = created.stdout.trim();
     const listed = JSON.parse((await tollgate(["keys", "list", "-c", file, "--json"])).stdout) as { id: string; principal: string; status: string }[];
     assert.deepEqual(listed.map((k) => [k.principal, k.status]), [["pg-alice", "active"]]);
-    const revoked = await tollgate(["keys", "revoke", "-c", file, key]);
+    const id = listed[0]!.id;
+    const rotated = await tollgate(["keys", "rotate", "-c", file, id]);
+    assert.equal(rotated.code, 0, rotated.stderr);
+    const { rows: afterRotation } = await admin.query(`SELECT id, hash FROM "${schema}".tollgate_api_keys`);
+    assert.deepEqual(afterRotation, [{ id, hash: hashApiKey(rotated.stdout.trim()) }]);
+    const revoked = await tollgate(["keys", "revoke", "-c", file, rotated.stdout.trim()]);
     assert.equal(revoked.code, 0, revoked.stderr);
     const { rows } = await admin.query(`SELECT principal, revoked_at FROM "${schema}".tollgate_api_keys`);
     assert.equal(rows.length, 1);

@@ -94,5 +94,66 @@ describe("keys managed by the CLI while the gateway runs", { timeout: 120_000 },
         await prepared.cleanup();
       }
     });
+
+    test(`${backend.name}: after keys rotate --grace the old secret works until the grace ends, then is refused; the new one works at once`, { timeout: 60_000 }, async (t) => {
+      const prepared = await backend.prepare(t, dir);
+      if (!prepared) return;
+      const config = {
+        server: { auth: { provider_config: { type: "api_key" } } },
+        upstream: { url: upstream.url, principal_header: "x-tollgate-principal" },
+        storage: prepared.storage,
+      };
+      const configFile = join(dir, `${backend.name}-rotate.yaml`);
+      writeFileSync(configFile, JSON.stringify(config));
+      const gateway = await startGateway({ config });
+      let tag = 0;
+      /** GET /v1/models with `key`, tagged so the upstream's log shows whether it was forwarded. */
+      const call = async (key: string) => {
+        const id = `rotate-${backend.name}-${++tag}`;
+        const res = await fetch(`${gateway.url}/v1/models`, { headers: { authorization: `Bearer ${key}`, "x-test-call": id } });
+        const body = (await res.json()) as { error?: { message: string; code: string } };
+        const forwarded = (await upstream.requests()).filter((r) => r.headers["x-test-call"] === id);
+        return { status: res.status, body, forwarded: forwarded.map((r) => r.headers["x-tollgate-principal"]) };
+      };
+      try {
+        const created = await tollgateCli(["keys", "create", "--config", configFile, "--principal", "rita"]);
+        assert.equal(created.code, 0, created.stderr);
+        const oldKey = created.stdout.trim();
+        assert.deepEqual((await call(oldKey)).forwarded, ["rita"]);
+        const listed = JSON.parse((await tollgateCli(["keys", "list", "--config", configFile, "--json"])).stdout) as { id: string; principal: string }[];
+        const id = listed.find((k) => k.principal === "rita")!.id;
+
+        const rotated = await tollgateCli(["keys", "rotate", "--config", configFile, id, "--grace", "3s"]);
+        assert.equal(rotated.code, 0, rotated.stderr);
+        assert.match(rotated.stdout, /^tg_[A-Za-z0-9_-]{43}\n$/);
+        const newKey = rotated.stdout.trim();
+        assert.notEqual(newKey, oldKey);
+        assert.match(rotated.stderr, new RegExp(`rotated API key ${id} \\(principal rita\\)`));
+        const rotatedAt = Date.now();
+
+        assert.deepEqual(await call(newKey), { status: 200, body: (await call(newKey)).body, forwarded: ["rita"] });
+        assert.deepEqual((await call(oldKey)).forwarded, ["rita"]);
+        // The grace (3 s) plus the gateway's lookup cache (under a second).
+        await sleep(Math.max(0, rotatedAt + 4000 - Date.now()));
+        assert.deepEqual(await call(oldKey), {
+          status: 401,
+          body: { error: { message: "API key has expired", type: "authentication_error", code: "invalid_token", param: null } },
+          forwarded: [],
+        });
+        assert.deepEqual((await call(newKey)).forwarded, ["rita"]);
+
+        // Without --grace the secret it replaces stops within a second.
+        const again = await tollgateCli(["keys", "rotate", "--config", configFile, id]);
+        assert.equal(again.code, 0, again.stderr);
+        await sleep(1000);
+        assert.equal((await call(newKey)).status, 401);
+        assert.deepEqual((await call(again.stdout.trim())).forwarded, ["rita"]);
+        assert.equal(await gateway.stop(), 0);
+        for (const secret of [oldKey, newKey, again.stdout.trim()]) assert.deepEqual(linesContaining(gateway.stdout() + gateway.stderr(), secret), []);
+      } finally {
+        await gateway.close();
+        await prepared.cleanup();
+      }
+    });
   }
 });
