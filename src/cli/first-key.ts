@@ -26,7 +26,10 @@ export async function issueFirstAdminKey(
 ): Promise<void> {
   if (config.server.auth?.provider_config?.type !== "api_key") return;
   const created = await createFirstAdminKey(store);
-  if (!created) return;
+  if (!created) {
+    log.debug("the record store holds or held an API key: no first admin key created");
+    return;
+  }
   const { key, record } = created;
   if (adminKeyFile === undefined) {
     log.info({ id: record.id, principal: record.principal }, "created the first admin API key");
