@@ -17,6 +17,7 @@ import { openRecordStore } from "../../src/core/stores/index.js";
 import type { StorageConfig } from "../../src/core/config/schema.js";
 import { requireService } from "../support/services.js";
 import { scopedPostgres } from "../support/postgres.js";
+import { storedKeys } from "../support/record-stores.js";
 
 const repoRoot = resolve(import.meta.dirname, "../..");
 const mainTs = join(repoRoot, "src/cli/main.ts");
@@ -62,15 +63,6 @@ function lines(text: string): string[] {
   return text.split("\n").filter((l) => l !== "");
 }
 
-async function stored(storage: StorageConfig) {
-  const store = await openRecordStore(storage);
-  try {
-    return await store.listApiKeys();
-  } finally {
-    await store.close();
-  }
-}
-
 describe("tollgate keys create", { concurrency: true }, () => {
   test("prints the new key alone on stdout and the details on stderr", async () => {
     const { file, storage } = sqliteConfig();
@@ -78,7 +70,7 @@ describe("tollgate keys create", { concurrency: true }, () => {
     assert.equal(run.code, 0, run.stderr);
     assert.match(run.stdout, /^tg_[A-Za-z0-9_-]{43}\n$/);
     const key = run.stdout.trim();
-    const [record] = await stored(storage);
+    const [record] = await storedKeys(storage);
     assert.ok(record);
     assert.equal(record.hash, hashApiKey(key));
     assert.equal(record.principal, "alice");
@@ -96,7 +88,7 @@ describe("tollgate keys create", { concurrency: true }, () => {
     const run = await tollgate(["keys", "create", "-c", file, "-p", "svc"]);
     assert.equal(run.code, 0, run.stderr);
     assert.match(run.stderr, /expires: +never/);
-    assert.equal((await stored(storage))[0]?.expiresAt, undefined);
+    assert.equal((await storedKeys(storage))[0]?.expiresAt, undefined);
   });
 
   test("a bad --expires fails with exit 1, one line on stderr, and stores nothing", async () => {
@@ -108,7 +100,7 @@ describe("tollgate keys create", { concurrency: true }, () => {
       assert.equal(lines(run.stderr).length, 1, run.stderr);
       assert.match(run.stderr, /^tollgate: invalid duration/);
     }
-    assert.deepEqual(await stored(storage), []);
+    assert.deepEqual(await storedKeys(storage), []);
   });
 
   test("a bad --attr fails with exit 1 and one line saying why", async () => {
@@ -144,7 +136,7 @@ describe("tollgate keys create", { concurrency: true }, () => {
     const run = await tollgate(["keys", "create", "--principal", "local"], { cwd });
     assert.equal(run.code, 0, run.stderr);
     assert.ok(existsSync(join(cwd, "data", "tollgate.db")));
-    const [record] = await stored({ type: "sqlite", db_path: join(cwd, "data", "tollgate.db") });
+    const [record] = await storedKeys({ type: "sqlite", db_path: join(cwd, "data", "tollgate.db") });
     assert.equal(record?.principal, "local");
   });
 
@@ -158,7 +150,7 @@ describe("tollgate keys create", { concurrency: true }, () => {
     const run = await tollgate(["keys", "create", "--config", file, "--principal", "far"], { cwd: elsewhere });
     assert.equal(run.code, 0, run.stderr);
     assert.ok(!existsSync(join(elsewhere, "data")), "nothing is written under the working directory");
-    const [record] = await stored({ type: "sqlite", db_path: join(folder, "data", "keys.db") });
+    const [record] = await storedKeys({ type: "sqlite", db_path: join(folder, "data", "keys.db") });
     assert.equal(record?.principal, "far");
   });
 });
@@ -173,7 +165,7 @@ describe("tollgate keys list", { concurrency: true }, () => {
     const [header, row, ...rest] = lines(run.stdout);
     assert.match(header!, /^ID +PREFIX +PRINCIPAL +ATTRIBUTES +CREATED +EXPIRES +STATUS$/);
     assert.deepEqual(rest, []);
-    const [record] = await stored(storage);
+    const [record] = await storedKeys(storage);
     assert.match(row!, new RegExp(`^${record!.id} +${key.slice(0, 10)} +alice +roles=admin +\\S+Z +never +active$`));
     assert.ok(!run.stdout.includes(key));
     assert.ok(!run.stdout.includes(hashApiKey(key)));
@@ -229,11 +221,11 @@ describe("tollgate keys revoke", { concurrency: true }, () => {
   test("revoking by id marks the key revoked, and list shows it", async () => {
     const { file, storage } = sqliteConfig();
     await tollgate(["keys", "create", "-c", file, "-p", "alice"]);
-    const [record] = await stored(storage);
+    const [record] = await storedKeys(storage);
     const run = await tollgate(["keys", "revoke", "--config", file, record!.id]);
     assert.equal(run.code, 0, run.stderr);
     assert.equal(run.stdout, `revoked API key ${record!.id} (principal alice)\n`);
-    assert.notEqual((await stored(storage))[0]?.revokedAt, undefined);
+    assert.notEqual((await storedKeys(storage))[0]?.revokedAt, undefined);
     const list = await tollgate(["keys", "list", "--config", file]);
     assert.match(lines(list.stdout)[1]!, / revoked$/);
   });
@@ -244,15 +236,15 @@ describe("tollgate keys revoke", { concurrency: true }, () => {
     const run = await tollgate(["keys", "revoke", "--config", file, key]);
     assert.equal(run.code, 0, run.stderr);
     assert.match(run.stdout, /^revoked API key key_[0-9a-f]{16} \(principal bob\)\n$/);
-    assert.notEqual((await stored(storage))[0]?.revokedAt, undefined);
+    assert.notEqual((await storedKeys(storage))[0]?.revokedAt, undefined);
   });
 
   test("revoking a key again succeeds and says when it was first revoked", async () => {
     const { file, storage } = sqliteConfig();
     await tollgate(["keys", "create", "-c", file, "-p", "alice"]);
-    const [record] = await stored(storage);
+    const [record] = await storedKeys(storage);
     await tollgate(["keys", "revoke", "-c", file, record!.id]);
-    const first = (await stored(storage))[0]!.revokedAt!;
+    const first = (await storedKeys(storage))[0]!.revokedAt!;
     const again = await tollgate(["keys", "revoke", "-c", file, record!.id]);
     assert.equal(again.code, 0, again.stderr);
     assert.match(again.stdout, new RegExp(`was already revoked at ${new Date(first).toISOString()}`));
@@ -266,43 +258,6 @@ describe("tollgate keys revoke", { concurrency: true }, () => {
       assert.equal(run.stdout, "");
       assert.equal(run.stderr, "tollgate: no such key\n");
     }
-  });
-});
-
-describe("tollgate keys rotate", { concurrency: true }, () => {
-  test("prints the new secret alone on stdout; the key keeps its id, principal, attributes and expiry", async () => {
-    const { file, storage } = sqliteConfig();
-    const created = await tollgate(["keys", "create", "--config", file, "--principal", "rot", "--attr", "roles=user", "--expires", "30d"]);
-    assert.equal(created.code, 0, created.stderr);
-    const [before] = await stored(storage);
-    const run = await tollgate(["keys", "rotate", "--config", file, before!.id, "--grace", "1h"]);
-    assert.equal(run.code, 0, run.stderr);
-    assert.match(run.stdout, /^tg_[A-Za-z0-9_-]{43}\n$/);
-    const key = run.stdout.trim();
-    assert.notEqual(key, created.stdout.trim());
-    assert.match(run.stderr, new RegExp(`^rotated API key ${before!.id} \\(principal rot\\)`));
-    assert.match(run.stderr, /the old key keeps working until \d{4}-\d\d-\d\dT/);
-    assert.ok(!run.stderr.includes(key));
-    const [after] = await stored(storage);
-    assert.deepEqual(after, { ...before!, hash: hashApiKey(key), prefix: key.slice(0, 10) });
-  });
-
-  test("an unknown or revoked id fails with exit 1 and one line; a bad --grace fails before touching the store", async () => {
-    const { file, storage } = sqliteConfig();
-    assert.equal((await tollgate(["keys", "create", "--config", file, "--principal", "gone"])).code, 0);
-    const [record] = await stored(storage);
-    assert.equal((await tollgate(["keys", "revoke", "--config", file, record!.id])).code, 0);
-    for (const args of [[record!.id], ["key_0000000000000000"]]) {
-      const run = await tollgate(["keys", "rotate", "--config", file, ...args]);
-      assert.equal(run.code, 1);
-      assert.equal(run.stdout, "");
-      assert.equal(run.stderr, "tollgate: no such key, or it is revoked\n");
-    }
-    const bad = await tollgate(["keys", "rotate", "--config", file, record!.id, "--grace", "soon"]);
-    assert.equal(bad.code, 1);
-    assert.equal(lines(bad.stderr).length, 1);
-    assert.match(bad.stderr, /invalid duration "soon"/);
-    assert.equal((await stored(storage))[0]!.hash, record!.hash);
   });
 });
 

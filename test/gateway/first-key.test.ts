@@ -9,12 +9,11 @@ import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { after, before, describe, test, type TestContext } from "node:test";
+import { after, before, describe, test } from "node:test";
 import { openRecordStore } from "../../src/core/stores/index.js";
 import type { StorageConfig } from "../../src/core/config/schema.js";
 import { distFile, linesContaining, startGateway, type GatewayProcess } from "../support/gateway.js";
-import { scopedPostgres } from "../support/postgres.js";
-import { requireService } from "../support/services.js";
+import { storageBackends, storedKeys } from "../support/record-stores.js";
 import { startUpstreamProcess, type UpstreamProcess } from "../support/upstream.js";
 
 const KEY = /tg_[A-Za-z0-9_-]{43}/g;
@@ -43,15 +42,6 @@ function gatewayConfig(storage: StorageConfig) {
   };
 }
 
-async function keysIn(storage: StorageConfig) {
-  const store = await openRecordStore(storage);
-  try {
-    return await store.listApiKeys();
-  } finally {
-    await store.close();
-  }
-}
-
 /** Waits until the process has decided about the first key, either way; true when it created one. */
 async function decided(gateway: GatewayProcess): Promise<boolean> {
   const line = await gateway.waitForLog((l) => l.msg === CREATED || l.msg === NOT_CREATED, 15_000);
@@ -67,35 +57,17 @@ async function principalOf(gateway: GatewayProcess, key: string): Promise<string
   return String(seen.headers["x-tollgate-principal"]);
 }
 
-const backends: { name: string; prepare(t: TestContext): Promise<{ storage: StorageConfig; cleanup(): Promise<void> } | undefined> }[] = [
-  {
-    name: "one SQLite file",
-    async prepare() {
-      return { storage: { type: "sqlite", db_path: join(dir, `race-${++serial}`, "tollgate.db") }, cleanup: async () => {} };
-    },
-  },
-  {
-    name: "one PostgreSQL schema",
-    async prepare(t) {
-      const url = await requireService(t, "postgres");
-      if (!url) return undefined;
-      const pg = await scopedPostgres(url, "firstkey");
-      return { storage: { type: "postgres", url: pg.url }, cleanup: pg.drop };
-    },
-  },
-];
-
 describe("the first admin key", { timeout: 240_000 }, () => {
-  for (const backend of backends) {
-    test(`two replicas starting at once on ${backend.name} create exactly one admin key, shown by one of them`, { timeout: 90_000 }, async (t) => {
-      const prepared = await backend.prepare(t);
+  for (const backend of storageBackends) {
+    test(`two replicas starting at once on one ${backend.name} store create exactly one admin key, shown by one of them`, { timeout: 90_000 }, async (t) => {
+      const prepared = await backend.prepare(t, dir);
       if (!prepared) return;
       const config = gatewayConfig(prepared.storage);
       const replicas = await Promise.all([startGateway({ config }), startGateway({ config })]);
       try {
         const created = await Promise.all(replicas.map(decided));
         assert.deepEqual(created.filter(Boolean).length, 1, `created: ${JSON.stringify(created)}`);
-        const keys = await keysIn(prepared.storage);
+        const keys = await storedKeys(prepared.storage);
         assert.deepEqual(keys.map((k) => [k.principal, k.attributes, k.expiresAt, k.revokedAt]), [["admin", { roles: ["admin"] }, undefined, undefined]]);
         const shown = replicas.map((g) => [...new Set(g.stderr().match(KEY) ?? [])]);
         assert.deepEqual(shown.map((s) => s.length).sort(), [0, 1]);
@@ -134,7 +106,7 @@ describe("the first admin key", { timeout: 240_000 }, () => {
       assert.equal(await decided(second), false);
       assert.equal(second.stderr().match(KEY), null);
       assert.equal(await principalOf(second, key), 401);
-      assert.deepEqual((await keysIn(storage)).map((k) => k.revokedAt !== undefined), [true]);
+      assert.deepEqual((await storedKeys(storage)).map((k) => k.revokedAt !== undefined), [true]);
     } finally {
       await second.close();
     }
@@ -183,6 +155,6 @@ describe("the first admin key", { timeout: 240_000 }, () => {
     assert.equal(reason.length, 1, run.stderr);
     assert.match(reason[0]!, /--admin-key-file .*: cannot write the first admin key \(EEXIST; an existing file is never overwritten\); the key was revoked/);
     assert.equal(run.stderr.match(KEY), null);
-    assert.deepEqual((await keysIn(storage)).map((k) => [k.principal, k.revokedAt !== undefined]), [["admin", true]]);
+    assert.deepEqual((await storedKeys(storage)).map((k) => [k.principal, k.revokedAt !== undefined]), [["admin", true]]);
   });
 });

@@ -3,11 +3,10 @@ import { execFile } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { after, before, describe, test, type TestContext } from "node:test";
+import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { distFile, linesContaining, startGateway } from "../support/gateway.js";
-import { scopedPostgres } from "../support/postgres.js";
-import { requireService } from "../support/services.js";
+import { storageBackends } from "../support/record-stores.js";
 import { startUpstreamProcess, type UpstreamProcess } from "../support/upstream.js";
 
 // Keys managed with the CLI while a gateway process runs on the same store:
@@ -21,26 +20,6 @@ function tollgateCli(args: string[]): Promise<{ code: number; stdout: string; st
   });
 }
 
-type Storage = { storage: Record<string, unknown>; cleanup(): Promise<void> };
-
-const backends: { name: string; prepare(t: TestContext, dir: string): Promise<Storage | undefined> }[] = [
-  {
-    name: "sqlite",
-    async prepare(_t, dir) {
-      return { storage: { type: "sqlite", db_path: join(dir, "keys.db") }, cleanup: async () => {} };
-    },
-  },
-  {
-    name: "postgres",
-    async prepare(t) {
-      const url = await requireService(t, "postgres");
-      if (!url) return undefined;
-      const pg = await scopedPostgres(url, "live");
-      return { storage: { type: "postgres", url: pg.url }, cleanup: pg.drop };
-    },
-  },
-];
-
 describe("keys managed by the CLI while the gateway runs", { timeout: 120_000 }, () => {
   let upstream: UpstreamProcess;
   let dir: string;
@@ -53,7 +32,7 @@ describe("keys managed by the CLI while the gateway runs", { timeout: 120_000 },
     rmSync(dir, { recursive: true, force: true });
   });
 
-  for (const backend of backends) {
+  for (const backend of storageBackends) {
     test(`${backend.name}: a key created by the CLI is accepted, and refused within a second of its revocation`, { timeout: 60_000 }, async (t) => {
       const prepared = await backend.prepare(t, dir);
       if (!prepared) return;
