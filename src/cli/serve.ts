@@ -1,7 +1,7 @@
 import cluster from "node:cluster";
-import { watch } from "node:fs";
+import { readFileSync, watch } from "node:fs";
 import { availableParallelism } from "node:os";
-import { basename, dirname, resolve } from "node:path";
+import { dirname, resolve } from "node:path";
 import { InvalidArgumentError, type Command } from "commander";
 import { checkConfigFiles } from "../core/config/files.js";
 import { defaultConfig, loadConfig } from "../core/config/load.js";
@@ -251,17 +251,38 @@ export function handleSignals(running: RunningServer, opts: ServeOptions): void 
 
 /**
  * Calls `onChange` once a burst of changes to `file` has settled (editors
- * write a file in several steps, or replace it by a rename). The folder is
- * watched rather than the file, so a replaced file is still seen.
+ * write a file in several steps, or replace it by a rename) and its content
+ * differs from what it was. The folder is watched, and any change in it
+ * counts, because the file is not always what changes: a Kubernetes
+ * ConfigMap mounts `tollgate.yaml` as a symlink to `..data/tollgate.yaml`,
+ * and the kubelet updates it by pointing the `..data` symlink at a new
+ * timestamped folder (rename of `..data_tmp`), so only `..data` changes.
+ * Comparing the content keeps other files in the folder (a SQLite database
+ * beside the config) from causing reloads.
  */
 export function watchConfigFile(file: string, onChange: () => void): { close(): void } {
   const settleMs = 200;
   let timer: NodeJS.Timeout | undefined;
-  const resolved = resolve(file);
-  const watcher = watch(dirname(resolved), (_event, name) => {
-    if (name !== null && name !== basename(resolved)) return;
+  const path = resolve(file);
+  // The folder the path names, not the symlink's target: the target folder is replaced on every update.
+  const folder = dirname(path);
+  const contentOf = (): string => {
+    try {
+      return readFileSync(path, "utf8");
+    } catch (err) {
+      return `unreadable: ${(err as NodeJS.ErrnoException).code ?? String(err)}`;
+    }
+  };
+  let last = contentOf();
+  const settled = () => {
+    const now = contentOf();
+    if (now === last) return;
+    last = now;
+    onChange();
+  };
+  const watcher = watch(folder, () => {
     clearTimeout(timer);
-    timer = setTimeout(onChange, settleMs);
+    timer = setTimeout(settled, settleMs);
   });
   return {
     close() {

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { Agent, request } from "undici";
@@ -203,6 +204,38 @@ describe("hot reload", { timeout: 300_000 }, () => {
       await eventually(async () => (await fetch(`${gateway.url}/v1/models`, { headers: dora })).status, (status) => status === 403, { intervalMs: 50 });
     } finally {
       await gateway.close();
+    }
+  });
+
+  test("--watch-config sees a Kubernetes ConfigMap update: the ..data symlink swapped to a new timestamped folder", async () => {
+    // The kubelet's layout: tollgate.yaml -> ..data/tollgate.yaml, ..data -> ..<timestamp>/.
+    const mount = mkdtempSync(join(tmpdir(), "tollgate-configmap-"));
+    const version = (name: string, content: unknown) => {
+      mkdirSync(join(mount, name));
+      writeFileSync(join(mount, name, "tollgate.yaml"), JSON.stringify(content, null, 2));
+    };
+    version("..2026_12_06_01_00_00.000000001", config(upstream.url, ["/v1/models*"]));
+    symlinkSync("..2026_12_06_01_00_00.000000001", join(mount, "..data"));
+    symlinkSync("..data/tollgate.yaml", join(mount, "tollgate.yaml"));
+    const gateway = await startGateway({ args: ["--config", join(mount, "tollgate.yaml"), "--watch-config"] });
+    try {
+      assert.equal((await fetch(`${gateway.url}/v1/models`, { headers: dora })).status, 200);
+      // An update, step by step as the kubelet's AtomicWriter does it: new folder, ..data_tmp, rename over ..data, old folder removed.
+      version("..2026_12_06_01_05_00.000000002", config(upstream.url, ["/v1/chat/*"]));
+      symlinkSync("..2026_12_06_01_05_00.000000002", join(mount, "..data_tmp"));
+      renameSync(join(mount, "..data_tmp"), join(mount, "..data"));
+      rmSync(join(mount, "..2026_12_06_01_00_00.000000001"), { recursive: true });
+      await gateway.waitForLog((l) => /^configuration reload/.test(String(l.msg)) && l.trigger === "file change", 10_000);
+      await eventually(async () => (await fetch(`${gateway.url}/v1/models`, { headers: dora })).status, (status) => status === 403, { intervalMs: 50 });
+      // Nothing else in the folder reloads it: a file written beside the config changes nothing.
+      const reloads = () => gateway.logLines().filter((l) => /^configuration reload/.test(String(l.msg)) && l.trigger === "file change").length;
+      const before = reloads();
+      writeFileSync(join(mount, "unrelated.db"), "x");
+      await new Promise((r) => setTimeout(r, 1000));
+      assert.equal(reloads(), before);
+    } finally {
+      await gateway.close();
+      rmSync(mount, { recursive: true, force: true });
     }
   });
 
