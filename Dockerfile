@@ -52,4 +52,7 @@ USER node
 HEALTHCHECK --interval=10s --timeout=5s --start-period=15s --retries=3 \
   CMD ["node", "-e", "const u = new URL(process.env.TOLLGATE_HEALTHCHECK_URL || 'http://127.0.0.1:8321/health'); require(u.protocol === 'https:' ? 'node:https' : 'node:http').get(u, { rejectUnauthorized: false, timeout: 3000 }, (r) => process.exit(r.statusCode === 200 ? 0 : 1)).on('error', () => process.exit(1)).on('timeout', () => process.exit(1))"]
 ENTRYPOINT ["node", "dist/cli/main.js"]
+# On a data volume that never held a key, serve prints the first admin key
+# once on stderr; add `--admin-key-file /app/data/admin-key` to get it in a
+# 0600 file instead (docs/deploy.md), or create keys with `keys create`.
 CMD ["serve", "--config", "/app/config/tollgate.yaml"]
