@@ -7,22 +7,21 @@
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync, existsSync } from "node:fs";
-import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { pathToFileURL } from "node:url";
 import { after, describe, test } from "node:test";
 import { createApiKey, hashApiKey } from "../../src/core/keys.js";
 import { openRecordStore } from "../../src/core/stores/index.js";
 import type { StorageConfig } from "../../src/core/config/schema.js";
 import { requireService } from "../support/services.js";
+import { distFile } from "../support/gateway.js";
 import { scopedPostgres } from "../support/postgres.js";
 import { storedKeys } from "../support/record-stores.js";
 
 const repoRoot = resolve(import.meta.dirname, "../..");
-const mainTs = join(repoRoot, "src/cli/main.ts");
-// Absolute, so the CLI also runs from a directory outside the repository.
-const tsxLoader = pathToFileURL(createRequire(import.meta.url).resolve("tsx")).href;
+// The built CLI (as a user runs it; `npm test` builds first): a tsx-compiled
+// src/cli/main.ts per spawn made this file slower than its timeout on a busy machine.
+const mainJs = distFile("cli/main.js");
 
 const tempRoot = mkdtempSync(join(tmpdir(), "tollgate-cli-keys-"));
 after(() => rmSync(tempRoot, { recursive: true, force: true }));
@@ -39,7 +38,7 @@ function tollgate(args: string[], options: { cwd?: string } = {}): Promise<Run> 
   return new Promise((resolvePromise) => {
     execFile(
       process.execPath,
-      ["--import", tsxLoader, mainTs, ...args],
+      [mainJs, ...args],
       { cwd: options.cwd ?? repoRoot, timeout: 60_000 },
       (err, stdout, stderr) => {
         const code = err ? (typeof err.code === "number" ? err.code : 1) : 0;

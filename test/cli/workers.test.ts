@@ -336,17 +336,26 @@ describe("serve --workers", { timeout: 600_000 }, () => {
 
   test("a worker that cannot start stops the supervisor with exit 1 and leaves no process", { timeout: 60_000 }, async () => {
     const config = headerAuthConfig(upstream.url);
+    // Files that can be read (the supervisor checks that before any worker starts) but hold no
+    // certificate: only a worker, building its TLS listener, finds out.
+    const pem = mkdtempSync(join(tmpdir(), "tollgate-workers-pem-"));
+    writeFileSync(join(pem, "cert.pem"), "not a certificate\n");
+    writeFileSync(join(pem, "key.pem"), "not a key\n");
     let message = "";
-    await assert.rejects(
-      startGateway({
-        config: { ...config, server: { ...config.server, tls: { cert_file: "/nonexistent/cert.pem", key_file: "/nonexistent/key.pem" } } },
-        args: ["--workers", "2"],
-      }),
-      (err: Error) => ((message = err.message), true),
-    );
+    try {
+      await assert.rejects(
+        startGateway({
+          config: { ...config, server: { ...config.server, tls: { cert_file: join(pem, "cert.pem"), key_file: join(pem, "key.pem") } } },
+          args: ["--workers", "2"],
+        }),
+        (err: Error) => ((message = err.message), true),
+      );
+    } finally {
+      rmSync(pem, { recursive: true, force: true });
+    }
     // startGateway saw the supervisor exit by itself: with 1, each worker's reason, and its own one line.
     assert.match(message, /^tollgate serve exited \(1\) before listening/);
-    assert.match(message, /server\.tls\.cert_file: cannot read \/nonexistent\/cert\.pem/);
+    assert.match(message, /server\.tls: cannot use the certificate and key/);
     assert.match(message, /tollgate: worker \d+ exited \(code 1\) before listening/);
     const dir = /(\S+)\/tollgate\.yaml: invalid configuration/.exec(message)?.[1];
     assert.ok(dir, message);
