@@ -5,9 +5,12 @@ import { startCustomAuth, type CustomAuthServer } from "../support/custom-auth.j
 import { linesContaining, rawRequest, startGateway, type GatewayProcess, type RawResponse } from "../support/gateway.js";
 import { startUpstreamProcess, type UpstreamProcess } from "../support/upstream.js";
 import { closedPort } from "../support/refusal.js";
+import { assertForwarded, assertNotForwarded, newTag } from "../support/forwarded.js";
 
 // Every way a request can fail, end to end: the exact status, envelope and
-// headers the client sees, and that the gateway keeps serving afterwards.
+// headers the client sees, that a refused request never reached the
+// upstream (each carries a tag the upstream records), and that the gateway
+// keeps serving afterwards.
 
 const TOKEN = "tok-carol-T7bX2kQ9sd";
 const MAX_BODY = 1024;
@@ -82,20 +85,32 @@ describe("errors", { timeout: 120_000 }, () => {
   }
 
   describe("credentials", () => {
+    test("a tagged request that passes reaches the upstream with its tag (what the refusal checks below look for)", { timeout: 10_000 }, async () => {
+      const { tag, headers } = newTag();
+      const res = await fetch(`${gateway.url}/v1/models`, { headers: { ...authorized, ...headers } });
+      assert.equal(res.status, 200);
+      await assertForwarded(upstream, tag);
+    });
+
     test("no credential: 401 missing_credential with a bare Bearer challenge", { timeout: 10_000 }, async () => {
-      const res = await fetch(`${gateway.url}/v1/models`);
+      const { tag, headers } = newTag();
+      const res = await fetch(`${gateway.url}/v1/models`, { headers });
       assert.equal(res.headers.get("www-authenticate"), 'Bearer realm="tollgate"');
       await assertEnvelope(res, 401, { message: /^Authentication required/, type: "authentication_error", code: "missing_credential" });
+      await assertNotForwarded(upstream, tag);
     });
 
     test("an unknown token: 401 invalid_token with error=\"invalid_token\"", { timeout: 10_000 }, async () => {
-      const res = await fetch(`${gateway.url}/v1/models`, { headers: { authorization: "Bearer tok-unknown" } });
+      const { tag, headers } = newTag();
+      const res = await fetch(`${gateway.url}/v1/models`, { headers: { authorization: "Bearer tok-unknown", ...headers } });
       assert.equal(res.headers.get("www-authenticate"), 'Bearer realm="tollgate", error="invalid_token"');
       await assertEnvelope(res, 401, { message: "Authentication failed: 401", type: "authentication_error", code: "invalid_token" });
+      await assertNotForwarded(upstream, tag);
     });
 
     test("another scheme: 401 invalid_request", { timeout: 10_000 }, async () => {
-      const res = await fetch(`${gateway.url}/v1/models`, { headers: { authorization: "Basic YWxpY2U6c2VjcmV0" } });
+      const { tag, headers } = newTag();
+      const res = await fetch(`${gateway.url}/v1/models`, { headers: { authorization: "Basic YWxpY2U6c2VjcmV0", ...headers } });
       // The reference's exact words; the detail is in the challenge (RFC 6750 §3 error_description).
       assert.equal(res.headers.get("www-authenticate"), `Bearer realm="tollgate", error="invalid_request", error_description="expected 'Bearer <token>'"`);
       await assertEnvelope(res, 401, {
@@ -103,37 +118,45 @@ describe("errors", { timeout: 120_000 }, () => {
         type: "authentication_error",
         code: "invalid_request",
       });
+      await assertNotForwarded(upstream, tag);
     });
 
     test("an empty bearer token: 401 invalid_request", { timeout: 10_000 }, async () => {
-      const res = await fetch(`${gateway.url}/v1/models`, { headers: { authorization: "Bearer " } });
+      const { tag, headers } = newTag();
+      const res = await fetch(`${gateway.url}/v1/models`, { headers: { authorization: "Bearer ", ...headers } });
       assert.match(res.headers.get("www-authenticate") ?? "", /error_description="empty bearer token"/);
       await assertEnvelope(res, 401, {
         message: "Invalid Authorization header format",
         type: "authentication_error",
         code: "invalid_request",
       });
+      await assertNotForwarded(upstream, tag);
     });
 
     test("an empty Authorization header counts as no credential", { timeout: 10_000 }, async () => {
-      const res = await rawRequest(gateway.url, raw("GET /v1/models HTTP/1.1", ["Authorization: "]));
+      const { tag, line } = newTag();
+      const res = await rawRequest(gateway.url, raw("GET /v1/models HTTP/1.1", ["Authorization: ", line]));
       await assertEnvelope(res, 401, { message: /^Authentication required/, type: "authentication_error", code: "missing_credential" });
+      await assertNotForwarded(upstream, tag);
     });
 
     test("two credentials in one header: 401 invalid_request", { timeout: 10_000 }, async () => {
-      const res = await fetch(`${gateway.url}/v1/models`, { headers: { authorization: `Bearer ${TOKEN} tok-other` } });
+      const { tag, headers } = newTag();
+      const res = await fetch(`${gateway.url}/v1/models`, { headers: { authorization: `Bearer ${TOKEN} tok-other`, ...headers } });
       assert.match(res.headers.get("www-authenticate") ?? "", /error_description="exactly one bearer token is allowed"/);
       await assertEnvelope(res, 401, {
         message: "Invalid Authorization header format",
         type: "authentication_error",
         code: "invalid_request",
       });
+      await assertNotForwarded(upstream, tag);
     });
 
     test("two Authorization headers: 401, even when the first is valid", { timeout: 10_000 }, async () => {
+      const { tag, line } = newTag();
       const res = await rawRequest(
         gateway.url,
-        raw("GET /v1/models HTTP/1.1", [`Authorization: Bearer ${TOKEN}`, "Authorization: Bearer tok-other"]),
+        raw("GET /v1/models HTTP/1.1", [`Authorization: Bearer ${TOKEN}`, "Authorization: Bearer tok-other", line]),
       );
       assert.match(res.headers["www-authenticate"] ?? "", /error_description="exactly one Authorization header is allowed"/);
       await assertEnvelope(res, 401, {
@@ -141,10 +164,12 @@ describe("errors", { timeout: 120_000 }, () => {
         type: "authentication_error",
         code: "invalid_request",
       });
+      await assertNotForwarded(upstream, tag);
     });
 
     test("the identity service unreachable: 503 with Retry-After, and the cause is logged without the token", { timeout: 10_000 }, async () => {
-      const res = await fetch(`${noAuth.url}/v1/models`, { headers: authorized });
+      const { tag, headers } = newTag();
+      const res = await fetch(`${noAuth.url}/v1/models`, { headers: { ...authorized, ...headers } });
       assert.equal(res.headers.get("retry-after"), "1");
       await assertEnvelope(res, 503, {
         message: "Authentication service unavailable",
@@ -153,55 +178,72 @@ describe("errors", { timeout: 120_000 }, () => {
       });
       await noAuth.waitForLog((l) => l.level === 40 && /unreachable/.test(String(l.msg)));
       assert.deepEqual(linesContaining(noAuth.stdout() + noAuth.stderr(), TOKEN), []);
+      await assertNotForwarded(upstream, tag);
     });
   });
 
   describe("paths and methods", () => {
     test("'..' above the root: 400 invalid_path", { timeout: 10_000 }, async () => {
-      const res = await rawRequest(gateway.url, raw("GET /v1/../../etc/passwd HTTP/1.1", [`Authorization: Bearer ${TOKEN}`]));
+      const { tag, line } = newTag();
+      const res = await rawRequest(gateway.url, raw("GET /v1/../../etc/passwd HTTP/1.1", [`Authorization: Bearer ${TOKEN}`, line]));
       await assertEnvelope(res, 400, { message: "Invalid request path: '..' above the root", type: "invalid_request_error", code: "invalid_path" });
+      await assertNotForwarded(upstream, tag);
     });
 
     test("encoded dots above the root: 400 invalid_path", { timeout: 10_000 }, async () => {
-      const res = await rawRequest(gateway.url, raw("GET /v1/%2e%2e/%2E%2E/x HTTP/1.1"));
+      const { tag, line } = newTag();
+      const res = await rawRequest(gateway.url, raw("GET /v1/%2e%2e/%2E%2E/x HTTP/1.1", [`Authorization: Bearer ${TOKEN}`, line]));
       await assertEnvelope(res, 400, { message: "Invalid request path: '..' above the root", type: "invalid_request_error", code: "invalid_path" });
+      await assertNotForwarded(upstream, tag);
     });
 
     test("malformed percent-encoding: 400 invalid_path", { timeout: 10_000 }, async () => {
-      const res = await rawRequest(gateway.url, raw("GET /v1/models/%zz HTTP/1.1"));
+      const { tag, line } = newTag();
+      const res = await rawRequest(gateway.url, raw("GET /v1/models/%zz HTTP/1.1", [`Authorization: Bearer ${TOKEN}`, line]));
       await assertEnvelope(res, 400, { message: "Invalid request path: malformed percent-encoding", type: "invalid_request_error", code: "invalid_path" });
+      await assertNotForwarded(upstream, tag);
     });
 
     test("an encoded slash: 400 invalid_path", { timeout: 10_000 }, async () => {
-      const res = await rawRequest(gateway.url, raw("GET /v1/models%2Fsecret HTTP/1.1"));
+      const { tag, line } = newTag();
+      const res = await rawRequest(gateway.url, raw("GET /v1/models%2Fsecret HTTP/1.1", [`Authorization: Bearer ${TOKEN}`, line]));
       await assertEnvelope(res, 400, {
         message: "Invalid request path: encoded '/', '\\' or NUL is not allowed",
         type: "invalid_request_error",
         code: "invalid_path",
       });
+      await assertNotForwarded(upstream, tag);
     });
 
     test("an absolute-form target: 400 invalid_path", { timeout: 10_000 }, async () => {
-      const res = await rawRequest(gateway.url, raw("GET http://elsewhere.example/v1/models HTTP/1.1"));
+      const { tag, line } = newTag();
+      const res = await rawRequest(gateway.url, raw("GET http://elsewhere.example/v1/models HTTP/1.1", [`Authorization: Bearer ${TOKEN}`, line]));
       await assertEnvelope(res, 400, { message: "Invalid request path: expected an absolute path", type: "invalid_request_error", code: "invalid_path" });
+      await assertNotForwarded(upstream, tag);
     });
 
     test("TRACE is never forwarded: 405", { timeout: 10_000 }, async () => {
-      const res = await rawRequest(gateway.url, raw("TRACE /v1/models HTTP/1.1", [`Authorization: Bearer ${TOKEN}`]));
+      const { tag, line } = newTag();
+      const res = await rawRequest(gateway.url, raw("TRACE /v1/models HTTP/1.1", [`Authorization: Bearer ${TOKEN}`, line]));
       await assertEnvelope(res, 405, { message: "Method TRACE is not allowed", type: "invalid_request_error", code: "method_not_allowed" });
+      await assertNotForwarded(upstream, tag);
     });
   });
 
   describe("malformed HTTP", () => {
     test("headers over 16 KiB: 431 envelope", { timeout: 10_000 }, async () => {
-      const res = await rawRequest(gateway.url, raw("GET /v1/models HTTP/1.1", [`X-Padding: ${"a".repeat(17 * 1024)}`]));
+      const { tag, line } = newTag();
+      const res = await rawRequest(gateway.url, raw("GET /v1/models HTTP/1.1", [`X-Padding: ${"a".repeat(17 * 1024)}`, line]));
       await assertEnvelope(res, 431, { message: "Request header fields too large", type: "invalid_request_error", code: "headers_too_large" });
       assert.equal(res.headers.connection, "close");
+      await assertNotForwarded(upstream, tag);
     });
 
     test("a malformed header line: 400 envelope", { timeout: 10_000 }, async () => {
-      const res = await rawRequest(gateway.url, raw("GET /v1/models HTTP/1.1", ["this is not a header"]));
+      const { tag, line } = newTag();
+      const res = await rawRequest(gateway.url, raw("GET /v1/models HTTP/1.1", ["this is not a header", line]));
       await assertEnvelope(res, 400, { message: "Malformed HTTP request", type: "invalid_request_error", code: "malformed_request" });
+      await assertNotForwarded(upstream, tag);
     });
 
     test("garbage instead of a request line: 400 envelope", { timeout: 10_000 }, async () => {
@@ -210,27 +252,30 @@ describe("errors", { timeout: 120_000 }, () => {
     });
 
     test("both Content-Length and Transfer-Encoding: 400 envelope", { timeout: 10_000 }, async () => {
+      const { tag, line } = newTag();
       const res = await rawRequest(
         gateway.url,
-        raw("POST /v1/chat/completions HTTP/1.1", ["Content-Length: 5", "Transfer-Encoding: chunked"]) + "0\r\n\r\n",
+        raw("POST /v1/chat/completions HTTP/1.1", ["Content-Length: 5", "Transfer-Encoding: chunked", line]) + "0\r\n\r\n",
       );
       await assertEnvelope(res, 400, { message: "Malformed HTTP request", type: "invalid_request_error", code: "malformed_request" });
+      await assertNotForwarded(upstream, tag);
     });
   });
 
   describe("bodies", () => {
     test("a declared Content-Length over max_body_bytes: 413 before anything goes upstream", { timeout: 10_000 }, async () => {
-      const id = randomUUID();
-      const res = await fetch(`${gateway.url}/echo/big`, {
+      const { tag, headers } = newTag();
+      const res = await fetch(`${gateway.url}/v1/chat/completions`, {
         method: "POST",
-        headers: { ...authorized, "x-test-id": id },
-        body: "x".repeat(MAX_BODY + 1),
+        headers: { ...authorized, ...headers, "content-type": "application/json" },
+        body: JSON.stringify({ model: "demo-small", messages: [{ role: "user", content: "x".repeat(MAX_BODY) }] }),
       });
       await assertEnvelope(res, 413, { message: `Request body exceeds the limit of ${MAX_BODY} bytes`, type: "invalid_request_error", code: "request_too_large" });
-      assert.ok(!(await upstream.requests()).some((r) => r.headers["x-test-id"] === id));
+      await assertNotForwarded(upstream, tag);
     });
 
     test("a chunked body that grows over max_body_bytes: 413", { timeout: 10_000 }, async () => {
+      const { tag, headers } = newTag();
       let sent = 0;
       const stream = new ReadableStream<Uint8Array>({
         pull(controller) {
@@ -241,8 +286,14 @@ describe("errors", { timeout: 120_000 }, () => {
           }
         },
       });
-      const res = await fetch(`${gateway.url}/echo/big`, { method: "POST", headers: authorized, body: stream, duplex: "half" } as RequestInit);
+      const res = await fetch(`${gateway.url}/v1/files`, {
+        method: "POST",
+        headers: { ...authorized, ...headers, "content-type": "application/octet-stream" },
+        body: stream,
+        duplex: "half",
+      } as RequestInit);
       await assertEnvelope(res, 413, { message: `Request body exceeds the limit of ${MAX_BODY} bytes`, type: "invalid_request_error", code: "request_too_large" });
+      await assertNotForwarded(upstream, tag);
     });
 
     test("a body of exactly max_body_bytes is forwarded", { timeout: 10_000 }, async () => {
