@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
-import { randomUUID } from "node:crypto";
 import http from "node:http";
+import { join } from "node:path";
 import { after, before, describe, test, type TestContext } from "node:test";
 import OpenAI, { toFile } from "openai";
 import { startCustomAuth, type CustomAuthServer } from "../support/custom-auth.js";
@@ -8,10 +8,14 @@ import { linesContaining, startGateway, type GatewayProcess } from "../support/g
 import { scopedPostgres, type ScopedPostgres } from "../support/postgres.js";
 import { requireService } from "../support/services.js";
 import { startUpstreamProcess, type UpstreamProcess } from "../support/upstream.js";
+import { assertForwarded, assertNotForwarded, newTag } from "../support/forwarded.js";
+import { openSqliteDatabase } from "../../src/core/stores/sqlite-driver.js";
 
 // Multi-tenant resource protection end to end: the official OpenAI client,
 // a real gateway process with the custom auth provider, the demo upstream.
 // The same suite runs on the SQLite and the PostgreSQL record store.
+// Every refusal also proves, by a tag the upstream records, that the request
+// never reached the upstream.
 
 const TOKENS = {
   alice: "tok-alice-9f3kQ",
@@ -45,10 +49,16 @@ export const POLICY = {
   required_scopes: { "/echo/scoped*": "scoped:use" },
 };
 
-function rawRequest(base: string, method: string, path: string, token: string): Promise<{ status: number; body: string }> {
+function rawRequest(
+  base: string,
+  method: string,
+  path: string,
+  token: string,
+  headers: Record<string, string> = {},
+): Promise<{ status: number; body: string }> {
   const url = new URL(base);
   return new Promise((resolve, reject) => {
-    const req = http.request({ host: url.hostname, port: url.port, method, path, headers: { authorization: `Bearer ${token}` } }, (res) => {
+    const req = http.request({ host: url.hostname, port: url.port, method, path, headers: { ...headers, authorization: `Bearer ${token}` } }, (res) => {
       let body = "";
       res.on("data", (c: Buffer) => (body += c.toString()));
       res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
@@ -100,18 +110,41 @@ function suite(storage: "sqlite" | "postgres") {
         await fn();
       });
 
+    /** The principal the record store holds as owner of `type::id`, read from the store itself; undefined when no row. */
+    async function storedOwner(type: string, id: string): Promise<string | undefined> {
+      if (pg) {
+        const { rows } = await pg.admin.query(`SELECT principal FROM "${pg.schema}".tollgate_owners WHERE type = $1 AND id = $2`, [type, id]);
+        return (rows[0] as { principal: string } | undefined)?.principal;
+      }
+      // The default record store: ./data/tollgate.db beside the config file, which is also the gateway's working directory.
+      const db = await openSqliteDatabase(join(gateway!.dir, "data", "tollgate.db"));
+      try {
+        return db.prepare("SELECT principal FROM tollgate_owners WHERE type = ? AND id = ?").get(type, id)?.principal as string | undefined;
+      } finally {
+        db.close();
+      }
+    }
+
     async function upload(who: Who, text = "hello"): Promise<string> {
       const file = await client(who).files.create({ file: await toFile(Buffer.from(text), `${who}.txt`), purpose: "assistants" });
       return file.id;
     }
 
+    it("a tagged request that passes reaches the upstream with its tag (what the refusal checks here look for)", async () => {
+      const { tag, headers } = newTag();
+      await client("alice").models.list({ headers });
+      await assertForwarded(upstream, tag);
+    });
+
     it("alice uploads a file; bob cannot read, delete or list it", async () => {
       const id = await upload("alice");
       assert.equal((await client("alice").files.retrieve(id)).id, id);
-      await assert.rejects(client("bob").files.retrieve(id), (e: unknown) => e instanceof OpenAI.NotFoundError);
-      await assert.rejects(client("bob").files.content(id), (e: unknown) => e instanceof OpenAI.NotFoundError);
+      const { tag, headers } = newTag();
+      await assert.rejects(client("bob").files.retrieve(id, { headers }), (e: unknown) => e instanceof OpenAI.NotFoundError);
+      await assert.rejects(client("bob").files.content(id, { headers }), (e: unknown) => e instanceof OpenAI.NotFoundError);
       // A store-backed resource: a denied delete is the same 404 as a denied read (as in Llama Stack).
-      await assert.rejects(client("bob").files.delete(id), (e: unknown) => e instanceof OpenAI.NotFoundError);
+      await assert.rejects(client("bob").files.delete(id, { headers }), (e: unknown) => e instanceof OpenAI.NotFoundError);
+      await assertNotForwarded(upstream, tag);
       const bobs: string[] = [];
       for await (const f of client("bob").files.list()) bobs.push(f.id);
       assert.ok(!bobs.includes(id));
@@ -126,13 +159,23 @@ function suite(storage: "sqlite" | "postgres") {
       const seen: string[] = [];
       for await (const f of client("carol").files.list()) seen.push(f.id);
       assert.ok(seen.includes(id));
-      await assert.rejects(client("carol").files.delete(id), (e: unknown) => e instanceof OpenAI.NotFoundError && e.message.includes(`File '${id}' not found.`));
+      const { tag, headers } = newTag();
+      await assert.rejects(
+        client("carol").files.delete(id, { headers }),
+        (e: unknown) => e instanceof OpenAI.NotFoundError && e.message.includes(`File '${id}' not found.`),
+      );
+      await assertNotForwarded(upstream, tag);
     });
 
-    it("the owner deletes her file, and its owner record goes with it", async () => {
+    it("the owner deletes her file, and its owner record goes with it (read from the store)", async () => {
       const id = await upload("alice");
+      assert.equal(await storedOwner("file", id), "alice");
+      // A refused delete leaves the record alone.
+      await assert.rejects(client("bob").files.delete(id), (e: unknown) => e instanceof OpenAI.NotFoundError);
+      assert.equal(await storedOwner("file", id), "alice");
       const deleted = await client("alice").files.delete(id);
       assert.equal(deleted.deleted, true);
+      assert.equal(await storedOwner("file", id), undefined);
       await assert.rejects(client("alice").files.retrieve(id), (e: unknown) => e instanceof OpenAI.NotFoundError);
     });
 
@@ -161,27 +204,25 @@ function suite(storage: "sqlite" | "postgres") {
     });
 
     it("an admin-only vector-store rule holds", async () => {
-      await assert.rejects(client("alice").vectorStores.create({ name: "mine" }), (e: unknown) => e instanceof OpenAI.PermissionDeniedError);
+      const { tag, headers } = newTag();
+      await assert.rejects(client("alice").vectorStores.create({ name: "mine" }, { headers }), (e: unknown) => e instanceof OpenAI.PermissionDeniedError);
       const vs = await client("admin").vectorStores.create({ name: "ops" });
       assert.equal((await client("admin").vectorStores.retrieve(vs.id)).id, vs.id);
-      await assert.rejects(client("bob").vectorStores.retrieve(vs.id), (e: unknown) => e instanceof OpenAI.NotFoundError);
+      await assert.rejects(client("bob").vectorStores.retrieve(vs.id, { headers }), (e: unknown) => e instanceof OpenAI.NotFoundError);
+      await assertNotForwarded(upstream, tag);
       const listed: string[] = [];
       for await (const v of client("bob").vectorStores.list()) listed.push(v.id);
       assert.deepEqual(listed, []);
     });
 
     it("a forbidden model answers 404 and never reaches the upstream", async () => {
-      const testId = randomUUID();
+      const { tag, headers } = newTag();
       await assert.rejects(
-        client("alice").chat.completions.create({ model: "demo-embed", messages: [{ role: "user", content: "hi" }] }, { headers: { "x-test-id": testId } }),
+        client("alice").chat.completions.create({ model: "demo-embed", messages: [{ role: "user", content: "hi" }] }, { headers }),
         (e: unknown) => e instanceof OpenAI.NotFoundError,
       );
-      await assert.rejects(
-        client("alice").embeddings.create({ model: "demo-embed", input: "x" }, { headers: { "x-test-id": testId } }),
-        (e: unknown) => e instanceof OpenAI.NotFoundError,
-      );
-      const reached = (await upstream.requests()).filter((r) => r.headers["x-test-id"] === testId);
-      assert.deepEqual(reached, []);
+      await assert.rejects(client("alice").embeddings.create({ model: "demo-embed", input: "x" }, { headers }), (e: unknown) => e instanceof OpenAI.NotFoundError);
+      await assertNotForwarded(upstream, tag);
       const ok = await client("admin").embeddings.create({ model: "demo-embed", input: "x" });
       assert.equal(ok.data.length, 1);
       const fine = await client("alice").chat.completions.create({ model: "demo-small", messages: [{ role: "user", content: "hi" }] });
@@ -192,7 +233,9 @@ function suite(storage: "sqlite" | "postgres") {
       const ids: string[] = [];
       for await (const m of client("alice").models.list()) ids.push(m.id);
       assert.deepEqual(ids, ["demo-small"]);
-      await assert.rejects(client("alice").models.retrieve("demo-embed"), (e: unknown) => e instanceof OpenAI.NotFoundError);
+      const { tag, headers } = newTag();
+      await assert.rejects(client("alice").models.retrieve("demo-embed", { headers }), (e: unknown) => e instanceof OpenAI.NotFoundError);
+      await assertNotForwarded(upstream, tag);
       const all: string[] = [];
       for await (const m of client("admin").models.list()) all.push(m.id);
       assert.deepEqual(all, ["demo-small", "demo-embed"]);
@@ -201,8 +244,10 @@ function suite(storage: "sqlite" | "postgres") {
     it("a response created by alice is hers: bob gets 404", async () => {
       const r = await client("alice").responses.create({ model: "demo-small", input: "hello" });
       assert.equal((await client("alice").responses.retrieve(r.id)).id, r.id);
-      await assert.rejects(client("bob").responses.retrieve(r.id), (e: unknown) => e instanceof OpenAI.NotFoundError);
-      await assert.rejects(client("alice").responses.create({ model: "demo-embed", input: "x" }), (e: unknown) => e instanceof OpenAI.NotFoundError);
+      const { tag, headers } = newTag();
+      await assert.rejects(client("bob").responses.retrieve(r.id, {}, { headers }), (e: unknown) => e instanceof OpenAI.NotFoundError);
+      await assert.rejects(client("alice").responses.create({ model: "demo-embed", input: "x" }, { headers }), (e: unknown) => e instanceof OpenAI.NotFoundError);
+      await assertNotForwarded(upstream, tag);
     });
 
     it("a streamed response is recorded from its first event", async () => {
@@ -211,7 +256,9 @@ function suite(storage: "sqlite" | "postgres") {
       for await (const event of stream) if (event.type === "response.created") id = event.response.id;
       assert.ok(id);
       assert.equal((await client("alice").responses.retrieve(id)).id, id);
-      await assert.rejects(client("bob").responses.retrieve(id), (e: unknown) => e instanceof OpenAI.NotFoundError);
+      const { tag, headers } = newTag();
+      await assert.rejects(client("bob").responses.retrieve(id, {}, { headers }), (e: unknown) => e instanceof OpenAI.NotFoundError);
+      await assertNotForwarded(upstream, tag);
     });
 
     it("path tricks cannot skip a route rule", async () => {
@@ -229,11 +276,13 @@ function suite(storage: "sqlite" | "postgres") {
 
     it("path tricks cannot skip a resource check either", async () => {
       const id = await upload("alice", "private");
+      const { tag, headers } = newTag();
       for (const path of [`/v1/files/${id}`, `/V1/Files/${id}`, `/v1//files/./${id}/`, `/v1/files/${id};x=1`, `/v1/x/../files/${id}/content`, `/v1/%66iles/${id}`]) {
-        const { status, body } = await rawRequest(gateway!.url, "GET", path, TOKENS.bob);
+        const { status, body } = await rawRequest(gateway!.url, "GET", path, TOKENS.bob, headers);
         assert.equal(status, 404, `${path}: ${body}`);
       }
-      assert.equal((await rawRequest(gateway!.url, "DELETE", `/V1/FILES/${id};v`, TOKENS.bob)).status, 404);
+      assert.equal((await rawRequest(gateway!.url, "DELETE", `/V1/FILES/${id};v`, TOKENS.bob, headers)).status, 404);
+      await assertNotForwarded(upstream, tag);
       assert.equal((await client("alice").files.retrieve(id)).id, id);
     });
 
