@@ -20,7 +20,9 @@ import { captureLog } from "../support/log.js";
  *
  * An adapter's test file starts its framework's app with {@link StartApp}:
  * Tollgate as that framework's middleware/plugin, and these routes, whose
- * handlers read the user the framework's own way:
+ * handlers read the user the framework's own way and first call the `ran`
+ * they were given, so that every refusal case can prove the framework's
+ * handler never ran:
  *
  *   GET /health              200 whoami(user)          (a public path)
  *   GET /v1/whoami           200 whoami(user)
@@ -35,8 +37,11 @@ export interface AppUnderTest {
   close(): Promise<void>;
 }
 
-/** Starts the framework's app with Tollgate configured by `options`, serving the routes above. */
-export type StartApp = (options: TollgateOptions) => Promise<AppUnderTest>;
+/**
+ * Starts the framework's app with Tollgate configured by `options`, serving
+ * the routes above; each of their handlers calls `ran()` before anything else.
+ */
+export type StartApp = (options: TollgateOptions, ran: () => void) => Promise<AppUnderTest>;
 
 /** Who owns each file: f1 a teammate of alice's (ml), f2 someone in web, f3 nobody. */
 export const OWNERS: Readonly<Record<string, Owner | undefined>> = {
@@ -132,6 +137,16 @@ export function describeAdapterCases(name: string, start: StartApp): void {
     const captured = captureLog("debug");
     let app: AppUnderTest;
     let down: AppUnderTest;
+    /** How many times a handler of `app` / `down` ran. */
+    const handlerRuns = { app: 0, down: 0 };
+
+    /** Runs `request` and asserts that no handler of either app ran meanwhile: Tollgate answered alone. */
+    async function refused<T>(request: () => Promise<T>): Promise<T> {
+      const before = { ...handlerRuns };
+      const answer = await request();
+      assert.deepEqual(handlerRuns, before, "the framework's handler ran for a refused request");
+      return answer;
+    }
 
     before(async () => {
       const store = await openRecordStore(storage);
@@ -164,7 +179,7 @@ export function describeAdapterCases(name: string, start: StartApp): void {
           storage,
         },
         log: captured.log,
-      });
+      }, () => handlerRuns.app++);
       down = await start({
         config: {
           server: {
@@ -173,7 +188,7 @@ export function describeAdapterCases(name: string, start: StartApp): void {
           },
         },
         log: captureLog("silent").log,
-      });
+      }, () => handlerRuns.down++);
     });
 
     after(async () => {
@@ -183,7 +198,7 @@ export function describeAdapterCases(name: string, start: StartApp): void {
     });
 
     test("a request without a credential gets a 401 OpenAI error envelope with a Bearer challenge", async () => {
-      const res = await get(`${app.url}/v1/whoami`);
+      const res = await refused(() => get(`${app.url}/v1/whoami`));
       assert.equal(res.status, 401);
       assert.equal(res.headers.get("www-authenticate"), 'Bearer realm="tollgate"');
       assert.match(res.headers.get("content-type") ?? "", /^application\/json/);
@@ -193,15 +208,17 @@ export function describeAdapterCases(name: string, start: StartApp): void {
     });
 
     test("an unknown key gets a 401 invalid_token with its challenge", async () => {
-      const res = await get(`${app.url}/v1/whoami`, "tg_not-a-key");
+      const res = await refused(() => get(`${app.url}/v1/whoami`, "tg_not-a-key"));
       assert.equal(res.status, 401);
       assert.equal(res.headers.get("www-authenticate"), 'Bearer realm="tollgate", error="invalid_token"');
       assert.equal(errorOf(res).code, "invalid_token");
     });
 
     test("a good key reaches the handler, which sees the user the framework's way, with RateLimit headers on the answer", async () => {
+      const before = handlerRuns.app;
       const res = await get(`${app.url}/v1/whoami`, keys.alice);
       assert.equal(res.status, 200);
+      assert.equal(handlerRuns.app, before + 1, "the handler ran once (what the refusal cases count)");
       assert.deepEqual(res.body, { principal: "alice", attributes: { roles: ["user"], teams: ["ml"] } });
       assert.match(res.headers.get("ratelimit") ?? "", /;r=\d+;t=\d+/);
       assert.ok(res.headers.get("ratelimit-policy"));
@@ -214,7 +231,7 @@ export function describeAdapterCases(name: string, start: StartApp): void {
     });
 
     test("a user the route_policy does not permit gets a 403 route_denied", async () => {
-      const res = await get(`${app.url}/v1/whoami`, keys.mallory);
+      const res = await refused(() => get(`${app.url}/v1/whoami`, keys.mallory));
       assert.equal(res.status, 403);
       const error = errorOf(res);
       assert.equal(error.code, "route_denied");
@@ -222,9 +239,9 @@ export function describeAdapterCases(name: string, start: StartApp): void {
     });
 
     test("a route with a required scope refuses a user without it (403 missing_scope) and serves one with it", async () => {
-      const refused = await get(`${app.url}/v1/telemetry/stats`, keys.alice);
-      assert.equal(refused.status, 403);
-      assert.equal(errorOf(refused).code, "missing_scope");
+      const denied = await refused(() => get(`${app.url}/v1/telemetry/stats`, keys.alice));
+      assert.equal(denied.status, 403);
+      assert.equal(errorOf(denied).code, "missing_scope");
       const served = await get(`${app.url}/v1/telemetry/stats`, keys.bob);
       assert.equal(served.status, 200);
       assert.equal((served.body as { principal: string }).principal, "bob");
@@ -233,7 +250,7 @@ export function describeAdapterCases(name: string, start: StartApp): void {
     test("a client over its quota gets a 429 with Retry-After and RateLimit headers", async () => {
       assert.equal((await get(`${app.url}/v1/whoami`, keys.carol)).status, 200);
       assert.equal((await get(`${app.url}/v1/whoami`, keys.carol)).status, 200);
-      const res = await get(`${app.url}/v1/whoami`, keys.carol);
+      const res = await refused(() => get(`${app.url}/v1/whoami`, keys.carol));
       assert.equal(res.status, 429);
       assert.match(res.headers.get("retry-after") ?? "", /^[1-9]\d*$/);
       assert.match(res.headers.get("ratelimit") ?? "", /;r=0;/);
@@ -262,16 +279,18 @@ export function describeAdapterCases(name: string, start: StartApp): void {
     });
 
     test("two Authorization headers are refused, even when the first is a good key", async () => {
-      const res = await rawRequest(
-        app.url,
-        `GET /v1/whoami HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${keys.alice}\r\nAuthorization: Bearer other\r\nConnection: close\r\n\r\n`,
+      const res = await refused(() =>
+        rawRequest(
+          app.url,
+          `GET /v1/whoami HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${keys.alice}\r\nAuthorization: Bearer other\r\nConnection: close\r\n\r\n`,
+        ),
       );
       assert.equal(res.status, 401);
       assert.equal((JSON.parse(res.body) as { error: { code: string } }).error.code, "invalid_request");
     });
 
     test("the identity service being down is a 503 with Retry-After, not a pass", async () => {
-      const res = await get(`${down.url}/v1/whoami`, "some-key");
+      const res = await refused(() => get(`${down.url}/v1/whoami`, "some-key"));
       assert.equal(res.status, 503);
       assert.equal(res.headers.get("retry-after"), "1");
       assert.equal(errorOf(res).code, "identity_provider_unavailable");
@@ -279,7 +298,9 @@ export function describeAdapterCases(name: string, start: StartApp): void {
 
     test("nothing logged contains a key", () => {
       const text = captured.text();
-      for (const key of Object.values(keys)) assert.ok(!text.includes(key));
+      // The requests those keys made were logged (their access decisions), so a line carrying a key would be in `text`.
+      assert.match(text, /"principal":"alice",.*"msg":"access decision"/);
+      for (const key of [...Object.values(keys), "tg_not-a-key"]) assert.ok(!text.includes(key), "a key reached the log");
     });
   });
 }

@@ -15,14 +15,16 @@ async function listen(app: express.Express, tg: ExpressTollgate): Promise<AppUnd
 }
 
 /** The shared cases against Express 5: `app.use(tg.middleware)`, `req.user`, `tg.can`. */
-const start: StartApp = async (options) => {
+const start: StartApp = async (options, ran) => {
   const tg = await tollgate(options);
   const app = express();
   app.use(tg.middleware);
   app.get(["/health", "/v1/whoami", "/v1/telemetry/stats"], (req, res) => {
+    ran();
     res.json(whoami(req.user));
   });
   app.get("/v1/files/:id", (req, res) => {
+    ran();
     res.json(fileAccess(tg.can, req.user, req.params.id));
   });
   return listen(app, tg);

@@ -13,11 +13,19 @@ async function listen(app: FastifyInstance): Promise<AppUnderTest> {
 }
 
 /** The shared cases against Fastify 5: `app.register(tollgatePlugin, ...)`, `request.user`, `app.tollgate.can`. */
-const start: StartApp = async (options) => {
+const start: StartApp = async (options, ran) => {
   const app = Fastify();
   await app.register(tollgatePlugin, options);
-  for (const path of ["/health", "/v1/whoami", "/v1/telemetry/stats"]) app.get(path, async (request) => whoami(request.user));
-  app.get<{ Params: { id: string } }>("/v1/files/:id", async (request) => fileAccess(app.tollgate.can, request.user, request.params.id));
+  for (const path of ["/health", "/v1/whoami", "/v1/telemetry/stats"]) {
+    app.get(path, async (request) => {
+      ran();
+      return whoami(request.user);
+    });
+  }
+  app.get<{ Params: { id: string } }>("/v1/files/:id", async (request) => {
+    ran();
+    return fileAccess(app.tollgate.can, request.user, request.params.id);
+  });
   return listen(app);
 };
 

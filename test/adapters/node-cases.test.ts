@@ -3,11 +3,12 @@ import { createTollgate } from "../../src/adapters/node.js";
 import { describeAdapterCases, fileAccess, servedBy, whoami, type StartApp } from "./_cases.js";
 
 /** The shared cases against the node:http adapter: `tollgate.authenticate(req, res)`, routing on the canonical path. */
-const start: StartApp = async (options) => {
+const start: StartApp = async (options, ran) => {
   const tollgate = await createTollgate(options);
   const server = http.createServer(async (req, res) => {
     const ctx = await tollgate.authenticate(req, res);
     if (!ctx) return;
+    ran();
     const file = /^\/v1\/files\/([^/]+)$/.exec(ctx.path);
     const body =
       ctx.path === "/health" || ctx.path === "/v1/whoami" || ctx.path === "/v1/telemetry/stats"
