@@ -17,7 +17,7 @@ const identity = { "x-user": "dora" };
 
 function headerAuthConfig(upstreamUrl: string, auth: Record<string, unknown> = {}) {
   return {
-    server: { auth: { provider_config: { type: "upstream_header", principal_header: "x-user" }, ...auth } },
+    server: { auth: { provider_config: { type: "upstream_header", principal_header: "x-user", trusted_proxies: ["127.0.0.1"] }, ...auth } },
     upstream: { url: upstreamUrl },
   };
 }

@@ -40,7 +40,7 @@ describe("forwarding", { timeout: 120_000 }, () => {
       startGateway({
         config: {
           server: {
-            auth: { provider_config: { type: "upstream_header", principal_header: "x-user", attributes_header: "x-user-attributes" } },
+            auth: { provider_config: { type: "upstream_header", principal_header: "x-user", attributes_header: "x-user-attributes", trusted_proxies: ["127.0.0.1"] } },
           },
           upstream: { url: `${upstream.url}/echo`, principal_header: "x-tollgate-principal" },
         },

@@ -15,7 +15,7 @@ const identity = { "x-user": "dora" };
 
 function headerAuthConfig(upstreamUrl: string, server: Record<string, unknown> = {}) {
   return {
-    server: { auth: { provider_config: { type: "upstream_header", principal_header: "x-user" } }, ...server },
+    server: { auth: { provider_config: { type: "upstream_header", principal_header: "x-user", trusted_proxies: ["127.0.0.1"] } }, ...server },
     upstream: { url: upstreamUrl },
   };
 }

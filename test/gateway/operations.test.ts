@@ -15,7 +15,7 @@ function operatedConfig(upstreamUrl: string, extra: Record<string, unknown> = {}
   return {
     server: {
       auth: {
-        provider_config: { type: "upstream_header", principal_header: "x-user", attributes_header: "x-user-attributes" },
+        provider_config: { type: "upstream_header", principal_header: "x-user", attributes_header: "x-user-attributes", trusted_proxies: ["127.0.0.1"] },
         route_policy: [{ permit: { paths: ["/v1/*"] } }],
         access_policy: [{ permit: { actions: ["read", "create"], resource: "model::demo-small" } }],
       },

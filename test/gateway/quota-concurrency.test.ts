@@ -39,7 +39,7 @@ async function replicas(n: number, kvstore: Record<string, unknown>): Promise<Ga
       startGateway({
         config: {
           server: {
-            auth: { provider_config: { type: "upstream_header", principal_header: "x-user" } },
+            auth: { provider_config: { type: "upstream_header", principal_header: "x-user", trusted_proxies: ["127.0.0.1"] } },
             quota: { kvstore, authenticated_max_requests: LIMIT, period: "hour" },
           },
           upstream: { url: upstream.url },

@@ -36,7 +36,7 @@ async function setup(t: import("node:test").TestContext, failureMode: "open" | "
   const gateway = await startGateway({
     config: {
       server: {
-        auth: { provider_config: { type: "upstream_header", principal_header: "x-user" } },
+        auth: { provider_config: { type: "upstream_header", principal_header: "x-user", trusted_proxies: ["127.0.0.1"] } },
         quota: { kvstore: { type: "redis", url: redis.url }, authenticated_max_requests: 1000, failure_mode: failureMode },
       },
       upstream: { url: upstream.url },

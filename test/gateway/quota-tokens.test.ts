@@ -27,7 +27,7 @@ before(async () => {
   gateway = await startGateway({
     config: {
       server: {
-        auth: { provider_config: { type: "upstream_header", principal_header: "x-user" } },
+        auth: { provider_config: { type: "upstream_header", principal_header: "x-user", trusted_proxies: ["127.0.0.1"] } },
         quota: { kvstore: { type: "sqlite", db_path: join(dir, "q.db") }, limits: [{ tokens: 30, period: "day" }] },
       },
       upstream: { url: upstream.url },

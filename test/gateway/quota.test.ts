@@ -46,7 +46,7 @@ async function gateway(quota: Record<string, unknown>, auth?: Record<string, unk
 }
 
 const asUser = (principal: string, roles = "user") => ({ "x-user": principal, "x-user-attributes": JSON.stringify({ roles: [roles] }) });
-const headerAuth = { type: "upstream_header", principal_header: "x-user", attributes_header: "x-user-attributes" };
+const headerAuth = { type: "upstream_header", principal_header: "x-user", attributes_header: "x-user-attributes", trusted_proxies: ["127.0.0.1"] };
 
 test("successful responses carry RateLimit and RateLimit-Policy; over the limit is a 429 OpenAI error with Retry-After", async () => {
   const dir = tempDir();

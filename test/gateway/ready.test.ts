@@ -39,7 +39,7 @@ describe("readiness", { timeout: 240_000 }, () => {
     await upstream?.close();
   });
 
-  const headerAuth = { provider_config: { type: "upstream_header", principal_header: "x-user" } };
+  const headerAuth = { provider_config: { type: "upstream_header", principal_header: "x-user", trusted_proxies: ["127.0.0.1"] } };
 
   test("ready when the record store and the SQLite quota store answer", async () => {
     const gateway = await startGateway({

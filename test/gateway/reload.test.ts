@@ -19,7 +19,7 @@ function config(upstreamUrl: string, paths: string[], quota: Record<string, unkn
   return {
     server: {
       auth: {
-        provider_config: { type: "upstream_header", principal_header: "x-user" },
+        provider_config: { type: "upstream_header", principal_header: "x-user", trusted_proxies: ["127.0.0.1"] },
         route_policy: [{ permit: { paths } }],
       },
       quota: { kvstore: { type: "sqlite", db_path: "./data/quota.db" }, authenticated_max_requests: 100_000, period: "day", ...quota },

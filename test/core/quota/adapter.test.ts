@@ -9,7 +9,7 @@ test("the node:http adapter applies quotas and sets the RateLimit fields on the 
   const tollgate = await createTollgate({
     config: {
       server: {
-        auth: { provider_config: { type: "upstream_header", principal_header: "x-user" } },
+        auth: { provider_config: { type: "upstream_header", principal_header: "x-user", trusted_proxies: ["127.0.0.1"] } },
         quota: { kvstore: { type: "sqlite", db_path: ":memory:" }, authenticated_max_requests: 1, period: "minute" },
       },
     },
