@@ -27,6 +27,16 @@ export interface UpstreamResponse {
 }
 
 /** Sends requests to `upstream.url` over one keep-alive connection pool. */
+/**
+ * Drops an upstream answer's body unread. undici's body reports a destroy
+ * before its end as an `error` event, which would end the process were
+ * nobody listening: the listener is added first.
+ */
+export function discardBody(body: UpstreamResponse["body"]): void {
+  body.on("error", () => undefined);
+  body.destroy();
+}
+
 export interface Forwarder {
   /**
    * Sends the request and resolves once the upstream's response headers

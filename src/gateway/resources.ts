@@ -8,7 +8,7 @@ import { resourceKey } from "../core/policy/evaluate.js";
 import { routeMatchPath } from "../core/policy/routes.js";
 import type { OwnerRecord, RecordStore } from "../core/stores/types.js";
 import type { Catalog, CatalogMatch } from "./catalog.js";
-import type { UpstreamResponse } from "./forward.js";
+import { discardBody, type UpstreamResponse } from "./forward.js";
 import type { BodyLimits } from "./body.js";
 import { parseJsonWithin } from "./json.js";
 import { formField, jsonMember, readJsonBody, type BufferedBody } from "./request-body.js";
@@ -263,7 +263,7 @@ export function createResourceGuard({ pipeline, catalog, store, log, now = Date.
       params.set("after", lastId);
       const next = await fetchPage(params.toString());
       if (next.status < 200 || next.status >= 300) {
-        next.body.destroy();
+        discardBody(next.body);
         throw new UpstreamError("Upstream failed while listing");
       }
       const parsed = parseJson(await readAll(next.body)) as ListPage | undefined;

@@ -20,8 +20,9 @@ import type { RecordStore } from "../core/stores/types.js";
 import { VERSION } from "../version.js";
 import { checkDeclaredLength, hasBody, limitBody, lingerAfterResponse, type BodyLimits } from "./body.js";
 import { createBufferBudget, type BufferHold } from "./buffer-budget.js";
-import { createForwarder, type Forwarder, type UpstreamResponse } from "./forward.js";
+import { createForwarder, discardBody, type Forwarder, type UpstreamResponse } from "./forward.js";
 import { checkRequestHeaders, downstreamResponseHeaders, upstreamRequestHeaders } from "./headers.js";
+import { maskedAnswer } from "./mask.js";
 import { errorResponse, writeClientError } from "./respond.js";
 import { createCatalog } from "./catalog.js";
 import { policyOptions } from "../core/policy/from-config.js";
@@ -579,7 +580,19 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
   function relay(reply: FastifyReply, upstream: UpstreamResponse, usage?: UsagePlan): FastifyReply {
     const res = reply.raw;
     const state = reply.request.gatewayState!;
-    const headers = downstreamResponseHeaders(upstream.headers);
+    let headers = downstreamResponseHeaders(upstream.headers);
+    let source = upstream.body;
+    // An error answer may repeat the credential the gateway sent (mask.ts): never relay it.
+    const apiKey = state.runtime.config.upstream.api_key;
+    if (apiKey && upstream.status >= 400) {
+      const masked = maskedAnswer(headers, upstream.body, apiKey);
+      if (!masked) {
+        discardBody(upstream.body);
+        metrics.upstreamError("invalid");
+        throw new UpstreamError();
+      }
+      ({ headers, body: source } = masked);
+    }
     if (closing) headers.connection = "close";
     // Ours replace any RateLimit fields of the upstream's: the client's limits are the gateway's.
     const quotaHeaders = state.context?.responseHeaders;
@@ -592,7 +605,8 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
       // A header value Node will not send: the upstream's answer is unusable.
       for (const name of res.getHeaderNames()) res.removeHeader(name);
       res.setHeader("x-request-id", state.requestId);
-      upstream.body.destroy();
+      if (source !== upstream.body) discardBody(source);
+      discardBody(upstream.body);
       metrics.upstreamError("invalid");
       throw new UpstreamError();
     }
@@ -613,7 +627,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
               void recordTokens(tokens);
             },
           )
-        : upstream.body;
+        : source;
     body.on("error", () => res.destroy());
     res.once("close", () => {
       if (!body.readableEnded) body.destroy();
