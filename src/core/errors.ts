@@ -227,3 +227,16 @@ export class OverloadedError extends TollgateError {
     super(503, "service_unavailable", "overloaded", "Server is overloaded, retry later", { "retry-after": "1" });
   }
 }
+
+/**
+ * 503: the record store (API keys, resource owners) failed or did not answer
+ * within its deadline. Never a 500, never a wait: the client may retry. A
+ * create the upstream made but whose owner could not be recorded gets this
+ * too, with a message saying so (the resource stays hidden from everyone the
+ * owner would not share it with: docs/security.md, "Faults in the stores").
+ */
+export class StoreUnavailableError extends TollgateError {
+  constructor(message = "Record store unavailable") {
+    super(503, "service_unavailable", "store_unavailable", message, { "retry-after": "1" });
+  }
+}

@@ -1,12 +1,13 @@
 import type { IncomingMessage } from "node:http";
 import { Readable } from "node:stream";
-import { BadRequestError, ForbiddenError, NotFoundError, UpstreamError } from "../core/errors.js";
+import { BadRequestError, ForbiddenError, NotFoundError, StoreUnavailableError, UpstreamError } from "../core/errors.js";
 import type { Logger } from "../core/log.js";
 import type { Pipeline, RequestContext } from "../core/pipeline.js";
 import type { Owner } from "../core/policy/conditions.js";
 import { resourceKey } from "../core/policy/evaluate.js";
 import { routeMatchPath } from "../core/policy/routes.js";
-import type { OwnerRecord, RecordStore } from "../core/stores/types.js";
+import type { ResilientRecordStore } from "../core/stores/resilient.js";
+import type { OwnerRecord } from "../core/stores/types.js";
 import type { Catalog, CatalogMatch } from "./catalog.js";
 import { discardBody, type UpstreamResponse } from "./forward.js";
 import type { BodyLimits } from "./body.js";
@@ -22,11 +23,17 @@ import { formField, jsonMember, readJsonBody, type BufferedBody } from "./reques
  *   must not learn that the resource exists), anything else a 403.
  * - `model` in an inference body: a read of `model::<id>`; denied → 404 as if
  *   the model did not exist, before anything reaches the upstream.
- * - create: checked as `create` of `type::*`; after a 2xx answer the new id
- *   (from the JSON body, or the first event of a stream) is recorded with the
- *   caller as owner, before the client sees the answer (JSON) or as soon as it
- *   appears (streams).
- * - list: the upstream's page is filtered to what the caller may read; when
+ * - create: checked as `create` of `type::*`, and forwarded only when the
+ *   record store takes writes (else 503 `store_unavailable`, nothing sent).
+ *   After a 2xx answer the new id (from the JSON body, or the first event of
+ *   a stream that names it) is recorded with the caller as owner before the
+ *   client sees it: a JSON answer is held, a stream is held at the event
+ *   carrying the id. When the write fails the owner is kept pending (the
+ *   store wrapper retries it) and the client gets 503 (JSON) or a cut stream.
+ *   An answer that names no id is refused with 502 (the resource could not
+ *   be owned), unless the route's path names it.
+ * - list: the upstream's page is filtered to what the caller may read (an
+ *   answer that is not a list is refused with 502, never relayed); when
  *   filtering leaves fewer items than asked for and the upstream has more,
  *   further upstream pages are fetched (`after` = the upstream's last id), so
  *   a page never ends early while readable items remain.
@@ -40,6 +47,8 @@ export const MAX_LIST_PAGES = 50;
 export const OWNER_CACHE_TTL_MS = 500;
 /** Most model owners remembered; past it the cache starts over. */
 const OWNER_CACHE_MAX_ENTRIES = 10_000;
+/** Longest SSE line scanned for a created resource's id; a longer one cuts the stream (fail closed). */
+export const MAX_SCANNED_EVENT_BYTES = 1024 * 1024;
 /** A list page size when the client asks none: OpenAI's default. */
 const DEFAULT_LIST_LIMIT = 20;
 
@@ -91,8 +100,8 @@ export interface GuardedRequest {
 export interface ResourceGuardOptions {
   readonly pipeline: Pipeline;
   readonly catalog: Catalog;
-  /** Where owners are recorded; without one every resource is unowned. */
-  readonly store: RecordStore | undefined;
+  /** Where owners are recorded (bounded calls, pending owners: stores/resilient.ts); without one every resource is unowned. */
+  readonly store: ResilientRecordStore | undefined;
   readonly log: Logger;
   readonly now?: () => number;
 }
@@ -164,6 +173,9 @@ export function createResourceGuard({ pipeline, catalog, store, log, now = Date.
         case "create": {
           const decision = pipeline.checkAccess(context, "create", { key: resourceKey(match.type, "*"), owner: undefined });
           if (!decision.allowed) deny(match.type, undefined, "create");
+          // Nothing is created upstream that could not be owned: a store that
+          // takes no writes refuses the create before it is forwarded.
+          await store?.ensureWritable();
           // POST /v1/responses also names a model: a read of it.
           const body = match.type === "response" && match.entry.path.endsWith("/responses") ? await bodyResource(raw, context, limits, { ...match, type: "model", entry: { ...match.entry, optional: false } }, "model") : undefined;
           return { match, body, inspectResponse: true };
@@ -198,55 +210,108 @@ export function createResourceGuard({ pipeline, catalog, store, log, now = Date.
     },
   };
 
+  /**
+   * Records the caller as the owner of `type`/`id`. A failed write rejects
+   * with 503 saying the resource was created (the store wrapper keeps the
+   * owner pending and retries it, so the resource is never unowned).
+   */
   async function record(match: CatalogMatch, context: RequestContext, id: string): Promise<void> {
     if (!store || !context.user) return;
     const owner: OwnerRecord = { type: match.type, id, principal: context.user.principal, attributes: context.user.attributes, createdAt: now() };
-    await store.putOwner(owner);
-    modelOwners.delete(resourceKey(match.type, id));
-    log.info({ audit: true, event: "owner_recorded", principal: owner.principal, resource: resourceKey(match.type, id) }, "resource owner recorded");
+    const resource = resourceKey(match.type, id);
+    modelOwners.delete(resource);
+    try {
+      await store.putOwner(owner);
+    } catch {
+      log.error({ audit: true, event: "owner_pending", principal: owner.principal, resource }, "resource created upstream, owner not recorded yet: held as pending");
+      throw new StoreUnavailableError(
+        `The ${match.type} was created but its owner could not be recorded; it stays private to you and is recorded as soon as the record store answers`,
+      );
+    }
+    log.info({ audit: true, event: "owner_recorded", principal: owner.principal, resource }, "resource owner recorded");
   }
 
   async function recordCreated(guarded: GuardedRequest, context: RequestContext, upstream: UpstreamResponse): Promise<UpstreamResponse> {
     const field = guarded.match.responseField ?? "id";
     const type = String(upstream.headers["content-type"] ?? "");
-    if (type.startsWith("text/event-stream")) return tapStream(guarded.match, context, upstream, field);
+    if (type.startsWith("text/event-stream")) return { ...upstream, body: ownedStream(guarded.match, context, upstream.body, field) };
     const bytes = await readAll(upstream.body);
-    const id = idIn(parseJson(bytes), field);
-    if (id !== undefined) await record(guarded.match, context, id);
-    else log.warn({ resource_type: guarded.match.type }, "created resource has no id in the response: owner not recorded");
+    // An answer naming no id cannot be owned: the route's own id when it has
+    // one, else refused rather than handed on as an unowned (open) resource.
+    const id = idIn(parseJson(bytes), field) ?? guarded.match.pathId;
+    if (id === undefined) {
+      log.error({ resource_type: guarded.match.type }, "created resource has no id in the upstream's answer: refused with 502");
+      throw new UpstreamError("Upstream created a resource without naming it");
+    }
+    await record(guarded.match, context, id);
     return withBody(upstream, bytes);
   }
 
-  /** Streams stay streams: the first event carrying the id records the owner, the bytes go on untouched. */
-  function tapStream(match: CatalogMatch, context: RequestContext, upstream: UpstreamResponse, field: string): UpstreamResponse {
-    let text = "";
-    let done = false;
-    upstream.body.on("data", (chunk: Buffer) => {
-      if (done) return;
-      text += chunk.toString("utf8");
-      for (const line of text.split("\n")) {
-        if (!line.startsWith("data:")) continue;
-        const event = parseJson(Buffer.from(line.slice(5).trim()));
-        const id = idIn((event as { response?: unknown } | undefined)?.response, field) ?? idIn(event, field);
-        if (id !== undefined) {
-          done = true;
-          void record(match, context, id).catch((err: unknown) => log.warn({ err: String(err) }, "could not record an owner"));
-          return;
+  /**
+   * A created resource's stream, held at the event that names it: the bytes
+   * before that event go on as they come, the event itself only once its
+   * owner is recorded. Every event is scanned until one names the id (each
+   * line bounded by {@link MAX_SCANNED_EVENT_BYTES}), then the rest passes
+   * untouched. A failed write cuts the stream: the client never sees the id
+   * of a resource whose owner is not in the store.
+   */
+  function ownedStream(match: CatalogMatch, context: RequestContext, source: Readable, field: string): Readable {
+    const scan = async function* (chunks: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+      // Bytes, not text: a character split across two chunks must reach the client intact.
+      let partial: Buffer = Buffer.alloc(0);
+      let found = false;
+      for await (const chunk of chunks) {
+        if (found) {
+          yield chunk;
+          continue;
         }
+        partial = partial.length === 0 ? chunk : Buffer.concat([partial, chunk]);
+        let start = 0;
+        for (let end = partial.indexOf(0x0a); end !== -1; end = partial.indexOf(0x0a, start)) {
+          const lineStart = start;
+          start = end + 1;
+          const id = eventId(partial.subarray(lineStart, end), field);
+          if (id === undefined) continue;
+          found = true;
+          if (lineStart > 0) yield partial.subarray(0, lineStart);
+          await record(match, context, id);
+          yield partial.subarray(lineStart);
+          break;
+        }
+        if (found) continue;
+        // Complete lines that named nothing go on; the incomplete one waits for its end.
+        if (start > 0) {
+          yield partial.subarray(0, start);
+          partial = partial.subarray(start);
+        }
+        if (partial.length > MAX_SCANNED_EVENT_BYTES) throw new UpstreamError("Upstream event too large to inspect");
       }
-      if (text.length > 65_536) done = true;
+      if (!found && partial.length > 0) {
+        const id = eventId(partial, field);
+        if (id !== undefined) {
+          found = true;
+          await record(match, context, id);
+        }
+        yield partial;
+      }
+      if (!found) log.warn({ resource_type: match.type }, "created resource's stream named no id: nothing to record");
+    };
+    const out = Readable.from(scan(source), { objectMode: false });
+    // Where the client goes away, the upstream goes too.
+    out.once("close", () => {
+      if (!source.destroyed) source.destroy();
     });
-    return upstream;
+    return out;
   }
 
   async function filterList(guarded: GuardedRequest, context: RequestContext, upstream: UpstreamResponse, fetchPage: FetchPage): Promise<UpstreamResponse> {
     const bytes = await readAll(upstream.body);
     const first = parseJson(bytes) as ListPage | undefined;
     if (!first || !Array.isArray(first.data)) {
-      // Not an OpenAI list (`{data: [...]}`): there are no items to name, so
-      // nothing to filter; relayed as it came, and said in the log.
-      log.warn({ resource_type: guarded.match.type }, "list route answered something that is not a list: relayed unfiltered");
-      return withBody(upstream, bytes);
+      // Not an OpenAI list (`{data: [...]}`): its items cannot be named, so
+      // they cannot be filtered, and an unfiltered list shows every tenant's.
+      log.error({ resource_type: guarded.match.type }, "list route answered something that is not a list: refused with 502");
+      throw new UpstreamError("Upstream answered a list route with something that is not a list");
     }
     const params = new URLSearchParams(context.query);
     const paginated = typeof first.has_more === "boolean";
@@ -298,6 +363,15 @@ interface ListPage {
   has_more?: unknown;
   last_id?: unknown;
   [key: string]: unknown;
+}
+
+const DATA_PREFIX = Buffer.from("data:");
+
+/** The id an SSE `data:` line names: in `response` (Responses API events) or at the top; undefined for any other line. */
+function eventId(line: Buffer, field: string): string | undefined {
+  if (!line.subarray(0, DATA_PREFIX.length).equals(DATA_PREFIX) || !line.includes(field)) return undefined;
+  const event = parseJson(line.subarray(DATA_PREFIX.length));
+  return idIn((event as { response?: unknown } | undefined)?.response, field) ?? idIn(event, field);
 }
 
 function idIn(value: unknown, field: string): string | undefined {

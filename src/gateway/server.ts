@@ -16,6 +16,7 @@ import type { AuthProvider } from "../core/providers/types.js";
 import { openQuotaStore, quotaFromConfig } from "../core/quota/from-config.js";
 import type { Quota } from "../core/quota/quota.js";
 import type { QuotaStore } from "../core/quota/store.js";
+import { resilientRecordStore } from "../core/stores/resilient.js";
 import type { RecordStore } from "../core/stores/types.js";
 import { VERSION } from "../version.js";
 import { checkDeclaredLength, hasBody, limitBody, lingerAfterResponse, type BodyLimits } from "./body.js";
@@ -164,7 +165,8 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
   const { source = "config" } = options;
   const startConfig = options.config;
   const log = options.log.child({ component: "gateway" });
-  const store = options.store;
+  // Every call bounded, failures a 503, owners that could not be written held until they are (stores/resilient.ts).
+  const store = options.store ? resilientRecordStore(options.store, { log: options.log }) : undefined;
   const metrics = createMetrics();
   // One budget for the process: every request's buffered body counts against it, whichever generation serves it.
   const bodyBudget = createBufferBudget(() => current.config.server.max_buffered_bytes, () => metrics.overloaded());

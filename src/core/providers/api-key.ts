@@ -1,4 +1,4 @@
-import { AuthError, IdentityUnavailableError } from "../errors.js";
+import { AuthError, IdentityUnavailableError, StoreUnavailableError } from "../errors.js";
 import { API_KEY_PATTERN, apiKeyStatus, hashApiKey } from "../keys.js";
 import type { Logger } from "../log.js";
 import type { ApiKeyRecord, RecordStore } from "../stores/types.js";
@@ -111,6 +111,8 @@ export function createApiKeyProvider(
     try {
       record = await lookUp(hashApiKey(token));
     } catch (err) {
+      // Already a 503 of the record store (the gateway bounds every store call), said as such.
+      if (err instanceof StoreUnavailableError) throw new StoreUnavailableError("API key store unavailable");
       // The message only: a driver error names the statement, never its
       // parameters, but there is no reason to risk more.
       log.error({ error: err instanceof Error ? err.message : String(err) }, "API key lookup failed");

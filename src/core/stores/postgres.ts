@@ -10,10 +10,18 @@ import type { ApiKeyRecord, OwnerRecord, RecordStore } from "./types.js";
  * `max_connections`.
  */
 const POOL_SIZE = 4;
-/** Give up connecting after this long, so a down database becomes a 503, not a hang. */
-const CONNECT_TIMEOUT_MS = 5000;
-/** Give up on a query after this long (client side: also covers a dead network). */
-const QUERY_TIMEOUT_MS = 10_000;
+/**
+ * Give up connecting (or waiting for a free pooled connection) after this
+ * long, so a down database becomes a 503 within ~2 s, not a hang.
+ */
+const CONNECT_TIMEOUT_MS = 2000;
+/**
+ * Give up on a query after this long: `statement_timeout` makes the server
+ * cancel it (its locks go with it), `query_timeout` gives up client side too
+ * (a stalled network never answers the cancel). Every statement here is one
+ * indexed row or a short list: milliseconds when the database is well.
+ */
+const QUERY_TIMEOUT_MS = 2000;
 /**
  * Key of the transaction-level advisory lock held while creating the schema:
  * two processes starting at once would otherwise race in CREATE TABLE IF NOT
@@ -47,7 +55,11 @@ CREATE TABLE IF NOT EXISTS tollgate_meta (
 );
 ALTER TABLE tollgate_api_keys ADD COLUMN IF NOT EXISTS previous_hash TEXT;
 ALTER TABLE tollgate_api_keys ADD COLUMN IF NOT EXISTS previous_valid_until BIGINT;
-CREATE INDEX IF NOT EXISTS tollgate_api_keys_previous_hash ON tollgate_api_keys (previous_hash)`;
+CREATE INDEX IF NOT EXISTS tollgate_api_keys_previous_hash ON tollgate_api_keys (previous_hash);
+CREATE TABLE IF NOT EXISTS tollgate_probe (
+  id INTEGER PRIMARY KEY,
+  at BIGINT NOT NULL
+)`;
 
 /**
  * Key of the transaction-level advisory lock held while deciding whether to
@@ -82,6 +94,7 @@ export async function openPostgresRecordStore(url: string): Promise<RecordStore>
     max: POOL_SIZE,
     connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
     query_timeout: QUERY_TIMEOUT_MS,
+    statement_timeout: QUERY_TIMEOUT_MS,
     idleTimeoutMillis: 30_000,
     application_name: "tollgate",
   });
@@ -94,7 +107,9 @@ export async function openPostgresRecordStore(url: string): Promise<RecordStore>
     await createSchema(pool);
   } catch (err) {
     await pool.end().catch(() => {});
-    throw err;
+    // Refused at start-up with one line naming the setting, never the
+    // password (docs/operations.md, "PostgreSQL down at start").
+    throw new Error(`storage.url: cannot use PostgreSQL at ${withoutPassword(url)}: ${oneLine(err)}`, { cause: err });
   }
 
   let closed = false;
@@ -184,7 +199,9 @@ export async function openPostgresRecordStore(url: string): Promise<RecordStore>
       return rows.length > 0;
     },
     async ping() {
-      await query("SELECT 1");
+      // A committed write, not SELECT 1: a read-only server (a standby, a
+      // full disk, default_transaction_read_only) still answers reads.
+      await query("INSERT INTO tollgate_probe (id, at) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET at = EXCLUDED.at", [Date.now()]);
     },
     async close() {
       if (closed) return;
@@ -221,4 +238,22 @@ async function inTransaction<T>(pool: pg.Pool, work: (client: pg.PoolClient) => 
     // A connection that failed mid-transaction is discarded, not reused.
     client.release(failure);
   }
+}
+
+/** `postgres://u:secret@h/db` as `postgres://u:***@h/db`; a URL that does not parse is not shown at all. */
+function withoutPassword(url: string): string {
+  try {
+    const parsed = new URL(url);
+    if (parsed.password !== "") parsed.password = "***";
+    return parsed.toString();
+  } catch {
+    return "(the configured URL)";
+  }
+}
+
+/** An error's message on one line: the CLI reports failures in one line. */
+function oneLine(err: unknown): string {
+  const e = err as { message?: unknown; code?: unknown };
+  const message = String(e?.message ?? err).replace(/\s+/g, " ").trim();
+  return message !== "" ? message : String(e?.code ?? "unknown error");
 }

@@ -3,10 +3,16 @@ import { dirname, resolve } from "node:path";
 import { apiKeyForSecret, apiKeyFromRow, apiKeyRowValues, DuplicateApiKeyError, KEYS_ISSUED_MARKER } from "../keys.js";
 import { ownerFromRow } from "./owners.js";
 import { openSqliteDatabase, type SqliteDatabase, type SqliteDriverName, type SqliteRow, type SqliteValue } from "./sqlite-driver.js";
+import { applySqliteSettings } from "./sqlite-settings.js";
 import type { ApiKeyRecord, OwnerRecord, RecordStore } from "./types.js";
 
-/** How long a statement waits for another process's write lock before failing (ms). */
-const BUSY_TIMEOUT_MS = 5000;
+/**
+ * How long a statement waits for another process's write lock before failing
+ * (ms). The drivers are synchronous, so the wait holds the event loop: kept
+ * within the ~2 s a request may wait for the store (docs/security.md, "Faults
+ * in the stores").
+ */
+const BUSY_TIMEOUT_MS = 2000;
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS tollgate_api_keys (
@@ -43,6 +49,8 @@ const ADDED_KEY_COLUMNS: readonly [string, string][] = [
   ["previous_hash", "TEXT"],
   ["previous_valid_until", "INTEGER"],
 ];
+/** One row, rewritten by every readiness probe: a write that proves the file still takes writes. */
+const PROBE_SCHEMA = "CREATE TABLE IF NOT EXISTS tollgate_probe (id INTEGER PRIMARY KEY, at INTEGER NOT NULL)";
 
 const COLUMNS = "id, hash, prefix, principal, attributes, created_at, expires_at, revoked_at";
 
@@ -55,8 +63,10 @@ export interface SqliteRecordStoreOptions {
  * The record store in a SQLite file: the embedded default.
  *
  * Several processes (gateway workers, `tollgate keys`) may open the same
- * file at once: WAL mode lets readers run beside the one writer, and the busy
- * timeout makes a writer wait for the lock instead of failing at once. Every
+ * file at once: the busy timeout makes a writer wait for the lock instead of
+ * failing at once. The journal is a rollback journal, not WAL, so that a file
+ * that stops being writable fails a statement instead of killing the process
+ * (see sqlite-settings.ts). Every
  * statement commits by itself, so a revocation is visible to every other
  * connection as soon as `revokeApiKey` resolves.
  *
@@ -81,14 +91,10 @@ export async function openSqliteRecordStore(dbPath: string, options: SqliteRecor
     throw new Error(`cannot open the SQLite database ${path}: ${reason(err)}`, { cause: err });
   });
   try {
-    // busy_timeout first: switching to WAL needs a lock another process may hold.
-    db.exec(`PRAGMA busy_timeout = ${BUSY_TIMEOUT_MS}`);
-    if (!inMemory) db.exec("PRAGMA journal_mode = WAL");
-    // NORMAL is durable across process crashes in WAL mode; only a power cut
-    // can lose the last commits, and fsync on every key lookup is not worth it.
-    db.exec("PRAGMA synchronous = NORMAL");
+    applySqliteSettings(db, { busyTimeoutMs: BUSY_TIMEOUT_MS });
     db.exec(SCHEMA);
     addKeyColumns(db);
+    db.exec(PROBE_SCHEMA);
   } catch (err) {
     db.close();
     throw new Error(`cannot open the SQLite database ${path}: ${reason(err)}`, { cause: err });
@@ -121,7 +127,7 @@ export async function openSqliteRecordStore(dbPath: string, options: SqliteRecor
   );
   const ownerById = db.prepare("SELECT type, id, principal, attributes, created_at FROM tollgate_owners WHERE type = ? AND id = ?");
   const deleteOwner = db.prepare("DELETE FROM tollgate_owners WHERE type = ? AND id = ?");
-  const selectOne = db.prepare("SELECT 1 AS one");
+  const probe = db.prepare("INSERT INTO tollgate_probe (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at");
 
   let closed = false;
   const open = () => {
@@ -208,7 +214,9 @@ export async function openSqliteRecordStore(dbPath: string, options: SqliteRecor
     },
     async ping() {
       open();
-      selectOne.get();
+      // A committed write, not SELECT 1: a read-only, immutable or full file
+      // still answers reads, and /ready must say what writes will meet.
+      probe.run(Date.now());
     },
     async close() {
       if (closed) return;

@@ -139,7 +139,10 @@ export function createRedisQuotaStore(options: RedisQuotaStoreOptions): QuotaSto
     },
     async ping() {
       await ready();
-      await redis.ping();
+      // A write that expires by itself, not PING: a read-only replica, a
+      // server over maxmemory (noeviction) or one refusing writes after a
+      // failed save still answers PING, and /ready must say what writes meet.
+      await redis.set(`${namespace}{probe}:ready`, "1", "PX", 60_000);
     },
     async add(key, amount, expiresAt) {
       await ready();

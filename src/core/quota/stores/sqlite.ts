@@ -1,11 +1,13 @@
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import { openSqliteDatabase, type SqliteDatabase, type SqliteStatement } from "../../stores/sqlite-driver.js";
+import { applySqliteSettings } from "../../stores/sqlite-settings.js";
 import type { CounterCheck, HitResult, QuotaStore } from "../store.js";
 
 /**
  * The embedded quota store: one SQLite file, which several gateway processes
- * on one machine may share (WAL mode; the checks that arrive together run in
+ * on one machine may share (a rollback journal, never WAL: see
+ * sqlite-settings.ts; the checks that arrive together run in
  * one `BEGIN IMMEDIATE` transaction, a lone single-limit check as one atomic
  * statement).
  *
@@ -21,7 +23,7 @@ export interface SqliteQuotaStoreOptions {
   namespace?: string | undefined;
   /** How often expired windows are deleted; default 60 s. 0: never (tests call {@link SqliteQuotaStore.sweep}). */
   sweepIntervalMs?: number | undefined;
-  /** How long a check waits for another process's write lock; default 5 s. */
+  /** How long a check waits for another process's write lock; default 2 s (the wait holds the event loop). */
   busyTimeoutMs?: number | undefined;
   now?: (() => number) | undefined;
   /** Which SQLite driver (tests cover both). */
@@ -42,13 +44,12 @@ export interface SqliteQuotaStore extends QuotaStore {
  * const store = await openSqliteQuotaStore({ dbPath: "./data/quota.db" });
  */
 export async function openSqliteQuotaStore(options: SqliteQuotaStoreOptions): Promise<SqliteQuotaStore> {
-  const { dbPath, namespace = "", sweepIntervalMs = 60_000, busyTimeoutMs = 5000, now = Date.now } = options;
+  const { dbPath, namespace = "", sweepIntervalMs = 60_000, busyTimeoutMs = 2000, now = Date.now } = options;
   if (dbPath !== ":memory:") mkdirSync(dirname(dbPath), { recursive: true });
   const db: SqliteDatabase = await openSqliteDatabase(dbPath, { driver: options.driver });
   try {
-    db.exec(`PRAGMA busy_timeout = ${Math.trunc(busyTimeoutMs)}`);
-    db.exec("PRAGMA journal_mode = WAL");
-    db.exec("PRAGMA synchronous = NORMAL");
+    applySqliteSettings(db, { busyTimeoutMs });
+    db.exec("CREATE TABLE IF NOT EXISTS tollgate_probe (id INTEGER PRIMARY KEY, at INTEGER NOT NULL)");
     db.exec(
       "CREATE TABLE IF NOT EXISTS tollgate_quota (key TEXT PRIMARY KEY, count INTEGER NOT NULL, expires_at INTEGER NOT NULL) WITHOUT ROWID",
     );
@@ -71,6 +72,7 @@ export async function openSqliteQuotaStore(options: SqliteQuotaStoreOptions): Pr
   const undo = db.prepare("UPDATE tollgate_quota SET count = count - 1 WHERE key = ?");
   const sweepStatement = db.prepare("DELETE FROM tollgate_quota WHERE expires_at <= ?");
   const countRows = db.prepare("SELECT count(*) AS n FROM tollgate_quota");
+  const probe = db.prepare("INSERT INTO tollgate_probe (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at");
 
   let closed = false;
   const timer = sweepIntervalMs > 0 ? setInterval(() => safeSweep(), sweepIntervalMs) : undefined;
@@ -134,7 +136,7 @@ export async function openSqliteQuotaStore(options: SqliteQuotaStoreOptions): Pr
 
   // Group commit: the checks that arrive within one turn of the event loop
   // (a busy gateway has dozens) run in one `BEGIN IMMEDIATE` transaction,
-  // one after another, so they cost one commit (one WAL write) instead of
+  // one after another, so they cost one commit (one journal write) instead of
   // one each. Each check still sees the ones before it: the counts are
   // exactly those of running them one by one. Measured with 50 concurrent
   // requests and two limits: the commit was ~14 % of the gateway's CPU.
@@ -206,7 +208,8 @@ export async function openSqliteQuotaStore(options: SqliteQuotaStoreOptions): Pr
     },
     async ping() {
       if (closed) throw new Error("quota store is closed");
-      db.prepare("SELECT 1").get();
+      // A committed write: a full or read-only file still answers SELECT 1.
+      probe.run(now());
     },
     sweep(at = now()) {
       return sweepStatement.run(at).changes;
