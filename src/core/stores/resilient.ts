@@ -68,10 +68,14 @@ export function resilientRecordStore(store: RecordStore, options: ResilientOptio
   let writableUntil = 0;
   let closed = false;
 
-  /** `call` within the deadline; any failure becomes a 503 (a duplicate key stays what it is). */
+  /**
+   * `call` within the deadline; any failure becomes a 503 (a duplicate key
+   * stays what it is) and forgets the last successful write probe.
+   */
   function bounded<T>(what: string, call: () => Promise<T>): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       const timer = setTimeout(() => {
+        writableUntil = 0;
         log.error({ operation: what, deadline_ms: deadlineMs }, "record store did not answer in time");
         reject(new StoreUnavailableError());
       }, deadlineMs);
@@ -88,7 +92,9 @@ export function resilientRecordStore(store: RecordStore, options: ResilientOptio
         },
         (err: unknown) => {
           clearTimeout(timer);
-          if (err instanceof DuplicateApiKeyError || err instanceof StoreUnavailableError) return reject(err);
+          if (err instanceof DuplicateApiKeyError) return reject(err);
+          writableUntil = 0;
+          if (err instanceof StoreUnavailableError) return reject(err);
           // The message only: driver errors name the statement, never its parameters.
           log.error({ operation: what, err: err instanceof Error ? err.message : String(err) }, "record store failed");
           reject(new StoreUnavailableError());
@@ -142,7 +148,6 @@ export function resilientRecordStore(store: RecordStore, options: ResilientOptio
         } else {
           log.error({ resource: key, pending: pending.size }, "pending owner table full: a resource may stay unowned until restart");
         }
-        writableUntil = 0;
         throw err;
       }
     },
