@@ -1,12 +1,12 @@
 /**
  * What only the SQLite store promises: the file and its folder are created,
- * WAL mode, and several processes sharing one file.
+ * a rollback journal (never WAL), and several processes sharing one file.
  */
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { promisify } from "node:util";
 import { after, test } from "node:test";
@@ -40,14 +40,30 @@ test("opening a store creates the database file and its missing folders", async 
   assert.equal(store.kind, "sqlite");
 });
 
-test("the database file is in WAL mode, so readers never wait for the writer", async () => {
+test("the database file uses a rollback journal, not WAL, so no memory-mapped index can kill the process (SIGBUS)", async () => {
   const dbPath = freshPath();
   await (await openRecordStore({ type: "sqlite", db_path: dbPath })).close();
   const db = await openSqliteDatabase(dbPath);
   try {
-    assert.equal(db.prepare("PRAGMA journal_mode").get()?.journal_mode, "wal");
+    // Only WAL is a property of the file; a rollback journal is each connection's (TRUNCATE in Tollgate's).
+    assert.notEqual(db.prepare("PRAGMA journal_mode").get()?.journal_mode, "wal");
   } finally {
     db.close();
+  }
+});
+
+test("a file an older Tollgate left in WAL mode is switched to the rollback journal when opened", async () => {
+  const dbPath = freshPath();
+  mkdirSync(dirname(dbPath), { recursive: true });
+  const old = await openSqliteDatabase(dbPath);
+  old.exec("PRAGMA journal_mode = WAL");
+  old.close();
+  const store = await openRecordStore({ type: "sqlite", db_path: dbPath });
+  try {
+    await store.putOwner({ type: "file", id: "file-1", principal: "alice", attributes: {}, createdAt: 1 });
+    assert.equal(existsSync(`${dbPath}-shm`), false, "a -shm file is still mapped");
+  } finally {
+    await store.close();
   }
 });
 
