@@ -7,7 +7,9 @@ import { startUpstreamProcess, type UpstreamProcess } from "../support/upstream.
 
 // What reaches the upstream. The gateway's upstream.url points at the demo
 // upstream's /echo/base route, so every forwarded request comes back as JSON
-// describing exactly what the upstream received.
+// describing exactly what the upstream received. Requests use a model read
+// (`/v1/models/demo-small`), not a list route: a list answered by something
+// that is not a list is refused with 502 (docs/security.md).
 
 const TOKEN = "tok-alice-Hq3Lw0pXe7";
 const UPSTREAM_KEY = "sk-upstream-9fQmB2vR";
@@ -98,12 +100,12 @@ describe("forwarding", { timeout: 120_000 }, () => {
   });
 
   test("the client's Authorization is replaced by upstream.api_key", { timeout: 10_000 }, async () => {
-    const seen = await echo("/v1/models");
+    const seen = await echo("/v1/models/demo-small");
     assert.equal(seen.headers.authorization, `Bearer ${UPSTREAM_KEY}`);
   });
 
   test("the principal header carries the authenticated principal; a client-sent one is dropped", { timeout: 10_000 }, async () => {
-    const seen = await echo("/v1/models", { headers: { "X-Tollgate-Principal": "mallory" } });
+    const seen = await echo("/v1/models/demo-small", { headers: { "X-Tollgate-Principal": "mallory" } });
     assert.equal(seen.headers["x-tollgate-principal"], "alice");
   });
 
@@ -112,7 +114,7 @@ describe("forwarding", { timeout: 120_000 }, () => {
     const res = await rawRequest(
       gateway.url,
       [
-        "GET /v1/models HTTP/1.1",
+        "GET /v1/models/demo-small HTTP/1.1",
         `Host: ${hostname}:${port}`,
         `Authorization: Bearer ${TOKEN}`,
         "x-tollgate-principal: mallory",
@@ -131,7 +133,7 @@ describe("forwarding", { timeout: 120_000 }, () => {
     const res = await rawRequest(
       gateway.url,
       [
-        "GET /v1/models HTTP/1.1",
+        "GET /v1/models/demo-small HTTP/1.1",
         `Host: ${hostname}:${port}`,
         `Authorization: Bearer ${TOKEN}`,
         "Connection: keep-alive, X-Secret-Hop",
@@ -159,7 +161,7 @@ describe("forwarding", { timeout: 120_000 }, () => {
   });
 
   test("X-Forwarded-For gains the peer address; X-Forwarded-Proto and -Host are the gateway's", { timeout: 10_000 }, async () => {
-    const seen = await echo("/v1/models", {
+    const seen = await echo("/v1/models/demo-small", {
       headers: { "x-forwarded-for": "10.9.9.9", "x-forwarded-proto": "https", "x-forwarded-host": "evil.example", forwarded: "for=1.2.3.4" },
     });
     assert.equal(seen.headers["x-forwarded-for"], "10.9.9.9, 127.0.0.1");
@@ -211,17 +213,17 @@ describe("forwarding", { timeout: 120_000 }, () => {
   });
 
   test("with upstream_header, the proxy-asserted identity reaches the upstream as the principal", { timeout: 10_000 }, async () => {
-    const res = await fetch(`${proxied.url}/v1/models`, {
+    const res = await fetch(`${proxied.url}/v1/models/demo-small`, {
       headers: { "x-user": "bob", "x-user-attributes": '{"roles":["admin"]}', "x-tollgate-principal": "mallory" },
     });
     assert.equal(res.status, 200);
     const seen = (await res.json()) as Echo;
-    assert.equal(seen.path, "/echo/v1/models");
+    assert.equal(seen.path, "/echo/v1/models/demo-small");
     assert.equal(seen.headers["x-tollgate-principal"], "bob");
   });
 
   test("with upstream_header, a request without the identity header is refused with 401", { timeout: 10_000 }, async () => {
-    const res = await fetch(`${proxied.url}/v1/models`);
+    const res = await fetch(`${proxied.url}/v1/models/demo-small`);
     assert.equal(res.status, 401);
     assert.equal(res.headers.get("www-authenticate"), 'Bearer realm="tollgate"');
     const body = (await res.json()) as { error: { message: string; type: string; code: string } };

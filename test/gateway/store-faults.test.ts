@@ -296,7 +296,9 @@ test("a SQLite record store made immutable under a running gateway: 503 store_un
     assert.equal(first.status, 200);
     assert.equal((await fetch(`${gateway.url}/ready`)).status, 200);
     undo = makeImmutable(dataDir);
-    // /ready's write probe fails (SELECT 1 did not), and the failure is remembered: the next create is refused before forwarding.
+    // A successful write probe lets creates through for 1 s (per worker): past it, every create probes again.
+    await new Promise((r) => setTimeout(r, 1100));
+    // /ready's write probe fails (SELECT 1 did not).
     const ready = await fetch(`${gateway.url}/ready`);
     assert.equal(ready.status, 503);
     assert.ok(((await ready.json()) as { failing: string[] }).failing.includes("record_store"));
