@@ -33,7 +33,7 @@ export interface QuotaStore {
   hit(counters: readonly CounterCheck[]): Promise<HitResult>;
   /** Adds `amount` (LLM tokens) to a counter, creating it for its window. */
   add(key: string, amount: number, expiresAt: number): Promise<void>;
-  /** Readiness (GET /ready): resolves when the store answers a trivial query, rejects otherwise. */
+  /** Readiness (GET /ready): resolves when the store takes a write (a probe row or key, rewritten), rejects otherwise. */
   ping(): Promise<void>;
   /** Releases connections and timers; idempotent. */
   close(): Promise<void>;

@@ -75,7 +75,7 @@ export interface RecordStore {
   findOwners(type: string, ids: readonly string[]): Promise<Map<string, OwnerRecord>>;
   /** Forgets the owner of a deleted resource; true when there was one. */
   deleteOwner(type: string, id: string): Promise<boolean>;
-  /** Readiness (GET /ready): resolves when the store answers a trivial query, rejects otherwise. */
+  /** Readiness (GET /ready): resolves when the store takes a write (a probe row rewritten), rejects otherwise. */
   ping(): Promise<void>;
   close(): Promise<void>;
 }
