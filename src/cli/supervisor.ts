@@ -377,10 +377,11 @@ export async function runSupervisor(opts: ServeOptions, config: Config, workers:
 
 /**
  * Opens the stores' SQLite files once, before the workers start: N workers
- * creating the same new file at once race for the lock that switching it to
- * WAL and creating the tables take, and SQLite may refuse that at once
- * (SQLITE_BUSY) rather than wait. Once the file exists in WAL mode with its
- * tables, opening it takes no such lock. Returns the record store (when
+ * creating the same new file at once race for the lock that creating the
+ * tables (or moving a file an older Tollgate left in WAL mode to the rollback
+ * journal) takes, and SQLite may refuse that at once (SQLITE_BUSY) rather
+ * than wait. Once the file exists with its tables, opening it takes no such
+ * lock. Returns the record store (when
  * authentication is on, as in `startServer`), for the first-key check.
  */
 async function prepareStores(config: Config, log: Logger): Promise<RecordStore | undefined> {
