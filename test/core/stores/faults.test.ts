@@ -59,6 +59,8 @@ for (const kind of ["record", "quota"] as const) {
         assert.match(result.ping!, /^error: /, `${driver}: ping must fail when writes fail`);
         assert.equal(result.recovered, "ok", `${driver}: writes work again once the files are writable`);
       } finally {
+        // A child that died (SIGBUS) never undid its chattr +i: undo it here, or the folder stays.
+        spawnSync("chattr", ["-R", "-i", dir], { stdio: "ignore" });
         rmSync(dir, { recursive: true, force: true });
       }
     }
