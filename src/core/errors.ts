@@ -240,3 +240,15 @@ export class StoreUnavailableError extends TollgateError {
     super(503, "service_unavailable", "store_unavailable", message, { "retry-after": "1" });
   }
 }
+
+/**
+ * 404: the request is for a route no catalog entry declares
+ * (`server.resources.unlisted: deny`); it is never forwarded. Like nginx
+ * with only the `location` blocks it was given, or an Envoy route table
+ * without a catch-all: what is not declared does not exist.
+ */
+export class RouteNotFoundError extends TollgateError {
+  constructor() {
+    super(404, "not_found_error", "route_not_found", "Route not found");
+  }
+}

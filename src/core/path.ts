@@ -21,6 +21,12 @@ const PATH_CHAR = /^[A-Za-z0-9\-._~!$&'()*+,;=:@/]$/;
 // (`/`, `\`) or that truncate strings (NUL). Accepting them would let a path
 // look one way to our checks and another way to the upstream, so they are refused.
 const FORBIDDEN_ENCODED = new Set(["%2F", "%5C", "%00"]);
+// `;` starts a path parameter for some servers (Tomcat, Spring, Jetty:
+// `/v1/models/..;/fine_tuning/jobs` is `/v1/fine_tuning/jobs` there) and is a
+// plain character for others. No route of an AI API holds one, so a path
+// with `;`, raw or encoded, is refused before any check could read it one way
+// and the upstream another (as nginx-fronted Tomcat advisories recommend).
+const SEMICOLON = "%3B";
 
 function invalid(reason: string): never {
   throw new BadRequestError(`Invalid request path: ${reason}`, "invalid_path");
@@ -33,7 +39,7 @@ function invalid(reason: string): never {
  * `//` collapsed, `.` and `..` segments resolved (RFC 3986 §5.2.4), trailing
  * `/` removed. Throws a 400 {@link BadRequestError} for anything that cannot be
  * normalised safely: not origin-form, malformed `%`, encoded `/` `\` or NUL,
- * characters outside RFC 3986, or `..` above the root.
+ * `;` raw or encoded, characters outside RFC 3986, or `..` above the root.
  *
  * @example canonicalTarget("/v1/%6Dodels/../health/") // { path: "/v1/health", query: "" }
  */
@@ -51,9 +57,12 @@ export function canonicalTarget(rawTarget: string): CanonicalTarget {
       if (hex.length !== 2 || !HEX.includes(hex[0]!) || !HEX.includes(hex[1]!)) invalid("malformed percent-encoding");
       const encoded = `%${hex}`;
       if (FORBIDDEN_ENCODED.has(encoded)) invalid("encoded '/', '\\' or NUL is not allowed");
+      if (encoded === SEMICOLON) invalid("';' is not allowed in a path");
       const char = String.fromCharCode(parseInt(hex, 16));
       decoded += UNRESERVED.test(char) ? char : encoded;
       i += 2;
+    } else if (ch === ";") {
+      invalid("';' is not allowed in a path");
     } else if (PATH_CHAR.test(ch)) {
       decoded += ch;
     } else {

@@ -1,5 +1,5 @@
 import { parseBearer } from "./bearer.js";
-import { AuthError, ForbiddenError, IdentityUnavailableError, TollgateError } from "./errors.js";
+import { AuthError, ForbiddenError, IdentityUnavailableError, RouteNotFoundError, TollgateError } from "./errors.js";
 import { canonicalPath, canonicalTarget } from "./path.js";
 import type { AuthProvider } from "./providers/types.js";
 import { DEFAULT_POLICY, type Action, type CompiledAccessPolicy, type CompiledRoutePolicy, type CompiledScopeRule, type Decision } from "./policy/compile.js";
@@ -19,7 +19,8 @@ import type { User } from "./user.js";
  *   1. canonical path            (400)        — path.ts
  *   2. public route?             (skip 3–6)   — exact canonical match
  *   3. authenticate              (401 / 503)  — bearer.ts + providers/
- *   4. route policy and scopes   (403)        — policy/routes.ts
+ *   4. declared route?           (404)        — the gateway's catalog, through {@link PipelineOptions.declared}
+ *      route policy and scopes   (403)        — policy/routes.ts
  *   5. quota                     (429 / 503)  — quota/quota.ts (requests consumed, token budgets checked)
  *   6. resource policy           (404 / 403)  — policy/evaluate.ts, through {@link Pipeline.checkAccess}
  *      (the adapter knows which resource a request touches: the gateway's catalog)
@@ -98,6 +99,13 @@ export interface PipelineOptions {
   onDecision?: (event: AccessDecisionEvent) => void;
   /** Stage 5 (`server.quota`); default: no quotas. */
   quota?: Quota | undefined;
+  /**
+   * Is `method` on this path (`routeMatchPath` form) a declared route? Asked
+   * after authentication, before the route policy: an undeclared route is a
+   * 404 `route_not_found` that uses no quota (the gateway's catalog,
+   * `server.resources.unlisted: deny`). Default: every route is declared.
+   */
+  declared?: ((method: string, matchPath: string) => boolean) | undefined;
 }
 
 export interface Pipeline {
@@ -144,6 +152,7 @@ export function createPipeline({
   requiredScopes = [],
   onDecision,
   quota,
+  declared,
 }: PipelineOptions): Pipeline {
   // Exact match only: the reference exempts any path that merely ends in
   // /health, so /v1/secret/health would skip authentication there. Matched
@@ -186,6 +195,7 @@ export function createPipeline({
       const user = await authenticate(request, path, query);
       // Route rules and scopes match a case- and parameter-insensitive form (routes.ts).
       const matchPath = routeMatchPath(path);
+      if (declared && !declared(request.method, matchPath)) throw new RouteNotFoundError();
       // Also without a user: a route_policy with no provider still decides (Llama Stack 0.7).
       if (routePolicy !== undefined && routePolicy.rules.length > 0) {
         const decision = evaluateRoute(routePolicy, user, matchPath);

@@ -16,7 +16,10 @@ import { parseArgs } from "node:util";
  * `POST /v1/chat/completions` (SSE with `stream: true`), `POST /v1/completions`,
  * `POST /v1/embeddings`, files / vector stores / responses (create, list with
  * `after`/`limit` pagination, retrieve, delete; kept in memory), `/echo/*` (any method: answers what it received) and
- * `GET /_demo/requests` (the requests recorded so far, newest last).
+ * `GET /_demo/requests` (the requests recorded so far, newest last). Any
+ * route answers what it received when the request carries `x-demo-echo`: the
+ * gateway forwards only declared routes, so tests look at forwarding through
+ * real ones (`GET /api/version`, `POST /generate`).
  *
  * Request headers steer it, for tests: `x-demo-delay-ms` (wait before the
  * response headers), `x-demo-chunk-delay-ms` (wait between SSE events),
@@ -207,7 +210,7 @@ export async function startDemoUpstream(options: DemoUpstreamOptions = {}): Prom
     }
     const { method, path } = record;
 
-    if (path === "/echo" || path.startsWith("/echo/")) {
+    if (path === "/echo" || path.startsWith("/echo/") || req.headers["x-demo-echo"] !== undefined) {
       sendJson(res, 200, { method, path, query: record.query, headers: record.headers, body: record.body });
       return;
     }

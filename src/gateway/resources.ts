@@ -3,6 +3,7 @@ import { Readable } from "node:stream";
 import { BadRequestError, ForbiddenError, NotFoundError, StoreUnavailableError, UpstreamError } from "../core/errors.js";
 import type { Logger } from "../core/log.js";
 import type { Pipeline, RequestContext } from "../core/pipeline.js";
+import type { Action } from "../core/policy/compile.js";
 import type { Owner } from "../core/policy/conditions.js";
 import { resourceKey } from "../core/policy/evaluate.js";
 import { routeMatchPath } from "../core/policy/routes.js";
@@ -11,8 +12,8 @@ import type { OwnerRecord } from "../core/stores/types.js";
 import type { Catalog, CatalogMatch } from "./catalog.js";
 import { discardBody, type UpstreamResponse } from "./forward.js";
 import type { BodyLimits } from "./body.js";
-import { parseJsonWithin } from "./json.js";
-import { formField, jsonMember, readJsonBody, type BufferedBody } from "./request-body.js";
+import { memberValue, parseJsonWithin, scanJson } from "./json.js";
+import { jsonMember, readJsonBody, type BufferedBody } from "./request-body.js";
 
 /**
  * Stage 6 in the gateway: the resource policy applied to real OpenAI-style
@@ -95,6 +96,10 @@ export interface GuardedRequest {
   readonly body: BufferedBody | undefined;
   /** True when the answer must be read (create, list, delete): ask the upstream for an uncompressed one. */
   readonly inspectResponse: boolean;
+  /** The resource's id when the request names it (path or body): what a create records and a delete forgets. */
+  readonly resourceId?: string | undefined;
+  /** A stored answer (`store: true` on a chat completion): the type whose owner is recorded from the answer's id. */
+  readonly stores?: string | undefined;
 }
 
 export interface ResourceGuardOptions {
@@ -146,66 +151,90 @@ export function createResourceGuard({ pipeline, catalog, store, log, now = Date.
     throw new ForbiddenError(`Access denied: you may not ${action} this ${type}`, "access_denied");
   }
 
-  async function bodyResource(raw: IncomingMessage, context: RequestContext, limits: BodyLimits, match: CatalogMatch, field: string): Promise<BufferedBody> {
-    const body = await readJsonBody(raw, limits);
-    let value: unknown;
-    if (body.json?.valid) {
-      value = jsonMember(body, field);
-    } else {
-      value = await formField(body, String(raw.headers["content-type"] ?? ""), field);
-    }
-    if (value === undefined && match.entry.optional) return body;
-    if (typeof value !== "string" || value === "") {
-      throw new BadRequestError(`Missing or invalid ${field}: a string is required`, "invalid_request");
-    }
-    const key = resourceKey(match.type, value);
-    if (!pipeline.checkAccess(context, "read", { key, owner: await bodyOwnerOf(match.type, value) }).allowed) deny(match.type, value, "read");
-    return body;
+  /** Checks `action` on `type::id` against its recorded owner; throws 404/403 when denied. */
+  async function check(context: RequestContext, type: string, action: Action, id: string): Promise<void> {
+    const owner = type === "model" ? await bodyOwnerOf(type, id) : await ownerOf(type, id);
+    if (!pipeline.checkAccess(context, action, { key: resourceKey(type, id), owner }).allowed) deny(type, id, action);
   }
 
   return {
     async before(raw, context, limits) {
       const match = catalog.match(raw.method ?? "GET", routeMatchPath(context.path), context.path);
-      if (!match) return undefined;
+      // Undeclared routes never get here (the pipeline refused them); declared ones that touch no resource pass.
+      if (!match || match.action === "forward") return undefined;
+      const { entry } = match;
+      const needsBody = match.bodyFields !== undefined || (entry.reads?.length ?? 0) > 0 || entry.stores !== undefined;
+      const body = needsBody ? await readJsonBody(raw, limits) : undefined;
+      const named = body ? bodyReader(body, String(raw.headers["content-type"] ?? "")) : undefined;
+
+      let id = match.pathId;
+      if (match.bodyFields !== undefined) {
+        id = await named!(match.bodyFields);
+        if (id === undefined && !(entry.optional && match.action !== "create" && match.action !== "delete")) {
+          throw new BadRequestError(`Missing or invalid ${match.bodyFields[0]}: a string is required`, "invalid_request");
+        }
+      }
       switch (match.action) {
         case "list":
-          return { match, body: undefined, inspectResponse: true };
-        case "create": {
-          const decision = pipeline.checkAccess(context, "create", { key: resourceKey(match.type, "*"), owner: undefined });
-          if (!decision.allowed) deny(match.type, undefined, "create");
+          break;
+        case "create":
+          // Created under a name the client chose (a model pulled or copied): that name's policy decides; else any of the type.
+          if (id !== undefined) await check(context, match.type, "create", id);
+          else if (!pipeline.checkAccess(context, "create", { key: resourceKey(match.type, "*"), owner: undefined }).allowed) deny(match.type, undefined, "create");
           // Nothing is created upstream that could not be owned: a store that
           // takes no writes refuses the create before it is forwarded.
           await store?.ensureWritable();
-          // POST /v1/responses also names a model: a read of it.
-          const body = match.type === "response" && match.entry.path.endsWith("/responses") ? await bodyResource(raw, context, limits, { ...match, type: "model", entry: { ...match.entry, optional: false } }, "model") : undefined;
-          return { match, body, inspectResponse: true };
-        }
-        default: {
-          if (match.bodyField !== undefined) {
-            return { match, body: await bodyResource(raw, context, limits, match, match.bodyField), inspectResponse: false };
-          }
-          if (match.pathId === undefined) return undefined;
-          const owner = await ownerOf(match.type, match.pathId);
-          const key = resourceKey(match.type, match.pathId);
-          if (!pipeline.checkAccess(context, match.action, { key, owner }).allowed) deny(match.type, match.pathId, match.action);
-          return { match, body: undefined, inspectResponse: match.action === "delete" };
-        }
+          break;
+        default:
+          // A route without an identifier to check (a config route reading a fixed resource): only the route was declared.
+          if (id !== undefined) await check(context, match.type, match.action, id);
+          else if (match.bodyFields === undefined) return undefined;
       }
+      // Other resources the body names: each is read (a response's model, a run's assistant, a copy's source).
+      for (const read of entry.reads ?? []) {
+        const other = await named!([read.field]);
+        if (other === undefined) {
+          if (read.optional) continue;
+          throw new BadRequestError(`Missing or invalid ${read.field}: a string is required`, "invalid_request");
+        }
+        await check(context, read.type, "read", other);
+      }
+      // A chat completion kept by the upstream (`store: true`) is a create of a stored chat completion.
+      let stores: string | undefined;
+      if (entry.stores !== undefined && (await named!(["store"], true)) === "true") {
+        if (!pipeline.checkAccess(context, "create", { key: resourceKey(entry.stores, "*"), owner: undefined }).allowed) deny(entry.stores, undefined, "create");
+        await store?.ensureWritable();
+        stores = entry.stores;
+      }
+      const inspectResponse = match.action === "create" || match.action === "list" || match.action === "delete" || stores !== undefined;
+      return { match, body, inspectResponse, resourceId: id, stores };
     },
 
     async after(guarded, context, upstream, fetchPage) {
       const { match } = guarded;
       if (upstream.status < 200 || upstream.status >= 300) return upstream;
+      const id = guarded.resourceId;
       if (match.action === "delete") {
         // The resource is gone: forget its owner (a later id reuse starts unowned).
-        if (store && match.pathId !== undefined && match.entry.path.endsWith("{id}")) {
-          await store.deleteOwner(match.type, match.pathId).catch((err: unknown) => log.warn({ err: String(err) }, "could not forget an owner"));
-          modelOwners.delete(resourceKey(match.type, match.pathId));
+        const whole = match.pathId === undefined || match.entry.path.endsWith("}");
+        if (store && id !== undefined && whole && match.entry.record !== false) {
+          await store.deleteOwner(match.type, id).catch((err: unknown) => log.warn({ err: String(err) }, "could not forget an owner"));
+          modelOwners.delete(resourceKey(match.type, id));
         }
         return upstream;
       }
-      if (match.action === "create") return recordCreated(guarded, context, upstream);
+      if (match.action === "create") {
+        // Named by the request (a pulled model): recorded unless it already has an owner, whose it stays.
+        if (id !== undefined) {
+          if (match.entry.record !== false && !(await ownerOf(match.type, id))) await record(match, context, id);
+          return upstream;
+        }
+        return recordCreated(guarded, context, upstream);
+      }
       if (match.action === "list") return filterList(guarded, context, upstream, fetchPage);
+      if (guarded.stores !== undefined) {
+        return recordCreated({ ...guarded, match: { ...match, type: guarded.stores, responseField: "id" } }, context, upstream);
+      }
       return upstream;
     },
   };
@@ -305,6 +334,8 @@ export function createResourceGuard({ pipeline, catalog, store, log, now = Date.
   }
 
   async function filterList(guarded: GuardedRequest, context: RequestContext, upstream: UpstreamResponse, fetchPage: FetchPage): Promise<UpstreamResponse> {
+    const items = guarded.match.entry.items;
+    if (items && !(items.field === "data" && items.id === "id")) return filterItems(guarded, context, upstream, items);
     const bytes = await readAll(upstream.body);
     const first = parseJson(bytes) as ListPage | undefined;
     if (!first || !Array.isArray(first.data)) {
@@ -345,17 +376,89 @@ export function createResourceGuard({ pipeline, catalog, store, log, now = Date.
     return withBody(upstream, Buffer.from(JSON.stringify(out)));
   }
 
-  async function readable(type: string, context: RequestContext, items: unknown[]): Promise<Record<string, unknown>[]> {
-    const ids = items.map((item) => idIn(item, "id")).filter((id): id is string => id !== undefined);
+  /** A list in another shape than OpenAI's (Ollama's `{models: [{name}]}`): one unpaginated array, filtered. */
+  async function filterItems(guarded: GuardedRequest, context: RequestContext, upstream: UpstreamResponse, items: { field: string; id: string }): Promise<UpstreamResponse> {
+    const bytes = await readAll(upstream.body);
+    const page = parseJson(bytes);
+    const list = typeof page === "object" && page !== null ? (page as Record<string, unknown>)[items.field] : undefined;
+    if (!Array.isArray(list)) {
+      log.warn({ resource_type: guarded.match.type }, "list route answered something that is not a list: relayed unfiltered");
+      return withBody(upstream, bytes);
+    }
+    const kept = await readable(guarded.match.type, context, list, items.id);
+    return withBody(upstream, Buffer.from(JSON.stringify({ ...(page as Record<string, unknown>), [items.field]: kept })));
+  }
+
+  async function readable(type: string, context: RequestContext, items: unknown[], idField = "id"): Promise<Record<string, unknown>[]> {
+    const ids = items.map((item) => idIn(item, idField)).filter((id): id is string => id !== undefined);
     const owners = store ? await store.findOwners(type, ids) : new Map<string, OwnerRecord>();
     const out: Record<string, unknown>[] = [];
     for (const item of items) {
-      const id = idIn(item, "id");
+      const id = idIn(item, idField);
       if (id === undefined) continue; // an item we cannot name, we cannot authorise
       if (pipeline.checkAccess(context, "read", { key: resourceKey(type, id), owner: owners.get(id) }).allowed) out.push(item as Record<string, unknown>);
     }
     return out;
   }
+}
+
+/** Values a body field may not hold when it is a flag that is off (`store`); anything else counts as on. */
+const FLAG_OFF = new Set<unknown>([false, null, 0, "false", "0", "no", "off", "f", "n", ""]);
+
+/**
+ * Reads fields of a buffered body as any server could read them: as JSON
+ * whatever the Content-Type says (Ollama and others parse JSON from any
+ * body), and as form fields (multipart or urlencoded). The reader takes the
+ * names a field goes by (`model`, `name`) and returns the one value they
+ * hold: a string, or an object's string `id` (`conversation: {id}`);
+ * undefined when none is present. A value of another kind, or two readings
+ * (or two names) that disagree, is a 400: the check and the upstream must
+ * see the same resource. With `flag`, returns "true" when the field is
+ * present and not off (`store: true`, `"yes"`, `1`: what a lax parser
+ * takes for true).
+ */
+function bodyReader(body: BufferedBody, contentTypeHeader: string): (names: readonly string[], flag?: boolean) => Promise<string | undefined> {
+  const bytes = body.parts.length === 1 ? body.parts[0]! : Buffer.concat(body.parts as Buffer[], body.length);
+  // Its JSON members, whatever the Content-Type said (scanned within the depth limit, parsed one member at a time).
+  let member: (name: string) => unknown = () => undefined;
+  if (body.json?.valid) member = (name) => jsonMember(body, name);
+  else if (body.json === undefined && bytes.length > 0) {
+    const scan = scanJson(bytes);
+    if (scan.valid) member = (name) => memberValue(bytes, scan, name);
+  }
+  let form: Promise<{ getAll(name: string): unknown[] } | undefined> | undefined;
+  const formOf = () =>
+    (form ??= (async () => {
+      if (body.contentType === "application/x-www-form-urlencoded") return new URLSearchParams(bytes.toString("utf8"));
+      if (body.contentType !== "multipart/form-data") return undefined;
+      try {
+        return await new Response(bytes, { headers: { "content-type": contentTypeHeader } }).formData();
+      } catch {
+        throw new BadRequestError("Invalid multipart/form-data body", "invalid_body");
+      }
+    })());
+  return async (names, flag = false) => {
+    const values: unknown[] = [];
+    const parsed = await formOf();
+    for (const name of names) {
+      const value = member(name);
+      if (value !== undefined) values.push(value);
+      if (parsed) values.push(...parsed.getAll(name));
+    }
+    if (values.length === 0) return undefined;
+    const seen = new Set<string>();
+    for (const value of values) {
+      if (flag) {
+        if (!FLAG_OFF.has(value)) seen.add("true");
+        continue;
+      }
+      const id = typeof value === "string" ? value : idIn(value, "id");
+      if (id === undefined || id === "") throw new BadRequestError(`Missing or invalid ${names[0]}: a string is required`, "invalid_request");
+      seen.add(id);
+    }
+    if (seen.size > 1) throw new BadRequestError(`Ambiguous ${names.join("/")}: the body names more than one`, "invalid_request");
+    return seen.values().next().value;
+  };
 }
 
 interface ListPage {

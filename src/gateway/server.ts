@@ -25,8 +25,9 @@ import { createForwarder, discardBody, type Forwarder, type UpstreamResponse } f
 import { checkRequestHeaders, downstreamResponseHeaders, upstreamRequestHeaders } from "./headers.js";
 import { maskedAnswer } from "./mask.js";
 import { errorResponse, writeClientError } from "./respond.js";
-import { createCatalog } from "./catalog.js";
+import { createCatalog, type Catalog } from "./catalog.js";
 import { policyOptions } from "../core/policy/from-config.js";
+import { routeMatchPath } from "../core/policy/routes.js";
 import { bodyStream, withBodyLength, type BufferedBody } from "./request-body.js";
 import { meterUsage, prepareUsage, type UsagePlan } from "./usage.js";
 import { createResourceGuard, type GuardedRequest, type ResourceGuard } from "./resources.js";
@@ -63,6 +64,8 @@ interface Runtime {
   readonly config: Config;
   readonly pipeline: Pipeline;
   readonly guard: ResourceGuard;
+  /** The routes this generation forwards (`server.resources`). */
+  readonly catalog: Catalog;
   readonly forwarder: Forwarder;
   readonly provider: AuthProvider | undefined;
   readonly quota: Quota | undefined;
@@ -206,6 +209,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
         ? await quotaFromConfig(quotaConfig, { log: options.log, store: quotaStore, onStoreError: (outcome) => metrics.quotaStoreError(outcome) })
         : undefined;
       const providerType = providerConfig?.type ?? "none";
+      const catalog = createCatalog(config.server.resources);
       const pipeline = createPipeline({
         quota,
         publicPaths: [...config.server.public_paths, ...gatewayPaths],
@@ -214,15 +218,17 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
         onAuthenticated: (outcome, seconds) => metrics.authentication(providerType, outcome, seconds),
         // Stage 4 (route_policy, required_scopes); stage 6's decisions come through guard below. Audit: one line per decision.
         ...policyOptions(config.server.auth, options.log.child({ component: "audit" })),
+        // Only declared routes are forwarded (unless `unlisted: allow`); the gateway's own endpoints are its own.
+        declared: config.server.resources.unlisted === "deny" ? (method, matchPath) => isDeclared(catalog, method, matchPath) : undefined,
       });
       const guard = createResourceGuard({
         pipeline,
-        catalog: createCatalog(config.server.resources),
+        catalog,
         store,
         log: options.log.child({ component: "resources" }),
       });
       const forwarder = previous && sameJson(previous.config.upstream, config.upstream) ? previous.forwarder : track(createForwarder(config.upstream));
-      const runtime: Runtime = { config, pipeline, guard, forwarder, provider, quota, quotaStore, inFlight: 0, retired: false, released: false };
+      const runtime: Runtime = { config, pipeline, guard, catalog, forwarder, provider, quota, quotaStore, inFlight: 0, retired: false, released: false };
       hold(runtime);
       return runtime;
     } catch (err) {
@@ -480,6 +486,11 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
 
       // Served by the gateway itself: liveness (no dependency check), version, readiness, metrics.
       const own = ownEndpoint(context.path);
+      if (method === "OPTIONS") {
+        // Answered here, never forwarded: what this route accepts, from the catalog. (CORS is not Tollgate's.)
+        if (context.responseHeaders) void reply.headers(context.responseHeaders);
+        return reply.code(204).header("allow", allowedMethods(runtime, own, context.path)).send();
+      }
       if (own) {
         if (method !== "GET" && method !== "HEAD") {
           // Readiness and metrics are the gateway's own; they are never forwarded.
@@ -542,6 +553,25 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     if (path === READY_PATH) return "ready";
     if (path === metricsOnMain) return "metrics";
     return undefined;
+  }
+
+  /**
+   * Is `method` on `matchPath` a route this gateway serves: one of its own
+   * endpoints, or a route the catalog declares? OPTIONS asks whether any
+   * method is declared there.
+   */
+  function isDeclared(catalog: Catalog, method: string, matchPath: string): boolean {
+    const own = ownEndpoint(matchPath);
+    if (own === "ready" || own === "metrics") return true;
+    if (own && (method === "GET" || method === "HEAD" || method === "OPTIONS")) return true;
+    if (method === "OPTIONS") return catalog.methods(matchPath).length > 0;
+    return catalog.match(method, matchPath, matchPath) !== undefined;
+  }
+
+  /** The `Allow` header of an OPTIONS answer. */
+  function allowedMethods(runtime: Runtime, own: string | undefined, path: string): string {
+    const declared = own ? ["GET", "HEAD"] : runtime.config.server.resources.unlisted === "allow" ? FORWARDED_METHODS.filter((m) => m !== "OPTIONS") : runtime.catalog.methods(routeMatchPath(path));
+    return [...declared, "OPTIONS"].join(", ");
   }
 
   /**

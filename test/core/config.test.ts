@@ -28,8 +28,8 @@ describe("env substitution", () => {
   });
 
   test("a reference inside a longer string is replaced in place", () => {
-    const config = parseConfig(yaml("upstream:", "  url: http://${env.HOST}:${env.PORT}/v1"), "t", { HOST: "h", PORT: "1" });
-    assert.equal(config.upstream.url, "http://h:1/v1");
+    const config = parseConfig(yaml("upstream:", "  url: http://${env.HOST}:${env.PORT}/base"), "t", { HOST: "h", PORT: "1" });
+    assert.equal(config.upstream.url, "http://h:1/base");
   });
 
   test("${env.NAME:=default} uses the default when the variable is unset", () => {
@@ -146,6 +146,24 @@ describe("unknown keys and type errors", () => {
 
   test("a string where a number belongs is a type error naming the path", () => {
     assert.deepEqual(issues(yaml("server:", "  port: eighty")), ["server.port: expected number, received string (line 2)"]);
+  });
+
+  test("an upstream.url ending in /v1 is refused with the reason; another base path is kept", () => {
+    for (const url of ["http://vllm:8000/v1", "http://vllm:8000/v1/", "https://api.example.com/V1"]) {
+      const [issue, ...rest] = issues(yaml("upstream:", `  url: ${url}`));
+      assert.match(issue!, /^upstream\.url: must not end in \/v1: clients already send \/v1\/\.\.\. paths/, url);
+      assert.deepEqual(rest, []);
+    }
+    assert.equal(parseConfig(yaml("upstream:", "  url: http://h:1/openai"), "t").upstream.url, "http://h:1/openai");
+    assert.equal(parseConfig(yaml("upstream:", "  url: http://h:1/v1beta"), "t").upstream.url, "http://h:1/v1beta");
+  });
+
+  test("server.resources.unlisted is deny by default, allow on request, nothing else", () => {
+    const defaults = parseConfig(yaml("server:", "  port: 1"), "t").server.resources;
+    assert.equal(defaults.unlisted, "deny");
+    assert.deepEqual(defaults.presets, ["openai", "llama_stack", "vllm", "ollama", "tgi"]);
+    assert.equal(parseConfig(yaml("server:", "  resources:", "    unlisted: allow"), "t").server.resources.unlisted, "allow");
+    assert.match(issues(yaml("server:", "  resources:", "    unlisted: maybe"))[0]!, /^server\.resources\.unlisted: /);
   });
 
   test("an out-of-range port is refused", () => {

@@ -6,10 +6,10 @@ import { routeMatchPath } from "../../src/core/policy/routes.js";
 import { createCatalog } from "../../src/gateway/catalog.js";
 import { formField, jsonMember, readJsonBody, withBodyLength, withJsonMember, type BufferedBody } from "../../src/gateway/request-body.js";
 
-const catalog = createCatalog({ presets: ["openai", "llama_stack"], routes: [{ method: "GET", path: "/v1/widgets/{id}/*", type: "widget", action: "read" }] });
+const catalog = createCatalog({ presets: ["openai", "llama_stack", "vllm", "ollama", "tgi"], routes: [{ method: "GET", path: "/v1/widgets/{id}/*", type: "widget", action: "read" }] });
 const match = (method: string, path: string) => {
   const m = catalog.match(method, routeMatchPath(path), path);
-  return m && { type: m.type, action: m.action, id: m.pathId, body: m.bodyField, response: m.responseField };
+  return m && { type: m.type, action: m.action, id: m.pathId, body: m.bodyFields?.join("|"), response: m.responseField };
 };
 
 describe("the resource catalog", () => {
@@ -36,15 +36,55 @@ describe("the resource catalog", () => {
     assert.equal(match("GET", "/v1/openai/v1/files/f1")?.type, "file");
   });
   test("HEAD is a GET", () => assert.equal(match("HEAD", "/v1/files/f1")?.action, "read"));
-  test("case variants and ; parameters match the same entry, and the id keeps its case without parameters", () => {
-    assert.deepEqual(match("GET", "/V1/Files/file-AbC;x=1/Content")?.id, "file-AbC");
+  test("case variants match the same entry, and the id keeps its case", () => {
+    assert.deepEqual(match("GET", "/V1/Files/file-AbC/Content")?.id, "file-AbC");
     assert.equal(match("DELETE", "/v1/FILES/f1")?.action, "delete");
   });
   test("config routes come first", () => assert.deepEqual(match("GET", "/v1/widgets/w1/parts")?.type, "widget"));
-  test("unknown routes touch no resource", () => {
+  test("every method on an owned resource is checked: GET read, DELETE delete, POST/PUT/PATCH update", () => {
+    for (const base of ["/v1/files/f1", "/v1/vector_stores/vs_1", "/v1/chat/completions/chatcmpl-1", "/v1/assistants/asst_1", "/v1/threads/thread_1", "/v1/openai/v1/files/f1"]) {
+      assert.equal(match("GET", base)?.action, "read", base);
+      assert.equal(match("DELETE", base)?.action, "delete", base);
+      for (const method of ["POST", "PUT", "PATCH"]) assert.equal(match(method, base)?.action, "update", `${method} ${base}`);
+    }
+  });
+  test("issue 19: stored chat completions, assistants and threads are owned resources", () => {
+    assert.deepEqual(match("POST", "/v1/chat/completions"), { type: "model", action: "read", id: undefined, body: "model", response: undefined });
+    assert.equal(catalog.match("POST", "/v1/chat/completions", "/v1/chat/completions")?.entry.stores, "chat_completion");
+    assert.deepEqual(match("GET", "/v1/chat/completions"), { type: "chat_completion", action: "list", id: undefined, body: undefined, response: undefined });
+    assert.deepEqual(match("GET", "/v1/chat/completions/chatcmpl-1/messages")?.id, "chatcmpl-1");
+    assert.equal(match("GET", "/v1/openai/v1/chat/completions/c1")?.type, "chat_completion");
+    assert.deepEqual(match("POST", "/v1/assistants"), { type: "assistant", action: "create", id: undefined, body: undefined, response: "id" });
+    assert.deepEqual(match("POST", "/v1/threads/runs"), { type: "thread", action: "create", id: undefined, body: undefined, response: "thread_id" });
+    assert.deepEqual(match("POST", "/v1/threads/t1/runs"), { type: "thread", action: "update", id: "t1", body: undefined, response: undefined });
+    assert.equal(match("GET", "/v1/threads/t1/runs/r1/steps")?.action, "read");
+  });
+  test("native APIs name their model: vLLM, Ollama (model or name), and model-changing routes create or delete", () => {
+    for (const p of ["/tokenize", "/detokenize", "/pooling", "/classify", "/score", "/v1/score", "/rerank", "/v1/rerank", "/v2/rerank", "/invocations"]) {
+      assert.deepEqual(match("POST", p), { type: "model", action: "read", id: undefined, body: "model", response: undefined }, p);
+    }
+    for (const p of ["/api/chat", "/api/generate", "/api/embed", "/api/embeddings", "/api/show"]) {
+      assert.deepEqual(match("POST", p), { type: "model", action: "read", id: undefined, body: "model|name", response: undefined }, p);
+    }
+    assert.deepEqual(match("POST", "/api/pull"), { type: "model", action: "create", id: undefined, body: "model|name", response: undefined });
+    assert.deepEqual(match("DELETE", "/api/delete"), { type: "model", action: "delete", id: undefined, body: "model|name", response: undefined });
+    assert.deepEqual(match("POST", "/api/copy"), { type: "model", action: "create", id: undefined, body: "destination", response: undefined });
+    assert.deepEqual(match("GET", "/api/tags")?.action, "list");
+    assert.deepEqual(match("POST", "/generate")?.action, "forward");
+  });
+  test("undeclared routes are in no catalog entry", () => {
     assert.equal(match("GET", "/v1/unknown"), undefined);
-    assert.equal(match("PUT", "/v1/files/f1"), undefined);
     assert.equal(match("GET", "/v1/filesx/f1"), undefined);
+    // Admin and debug endpoints of the servers are deliberately left out (docs/routes.md).
+    for (const p of ["/reset_prefix_cache", "/sleep", "/wake_up", "/collective_rpc", "/start_profile", "/api/signout", "/api/me", "/metrics"]) {
+      assert.equal(match("POST", p), undefined, p);
+      assert.equal(match("GET", p), undefined, p);
+    }
+  });
+  test("methods lists what a path declares, HEAD with GET", () => {
+    assert.deepEqual(catalog.methods("/v1/files/f1"), ["DELETE", "GET", "HEAD", "PATCH", "POST", "PUT"]);
+    assert.deepEqual(catalog.methods("/v1/chat/completions"), ["GET", "HEAD", "POST"]);
+    assert.deepEqual(catalog.methods("/v1/unknown"), []);
   });
   test("presets can be turned off", () => {
     const none = createCatalog({ presets: [], routes: [] });

@@ -272,21 +272,30 @@ const resourceRouteSchema = z.strictObject({
     .regex(/^\/[^?#]*$/, "expected a path template such as /v1/widgets/{id}")
     .describe("path template; {id} marks the identifier's segment, a trailing /* matches sub-paths"),
   type: z.string().regex(/^[A-Za-z0-9_.-]+$/, "expected a resource type such as widget").describe("resource type, as in type::id"),
-  action: z.enum([...ACTIONS, "list"]).describe("create (owner recorded), read, update, delete, or list (response filtered)"),
+  action: z
+    .enum([...ACTIONS, "list", "forward"])
+    .describe("create (owner recorded), read, update, delete, list (response filtered), or forward (declared, touches no resource)"),
   id: z
     .string()
-    .regex(/^(path|response\.[A-Za-z0-9_]+|body\.[A-Za-z0-9_]+)$/, "expected path, response.<field> or body.<field>")
+    .regex(/^(path|response\.[A-Za-z0-9_]+|body\.[A-Za-z0-9_]+(\|[A-Za-z0-9_]+)*)$/, "expected path, response.<field> or body.<field>[|<other name>]")
     .optional()
     .describe("where the identifier is: path ({id}), body.<field> (JSON or form field), response.<field> (create); default: response.id for create, else path"),
   optional: z.boolean().optional().describe("with id body.<field>: forward unchecked when the field is absent (default: 400)"),
 });
 
+/** The route catalogs Tollgate ships (src/gateway/catalog.ts; docs/routes.md lists each one's routes and source). */
+const PRESETS = ["openai", "llama_stack", "vllm", "ollama", "tgi"] as const;
+
 const resourcesSchema = z.strictObject({
   presets: z
-    .array(z.enum(["openai", "llama_stack"]))
-    .default(["openai", "llama_stack"])
-    .describe("built-in route catalogs to protect (docs/policy.md lists their routes)"),
+    .array(z.enum(PRESETS))
+    .default([...PRESETS])
+    .describe("built-in route catalogs, in the order they are tried (docs/routes.md lists their routes)"),
   routes: z.array(resourceRouteSchema).default([]).describe("more routes, tried before the presets"),
+  unlisted: z
+    .enum(["deny", "allow"])
+    .default("deny")
+    .describe("a route no catalog entry declares: deny (404 route_not_found, never forwarded) or allow (forwarded, no resource check)"),
 });
 
 const notYet = (what: string) => `${what} is not supported by this version of Tollgate yet; remove it`;
@@ -458,7 +467,7 @@ const serverSchema = z.strictObject({
   auth: authSchema.optional().describe("authentication and access control; absent: no authentication"),
   quota: quotaSchema,
   resources: resourcesSchema
-    .default({ presets: ["openai", "llama_stack"], routes: [] })
+    .default({ presets: [...PRESETS], routes: [], unlisted: "deny" })
     .describe("the resource catalog: which routes read, create, update, delete or list which resources"),
   max_body_bytes: z.number().int().positive().default(100 * MiB).describe("largest request body accepted (413 beyond)"),
   body_idle_timeout_ms: positiveMs.default(60_000).describe("a request body with no byte for this long: 408, the upstream request aborted"),
@@ -487,7 +496,13 @@ const serverSchema = z.strictObject({
 }));
 
 const upstreamSchema = z.strictObject({
-  url: httpUrl.default(DEFAULT_UPSTREAM).describe("base URL of the OpenAI-compatible server to forward to"),
+  url: httpUrl
+    .refine(
+      (s) => !URL.canParse(s) || !/\/v1\/?$/i.test(new URL(s).pathname),
+      "must not end in /v1: clients already send /v1/... paths, which the gateway forwards under this URL (give the server's root, e.g. http://127.0.0.1:8000)",
+    )
+    .default(DEFAULT_UPSTREAM)
+    .describe("base URL of the server to forward to (the client's path is appended; not ending in /v1)"),
   api_key: secretString.optional().describe("sent upstream as `Authorization: Bearer` instead of the client's credential"),
   principal_header: headerName.optional().describe("header that carries the authenticated principal upstream (unset: not sent)"),
   connect_timeout_ms: positiveMs.default(10_000).describe("connecting to the upstream (then 502)"),

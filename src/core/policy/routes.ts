@@ -5,17 +5,16 @@ import { NO_MATCH, type CompiledRoutePolicy, type CompiledScopeRule, type Decisi
 
 /**
  * The form of a canonical path that route rules, required scopes and the
- * resource catalog match against: lower-case, with `;` parameters removed
- * from every segment. Upstream servers differ in whether `/V1/Files` or
- * `/v1/files;x=1` reach the `/v1/files` handler; matching the most liberal
- * reading means neither a `forbid` nor a required scope can be stepped around
- * that way (a `permit` only widens to spellings of the same route).
+ * route catalog match against: lower-case. Upstream servers differ in
+ * whether `/V1/Files` reaches the `/v1/files` handler; matching the most
+ * liberal reading means neither a `forbid` nor a required scope can be
+ * stepped around that way (a `permit` only widens to spellings of the same
+ * route). `;` path parameters never get here: the canonical path refuses them.
  *
- * @example routeMatchPath("/V1/Files;v=2/abc") // "/v1/files/abc"
+ * @example routeMatchPath("/V1/Files/abc") // "/v1/files/abc"
  */
 export function routeMatchPath(canonical: string): string {
-  const lower = canonical.toLowerCase();
-  return lower.includes(";") ? lower.replace(/;[^/]*/g, "") : lower;
+  return canonical.toLowerCase();
 }
 
 /** Does a compiled route pattern match a {@link routeMatchPath}? */
