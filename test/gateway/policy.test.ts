@@ -43,22 +43,21 @@ export const POLICY = {
     { permit: { actions: ["read"] }, when: ["user in owners teams"], description: "teammates may read" },
   ],
   route_policy: [
-    { forbid: { paths: ["/echo/secret*"] }, unless: "user with admin in roles", description: "admins only" },
+    { forbid: { paths: ["/api/version*"] }, unless: "user with admin in roles", description: "admins only" },
     { permit: { paths: "*" } },
   ],
-  required_scopes: { "/echo/scoped*": "scoped:use" },
+  required_scopes: { "/api/status*": "scoped:use" },
 };
 
-function rawRequest(
-  base: string,
-  method: string,
-  path: string,
-  token: string,
-  headers: Record<string, string> = {},
-): Promise<{ status: number; body: string }> {
+/**
+ * Sends `method path` exactly as written (fetch would normalise it), tagged
+ * with `requestId`: the gateway sends the client's X-Request-Id upstream, so
+ * the upstream's log tells whether this very request reached it.
+ */
+function rawRequest(base: string, method: string, path: string, token: string, headers: Record<string, string> = {}): Promise<{ status: number; body: string }> {
   const url = new URL(base);
   return new Promise((resolve, reject) => {
-    const req = http.request({ host: url.hostname, port: url.port, method, path, headers: { ...headers, authorization: `Bearer ${token}` } }, (res) => {
+    const req = http.request({ host: url.hostname, port: url.port, method, path, headers: { authorization: `Bearer ${token}`, ...headers } }, (res) => {
       let body = "";
       res.on("data", (c: Buffer) => (body += c.toString()));
       res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
@@ -261,37 +260,66 @@ function suite(storage: "sqlite" | "postgres") {
       await assertNotForwarded(upstream, tag);
     });
 
-    it("path tricks cannot skip a route rule", async () => {
-      assert.equal((await rawRequest(gateway!.url, "GET", "/echo/secret", TOKENS.admin)).status, 200);
-      const tricks = ["/echo/secret", "/echo//secret", "/echo/./secret", "/echo/x/../secret", "/echo/%2e%2e/echo/secret", "/echo/x/%2E%2E/secret", "/echo/secret/", "/echo/secret;x=1", "/echo;a=b/secret", "/ECHO/Secret", "/Echo/SECRET/deeper"];
+    /** What reached the upstream carrying this X-Request-Id. */
+    const reachedWith = async (requestId: string) => (await upstream.requests()).filter((r) => r.headers["x-request-id"] === requestId);
+
+    it("path tricks cannot skip a route rule, and none of them reaches the upstream", async () => {
+      const allowed = randomUUID();
+      const ok = await rawRequest(gateway!.url, "GET", "/api/version", TOKENS.admin, { "x-request-id": allowed, "x-demo-echo": "1" });
+      assert.equal(ok.status, 200, ok.body);
+      // The tag is what the upstream records: the check below can see a request that got through.
+      assert.equal((await reachedWith(allowed)).length, 1);
+      const tricks = ["/api/version", "/api//version", "/api/./version", "/v1/x/../../api/version", "/v1/%2e%2e/api/version", "/api/x/%2E%2E/version", "/api/version/", "/API/Version", "/%61pi/version"];
+      const sent: string[] = [];
       for (const path of tricks) {
-        const { status, body } = await rawRequest(gateway!.url, "GET", path, TOKENS.bob);
+        const id = randomUUID();
+        sent.push(id);
+        const { status, body } = await rawRequest(gateway!.url, "GET", path, TOKENS.bob, { "x-request-id": id, "x-demo-echo": "1" });
         assert.equal(status, 403, `${path}: ${body}`);
       }
-      // An encoded slash is refused outright.
-      assert.equal((await rawRequest(gateway!.url, "GET", "/echo%2Fsecret", TOKENS.bob)).status, 400);
-      const reached = (await upstream.requests()).filter((r) => r.path.toLowerCase().includes("secret") && r.headers.authorization?.includes(TOKENS.bob));
-      assert.deepEqual(reached, []);
+      // `;` (Tomcat's and Spring's path parameters: `..;/` walks up there) and an encoded slash are refused outright.
+      for (const path of ["/v1/models/..;/../api/version", "/api;x=1/version", "/api/version%3B", "/v1/models/x%3B/../../../api/version", "/api%2Fversion"]) {
+        const id = randomUUID();
+        sent.push(id);
+        const { status, body } = await rawRequest(gateway!.url, "GET", path, TOKENS.bob, { "x-request-id": id });
+        assert.equal(status, 400, `${path}: ${body}`);
+      }
+      for (const id of sent) assert.deepEqual(await reachedWith(id), [], `request ${id} reached the upstream`);
     });
 
-    it("path tricks cannot skip a resource check either", async () => {
+    it("path tricks cannot skip a resource check either, whatever the method", async () => {
       const id = await upload("alice", "private");
-      const { tag, headers } = newTag();
-      for (const path of [`/v1/files/${id}`, `/V1/Files/${id}`, `/v1//files/./${id}/`, `/v1/files/${id};x=1`, `/v1/x/../files/${id}/content`, `/v1/%66iles/${id}`]) {
-        const { status, body } = await rawRequest(gateway!.url, "GET", path, TOKENS.bob, headers);
+      for (const path of [`/v1/files/${id}`, `/V1/Files/${id}`, `/v1//files/./${id}/`, `/v1/x/../files/${id}/content`, `/v1/%66iles/${id}`]) {
+        const { status, body } = await rawRequest(gateway!.url, "GET", path, TOKENS.bob);
         assert.equal(status, 404, `${path}: ${body}`);
       }
-      assert.equal((await rawRequest(gateway!.url, "DELETE", `/V1/FILES/${id};v`, TOKENS.bob, headers)).status, 404);
-      await assertNotForwarded(upstream, tag);
+      const sent: string[] = [];
+      const refused = async (method: string, path: string, expected: number) => {
+        const tag = randomUUID();
+        sent.push(tag);
+        const { status, body } = await rawRequest(gateway!.url, method, path, TOKENS.bob, { "x-request-id": tag });
+        assert.equal(status, expected, `${method} ${path}: ${body}`);
+      };
+      // A file is store-backed: any denied action looks like a missing file (Llama Stack's 404).
+      await refused("DELETE", `/V1/FILES/${id}`, 404);
+      // PUT and PATCH are updates of the owner's file: refused, not forwarded (issue 14).
+      await refused("PUT", `/v1/files/${id}`, 404);
+      await refused("PATCH", `/v1/files/${id}`, 404);
+      await refused("POST", `/v1/files/${id}/content`, 404);
+      // An id with `;`, raw or encoded, is a 400 before any other stage.
+      await refused("GET", `/v1/files/${id};x=1`, 400);
+      await refused("GET", `/v1/files/${id}%3B`, 400);
+      await refused("DELETE", `/V1/FILES/${id};v`, 400);
+      for (const tag of sent) assert.deepEqual(await reachedWith(tag), [], `request ${tag} reached the upstream`);
       assert.equal((await client("alice").files.retrieve(id)).id, id);
     });
 
     it("a required scope is enforced with the reference's message", async () => {
-      const denied = await rawRequest(gateway!.url, "GET", "/echo/scoped/x", TOKENS.alice);
+      const denied = await rawRequest(gateway!.url, "GET", "/api/status", TOKENS.alice);
       assert.equal(denied.status, 403);
       assert.equal(JSON.parse(denied.body).error.message, "Access denied: user does not have required scope: scoped:use");
-      assert.equal((await rawRequest(gateway!.url, "GET", "/ECHO/Scoped;a", TOKENS.alice)).status, 403);
-      assert.equal((await rawRequest(gateway!.url, "GET", "/echo/scoped/x", TOKENS.admin)).status, 200);
+      assert.equal((await rawRequest(gateway!.url, "GET", "/API/Status/", TOKENS.alice)).status, 403);
+      assert.equal((await rawRequest(gateway!.url, "GET", "/api/status", TOKENS.admin, { "x-demo-echo": "1" })).status, 200);
     });
 
     it("every decision is an audit log line without secrets", async () => {
