@@ -133,6 +133,9 @@ export function authorizationHeaders(rawHeaders: readonly string[]): string[] | 
   return found;
 }
 
+/** Methods a public path is declared for by being public. */
+const SAFE_METHODS = new Set(["GET", "HEAD", "OPTIONS"]);
+
 function canonicalPublicPath(path: string): string {
   try {
     return canonicalPath(path);
@@ -191,10 +194,14 @@ export function createPipeline({
   return {
     async authorize(request) {
       const { path, query } = canonicalTarget(request.url);
-      if (publicSet.has(path)) return { path, query, public: true, user: undefined };
-      const user = await authenticate(request, path, query);
-      // Route rules and scopes match a case- and parameter-insensitive form (routes.ts).
+      // Route rules, scopes and the catalog match a case-insensitive form (routes.ts).
       const matchPath = routeMatchPath(path);
+      if (publicSet.has(path)) {
+        // A public path is declared for reading it; another method on it must be declared like any route.
+        if (declared && !SAFE_METHODS.has(request.method) && !declared(request.method, matchPath)) throw new RouteNotFoundError();
+        return { path, query, public: true, user: undefined };
+      }
+      const user = await authenticate(request, path, query);
       if (declared && !declared(request.method, matchPath)) throw new RouteNotFoundError();
       // Also without a user: a route_policy with no provider still decides (Llama Stack 0.7).
       if (routePolicy !== undefined && routePolicy.rules.length > 0) {
