@@ -19,11 +19,17 @@ import { jsonMember, readJsonBody, type BufferedBody } from "./request-body.js";
  * Stage 6 in the gateway: the resource policy applied to real OpenAI-style
  * traffic, driven by the catalog (catalog.ts).
  *
- * - read/update/delete of `/{type}/{id}[/...]`: the owner is looked up in the
- *   record store and the policy decides; a denied read is a 404 (the caller
- *   must not learn that the resource exists), anything else a 403.
- * - `model` in an inference body: a read of `model::<id>`; denied → 404 as if
- *   the model did not exist, before anything reaches the upstream.
+ * - read/update/delete of `/{type}/{id}[/...]` (every method: GET/HEAD read,
+ *   DELETE delete, any other update): the owner is looked up in the record
+ *   store and the policy decides; a denied read is a 404 (the caller must not
+ *   learn that the resource exists), anything else a 403.
+ * - a resource named in the body (`model` of an inference call, Ollama's
+ *   `model`/`name`, a run's `assistant_id`): checked the same way; a denied
+ *   model read → 404 as if the model did not exist, before anything reaches
+ *   the upstream. The body is read as every server could read it (JSON
+ *   whatever the Content-Type, form fields): two readings that disagree are a 400.
+ * - create named by the request (a pulled model): `create` of that id; the
+ *   caller is recorded as owner after a 2xx answer when it has none.
  * - create: checked as `create` of `type::*`, and forwarded only when the
  *   record store takes writes (else 503 `store_unavailable`, nothing sent).
  *   After a 2xx answer the new id (from the JSON body, or the first event of

@@ -297,7 +297,7 @@ describe("errors", { timeout: 120_000 }, () => {
     });
 
     test("a body of exactly max_body_bytes is forwarded", { timeout: 10_000 }, async () => {
-      const res = await fetch(`${gateway.url}/echo/exact`, { method: "POST", headers: authorized, body: "y".repeat(MAX_BODY) });
+      const res = await fetch(`${gateway.url}/generate`, { method: "POST", headers: { ...authorized, "x-demo-echo": "1" }, body: "y".repeat(MAX_BODY) });
       assert.equal(res.status, 200);
       assert.equal(((await res.json()) as { body: string }).body.length, MAX_BODY);
     });

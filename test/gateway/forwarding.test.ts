@@ -34,7 +34,8 @@ describe("forwarding", { timeout: 120_000 }, () => {
     [gateway, proxied] = await Promise.all([
       startGateway({
         config: {
-          server: { auth: { provider_config: { type: "custom", endpoint: auth.url } } },
+          // Forwarding itself is under test, on any path: no catalog, nothing refused as undeclared.
+          server: { auth: { provider_config: { type: "custom", endpoint: auth.url } }, resources: { presets: [], unlisted: "allow" } },
           upstream: { url: `${upstream.url}/echo/base/`, api_key: UPSTREAM_KEY, principal_header: "x-tollgate-principal" },
         },
       }),
@@ -43,6 +44,7 @@ describe("forwarding", { timeout: 120_000 }, () => {
         config: {
           server: {
             auth: { provider_config: { type: "upstream_header", principal_header: "x-user", attributes_header: "x-user-attributes", trusted_proxies: ["127.0.0.1"] } },
+            resources: { presets: [], unlisted: "allow" },
           },
           upstream: { url: `${upstream.url}/echo`, principal_header: "x-tollgate-principal" },
         },

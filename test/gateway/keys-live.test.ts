@@ -48,7 +48,7 @@ describe("keys managed by the CLI while the gateway runs", { timeout: 120_000 },
         const created = await tollgateCli(["keys", "create", "--config", configFile, "--principal", "carol", "--attr", "roles=user"]);
         assert.equal(created.code, 0, created.stderr);
         const key = created.stdout.trim();
-        const call = () => fetch(`${gateway.url}/echo/whoami`, { headers: { authorization: `Bearer ${key}` } });
+        const call = () => fetch(`${gateway.url}/api/version`, { headers: { authorization: `Bearer ${key}`, "x-demo-echo": "1" } });
 
         const ok = await call();
         assert.equal(ok.status, 200);

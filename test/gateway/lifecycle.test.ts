@@ -244,7 +244,7 @@ describe("lifecycle", { timeout: 300_000 }, () => {
       assert.match(gateway.url, /^https:\/\/127\.0\.0\.1:\d+$/);
       const agent = new Agent({ connect: { ca: cert } });
       try {
-        const res = await request(`${gateway.url}/echo/tls`, { dispatcher: agent, headers: identity });
+        const res = await request(`${gateway.url}/api/version`, { dispatcher: agent, headers: { ...identity, "x-demo-echo": "1" } });
         assert.equal(res.statusCode, 200);
         const seen = (await res.body.json()) as { headers: Record<string, string> };
         assert.equal(seen.headers["x-forwarded-proto"], "https");

@@ -263,6 +263,28 @@ function suite(storage: "sqlite" | "postgres") {
     /** What reached the upstream carrying this X-Request-Id. */
     const reachedWith = async (requestId: string) => (await upstream.requests()).filter((r) => r.headers["x-request-id"] === requestId);
 
+    it("a chat completion stored with `store: true` is its creator's: others cannot read, change or delete it (issue 19)", async () => {
+      const completion = await client("alice").chat.completions.create({ model: "demo-small", store: true, messages: [{ role: "user", content: "keep me" }] });
+      const tag = randomUUID();
+      // The demo upstream keeps no chat completions: it echoes what reached it.
+      const own = await rawRequest(gateway!.url, "GET", `/v1/chat/completions/${completion.id}`, TOKENS.alice, { "x-demo-echo": "1" });
+      assert.equal(own.status, 200, own.body);
+      const refusedTags: string[] = [];
+      for (const [method, path, status] of [
+        ["GET", `/v1/chat/completions/${completion.id}`, 404],
+        ["GET", `/v1/chat/completions/${completion.id}/messages`, 404],
+        ["POST", `/v1/chat/completions/${completion.id}`, 403],
+        ["DELETE", `/v1/chat/completions/${completion.id}`, 403],
+      ] as const) {
+        const id = `${tag}-${refusedTags.length}`;
+        refusedTags.push(id);
+        const res = await rawRequest(gateway!.url, method, path, TOKENS.bob, { "x-request-id": id, "x-demo-echo": "1" });
+        assert.equal(res.status, status, `${method} ${path}: ${res.body}`);
+      }
+      for (const id of refusedTags) assert.deepEqual(await reachedWith(id), [], `request ${id} reached the upstream`);
+    });
+
+
     it("path tricks cannot skip a route rule, and none of them reaches the upstream", async () => {
       const allowed = randomUUID();
       const ok = await rawRequest(gateway!.url, "GET", "/api/version", TOKENS.admin, { "x-request-id": allowed, "x-demo-echo": "1" });
