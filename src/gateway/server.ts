@@ -561,6 +561,8 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
    * method is declared there.
    */
   function isDeclared(catalog: Catalog, method: string, matchPath: string): boolean {
+    // Methods the gateway never forwards are answered 405 by the router, whatever the path.
+    if (!FORWARDED_METHODS.includes(method)) return true;
     const own = ownEndpoint(matchPath);
     if (own === "ready" || own === "metrics") return true;
     if (own && (method === "GET" || method === "HEAD" || method === "OPTIONS")) return true;

@@ -61,7 +61,7 @@ describe("operations", { timeout: 240_000 }, () => {
       await get("/v1/models", dora),
       await get("/v1/models", dora),
       await get("/v1/models"), // no identity: 401
-      await get("/admin/users", dora), // route_policy: 403
+      await get("/api/version", dora), // declared (Ollama's), refused by route_policy: 403
       await get("/v1/models/secret-model", dora), // access_policy hides it: 404
       await get("/v1/models", limited),
       await get("/v1/models", limited), // tier of 1 a day: 429
@@ -86,7 +86,7 @@ describe("operations", { timeout: 240_000 }, () => {
     assert.equal(metrics.types.get("tollgate_request_duration_seconds"), "histogram");
     assert.ok(metrics.value("process_resident_memory_bytes") > 0);
     // Bounded labels only: no principal and no raw path ever becomes a label value.
-    for (const secret of ["dora", "lim", "secret-model", "/admin/users"]) assert.ok(!text.includes(secret), `metrics mention ${secret}`);
+    for (const secret of ["dora", "lim", "secret-model", "/api/version"]) assert.ok(!text.includes(secret), `metrics mention ${secret}`);
   });
 
   test("every request gets one log line with its request id, decision, latency and upstream latency", async () => {
@@ -169,9 +169,12 @@ describe("metrics placement", { timeout: 120_000 }, () => {
       const { metrics } = await scrape(`http://127.0.0.1:${port}/metrics`);
       assert.ok(metrics.value("tollgate_requests_total", { route: "models", decision: "allowed" }) >= 1);
       assert.equal((await fetch(`http://127.0.0.1:${port}/other`)).status, 404);
-      // On the main port, /metrics is an ordinary path: authenticated, then route_policy (only /v1/*).
+      // On the main port, /metrics is an ordinary path: authenticated, then, declared by no preset (the
+      // upstream's own metrics are not forwarded), 404 route_not_found.
       assert.equal((await fetch(`${gateway.url}/metrics`)).status, 401);
-      assert.equal((await fetch(`${gateway.url}/metrics`, { headers: dora })).status, 403);
+      const plain = await fetch(`${gateway.url}/metrics`, { headers: dora });
+      assert.equal(plain.status, 404);
+      assert.equal(((await plain.json()) as { error: { code: string } }).error.code, "route_not_found");
     } finally {
       await gateway.close();
     }
