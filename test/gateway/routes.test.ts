@@ -117,6 +117,9 @@ function refusedSpellings(path: string): string[] {
   return [`${base}/..;/`, `${base};x=1`, `${base}%3B`, `${base}%3bjsessionid=1`, `/v1/models/..;${base}`, `${base}%2Fx`];
 }
 
+/** Llama Stack's registries: a denied action other than a read is a 403; on anything store-backed it is the 404 of a missing resource. */
+const REGISTRY_TYPES = new Set(["model", "vector_store", "vector_db", "shield", "tool_group", "dataset", "benchmark", "scoring_function"]);
+
 function expectedFor(entry: CatalogEntry): { status: number; forwarded: boolean } {
   switch (entry.action) {
     case "list":
@@ -124,8 +127,13 @@ function expectedFor(entry: CatalogEntry): { status: number; forwarded: boolean 
       return { status: 200, forwarded: true };
     case "read":
       return { status: 404, forwarded: false };
+    case "create": {
+      // A create names its resource only when the request holds the id (a pulled model, a blob's digest).
+      const named = entry.id === "path" || (entry.id ?? "").startsWith("body.");
+      return { status: named && !REGISTRY_TYPES.has(entry.type) ? 404 : 403, forwarded: false };
+    }
     default:
-      return { status: 403, forwarded: false };
+      return { status: REGISTRY_TYPES.has(entry.type) ? 403 : 404, forwarded: false };
   }
 }
 
