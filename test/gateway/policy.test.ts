@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
 import http from "node:http";
 import { join } from "node:path";
 import { after, before, describe, test, type TestContext } from "node:test";
