@@ -29,7 +29,7 @@ import { createCatalog, type Catalog } from "./catalog.js";
 import { policyOptions } from "../core/policy/from-config.js";
 import { routeMatchPath } from "../core/policy/routes.js";
 import { bodyStream, withBodyLength, type BufferedBody } from "./request-body.js";
-import { meterUsage, prepareUsage, type UsagePlan } from "./usage.js";
+import { drainSignal, meterUsage, prepareUsage, type UsagePlan } from "./usage.js";
 import { createResourceGuard, type GuardedRequest, type ResourceGuard } from "./resources.js";
 import { createMetrics, routeGroup, type Decision } from "./metrics.js";
 
@@ -517,7 +517,9 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
         ? ({ ...guarded, body: usage.body ?? guarded?.body, inspectResponse: true } as GuardedRequest)
         : guarded;
       const asked = performance.now();
-      const answer = await forward(raw, context, state, forwardAs).catch((err: unknown) => {
+      // An inference answer is read for its usage even after the client left (usage.ts): its upstream request outlives the client, within bounds.
+      const signal = usage?.estimate ? drainSignal(state.abort.signal) : state.abort.signal;
+      const answer = await forward(raw, context, state, forwardAs, false, signal).catch((err: unknown) => {
         if (state.abort.signal.aborted) return undefined;
         if (err instanceof UpstreamError || err instanceof UpstreamTimeoutError) {
           log.warn({ reqId: state.requestId, status: err.status, err: errorMessage(err.cause ?? err) }, "upstream request failed");
@@ -650,19 +652,26 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     // AbortController and an AbortError per call: measurable at this rate.
     const recordTokens = state.context?.recordTokens;
     const body =
-      usage && recordTokens && upstream.status >= 200 && upstream.status < 300 && headers["content-encoding"] === undefined
-        ? meterUsage(
-            upstream.body,
-            headerText(headers["content-type"]),
+      usage && recordTokens && upstream.status >= 200 && upstream.status < 300
+        ? meterUsage(source, {
+            contentType: headerText(headers["content-type"]),
+            // Two Content-Encoding fields name two codings: "gzip, br", which the meter does not read (the estimate is charged).
+            contentEncoding: [headers["content-encoding"] ?? []].flat().join(", "),
             // A body of declared length cannot lose a chunk; SSE never declares one in practice.
-            { stripUsageChunk: usage.stripUsageChunk && headers["content-length"] === undefined },
-            (tokens) => {
+            stripUsageChunk: usage.stripUsageChunk && headers["content-length"] === undefined,
+            estimate: usage.estimate,
+            record: (tokens) => {
               metrics.tokens(tokens);
               void recordTokens(tokens);
             },
-          )
+          })
         : source;
     body.on("error", () => res.destroy());
+    if (state.abort.signal.aborted) {
+      // The client left while the upstream answered: a metered answer is still read for its usage.
+      body.destroy();
+      return reply;
+    }
     res.once("close", () => {
       if (!body.readableEnded) body.destroy();
     });
@@ -675,7 +684,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
    * the stream; an answer it must inspect is asked for uncompressed).
    * `bodyless`: a follow-up GET for the next page of a filtered list.
    */
-  function forward(raw: IncomingMessage, context: RequestContext, state: GatewayRequestState, guarded?: GuardedRequest, bodyless = false) {
+  function forward(raw: IncomingMessage, context: RequestContext, state: GatewayRequestState, guarded?: GuardedRequest, bodyless = false, signal = state.abort.signal) {
     const { config, forwarder } = state.runtime;
     let headers = upstreamRequestHeaders(raw.rawHeaders, {
       apiKey: config.upstream.api_key,
@@ -693,7 +702,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
       query: context.query,
       headers,
       body: bodyless ? null : buffered ? bodyStream(buffered) : hasBody(raw.headers) ? limitBody(raw, bodyLimits(config, state)) : null,
-      signal: state.abort.signal,
+      signal,
     });
   }
 

@@ -1,8 +1,9 @@
 import type { IncomingMessage } from "node:http";
-import { Transform, type Readable, type TransformCallback } from "node:stream";
+import { Readable, type Transform } from "node:stream";
+import zlib from "node:zlib";
 import type { BodyLimits } from "./body.js";
 import { parseJsonWithin } from "./json.js";
-import { jsonMember, readJsonBody, withJsonMember, type BufferedBody } from "./request-body.js";
+import { jsonMember, mediaType, readJsonBody, withJsonMember, type BufferedBody } from "./request-body.js";
 
 /**
  * LLM token budgets: how many tokens a response used, read from the `usage`
@@ -15,10 +16,26 @@ import { jsonMember, readJsonBody, withJsonMember, type BufferedBody } from "./r
  * budget the gateway asks on its behalf, and when the client had not asked,
  * removes that extra chunk (`choices: []`, `usage: {...}`) from what it sees,
  * so that the client gets the stream it asked for.
+ *
+ * A budget cannot be dodged (issue 19): tokens are charged the moment the
+ * `usage` is read, not when the client has read the answer; a client that
+ * leaves before it arrived does not stop the meter (the upstream's answer is
+ * read on, within {@link DRAIN_MAX_BYTES} and {@link DRAIN_MAX_MS}); a
+ * compressed answer is decompressed for the meter; a JSON answer of any size
+ * is scanned as it streams. When no `usage` can be read the request is
+ * charged an estimate ({@link UsageEstimate}), never nothing.
  */
 
-/** Largest JSON response read for its `usage`; a larger one passes through uncounted. */
-export const MAX_METERED_JSON_BYTES = 16 * 1024 * 1024;
+/** After the client left: at most this many more bytes of the upstream's answer are read for its `usage`. */
+export const DRAIN_MAX_BYTES = 8 * 1024 * 1024;
+/** After the client left: the upstream's answer is read for its `usage` for at most this long. */
+export const DRAIN_MAX_MS = 30_000;
+/** A server-sent event larger than this is not parsed (its `usage` is not read; the estimate is charged). */
+export const MAX_EVENT_BYTES = 1024 * 1024;
+/** A top-level JSON `usage` value larger than this is not parsed. */
+const MAX_USAGE_JSON_BYTES = 64 * 1024;
+/** Characters (UTF-8 bytes) per token of the estimate: ~4 for English text in the OpenAI tokenizers; bytes over-count other scripts, in the budget's favour. */
+const BYTES_PER_TOKEN = 4;
 
 /** Tokens in a `usage` object: `total_tokens`, else prompt + completion (Chat) or input + output (Responses API). */
 export function usageTotal(usage: unknown): number | undefined {
@@ -38,101 +55,251 @@ function usageOf(json: unknown): number | undefined {
   return usageTotal(o.usage) ?? usageTotal(o.response?.usage);
 }
 
+/**
+ * What a request is charged when its answer's `usage` cannot be read (the
+ * client left and the upstream did not finish within the bounds, an encoding
+ * the gateway cannot decode, an answer without `usage`):
+ * `promptTokens` + `maxTokens`, or without a `max_tokens` in the request,
+ * `promptTokens` + the tokens streamed so far; at least 1.
+ */
+export interface UsageEstimate {
+  /** The request body's bytes / 4: JSON syntax and field names count too, so this over-estimates the prompt. */
+  readonly promptTokens: number;
+  /** `max_completion_tokens`, `max_tokens` or `max_output_tokens` of the request, when it set one. */
+  readonly maxTokens: number | undefined;
+}
+
 /** What the gateway does to a request of a client with a token budget. */
 export interface UsagePlan {
   /** The body to forward instead of the client's (with `stream_options.include_usage`), when it was rewritten or read. */
   readonly body: BufferedBody | undefined;
   /** True when the gateway asked for usage the client did not ask for: its chunk is removed from the stream. */
   readonly stripUsageChunk: boolean;
+  /** For an inference request (its answer reports `usage`): what it costs when the `usage` cannot be read. */
+  readonly estimate: UsageEstimate | undefined;
 }
 
-const NOTHING: UsagePlan = { body: undefined, stripUsageChunk: false };
+const NOTHING: UsagePlan = { body: undefined, stripUsageChunk: false, estimate: undefined };
 
 /** Chat Completions and (legacy) Completions, under any prefix (`/v1/`, Llama Stack's `/v1/openai/v1/`). */
-function isStreamableInference(method: string | undefined, path: string): boolean {
-  return method === "POST" && (path.endsWith("/chat/completions") || path.endsWith("/completions"));
+function isStreamableInference(path: string): boolean {
+  return path.endsWith("/chat/completions") || path.endsWith("/completions");
+}
+
+/** The inference routes whose answers report `usage`: the streamable ones, Embeddings and the Responses API. */
+function isInference(method: string | undefined, path: string): boolean {
+  return method === "POST" && (isStreamableInference(path) || path.endsWith("/embeddings") || path.endsWith("/responses"));
 }
 
 /**
- * Before forwarding: for a streamed completion, makes sure the upstream will
- * report usage. `body` is the buffered body when an earlier stage read it.
+ * Before forwarding: for an inference request, reads what its estimate
+ * needs, and for a streamed completion makes sure the upstream will report
+ * usage. `body` is the buffered body when an earlier stage read it.
  */
 export async function prepareUsage(raw: IncomingMessage, path: string, body: BufferedBody | undefined, limits: BodyLimits): Promise<UsagePlan> {
-  if (!isStreamableInference(raw.method, path)) return NOTHING;
+  if (!isInference(raw.method, path)) return NOTHING;
   const read = body ?? (await readJsonBody(raw, limits));
-  if (jsonMember(read, "stream") !== true) return { body: read, stripUsageChunk: false };
+  const estimate = estimateOf(read);
+  if (!isStreamableInference(path) || jsonMember(read, "stream") !== true) return { body: read, stripUsageChunk: false, estimate };
   const given = jsonMember(read, "stream_options");
   const options = given && typeof given === "object" && !Array.isArray(given) ? (given as Record<string, unknown>) : {};
-  if (options.include_usage === true) return { body: read, stripUsageChunk: false };
-  return { body: withJsonMember(read, "stream_options", { ...options, include_usage: true }), stripUsageChunk: true };
+  if (options.include_usage === true) return { body: read, stripUsageChunk: false, estimate };
+  return { body: withJsonMember(read, "stream_options", { ...options, include_usage: true }), stripUsageChunk: true, estimate };
+}
+
+/** The {@link UsageEstimate} of a request body. */
+function estimateOf(body: BufferedBody): UsageEstimate {
+  const limits = ["max_completion_tokens", "max_tokens", "max_output_tokens"].map((name) => jsonMember(body, name));
+  const maxTokens = limits.find((v): v is number => typeof v === "number" && Number.isFinite(v) && v >= 0);
+  return { promptTokens: Math.ceil(body.length / BYTES_PER_TOKEN), maxTokens };
 }
 
 /**
- * Wraps a response body: passes it on (an event stream event by event, as
- * soon as each is complete) and calls `record` once with the tokens its
- * `usage` reports. `contentType` picks JSON or SSE; anything else passes
- * through untouched.
+ * The signal for the upstream request of a metered inference answer: it
+ * fires {@link DRAIN_MAX_MS} after `client`'s, not with it, so that the
+ * answer can still be read for its `usage` after the client left
+ * ({@link meterUsage}), and no longer.
  */
-export function meterUsage(
-  body: Readable,
-  contentType: string | undefined,
-  plan: { stripUsageChunk: boolean },
-  record: (tokens: number) => void,
-): Readable {
-  const type = (contentType ?? "").split(";")[0]!.trim().toLowerCase();
-  let meter: Transform;
-  if (type === "text/event-stream") meter = sseMeter(plan.stripUsageChunk, record);
-  else if (type === "application/json" || type.endsWith("+json")) meter = jsonMeter(record);
-  else return body;
-  body.on("error", (err) => meter.destroy(err));
-  // The client went away (the meter is destroyed): stop reading the upstream too.
-  meter.once("close", () => {
-    if (!body.readableEnded) body.destroy();
-  });
-  return body.pipe(meter);
+export function drainSignal(client: AbortSignal): AbortSignal {
+  const upstream = new AbortController();
+  client.addEventListener(
+    "abort",
+    () => setTimeout(() => upstream.abort(client.reason), DRAIN_MAX_MS).unref(),
+    { once: true },
+  );
+  return upstream.signal;
 }
 
-function jsonMeter(record: (tokens: number) => void): Transform {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  return new Transform({
-    transform(chunk: Buffer, _enc, callback: TransformCallback) {
-      if (size <= MAX_METERED_JSON_BYTES) {
-        size += chunk.length;
-        if (size <= MAX_METERED_JSON_BYTES) chunks.push(chunk);
-        else chunks.length = 0;
-      }
-      callback(null, chunk);
-    },
-    flush(callback: TransformCallback) {
-      if (size > 0 && size <= MAX_METERED_JSON_BYTES) {
-        // Not JSON after all (or nested past what the gateway reads): nothing to count.
-        const tokens = usageOf(parseJsonWithin(Buffer.concat(chunks, size).toString("utf8")));
-        if (tokens !== undefined) record(tokens);
-      }
-      callback();
+/** How {@link meterUsage} reads an answer and charges it. */
+export interface MeterOptions {
+  /** The answer's Content-Type: JSON and server-sent events are read for `usage`. */
+  readonly contentType: string | undefined;
+  /** The answer's Content-Encoding: gzip, deflate, br (zstd where the runtime has it) are decoded for the meter; another is not readable. */
+  readonly contentEncoding: string | undefined;
+  /** Remove the usage-only chunk the gateway asked for (not in a compressed answer: its bytes pass untouched). */
+  readonly stripUsageChunk: boolean;
+  /** Undefined for an answer that is not an inference one: then only a `usage` it carries is charged. */
+  readonly estimate: UsageEstimate | undefined;
+  /** Charges tokens; called as each `usage` is read (with what it adds to the ones before), or once with the estimate. */
+  readonly record: (tokens: number) => void;
+}
+
+/**
+ * Wraps an upstream answer: returns the body for the client (the same bytes,
+ * an event stream event by event as each is complete, without the usage
+ * chunk the gateway asked for) and charges its `usage` as soon as it is read.
+ *
+ * When the client goes away (the returned stream is destroyed) before the
+ * `usage` was read, the upstream's answer is read on, at most
+ * {@link DRAIN_MAX_BYTES} more (the time is bounded by {@link drainSignal}),
+ * and stopped once its `usage` is charged. An answer that ends, fails or is
+ * cut without a readable `usage` is charged the estimate.
+ */
+export function meterUsage(upstream: Readable, options: MeterOptions): Readable {
+  const { estimate, record } = options;
+  const type = mediaType(options.contentType);
+  const format = type === "text/event-stream" ? "sse" : type === "application/json" || type.endsWith("+json") ? "json" : undefined;
+  if (!format && !estimate) return upstream;
+  // null: not encoded; undefined: an encoding the meter cannot read.
+  const decoder = decoderFor(options.contentEncoding);
+  let charged = 0;
+  let seen = false;
+  const onUsage = (total: number) => {
+    seen = true;
+    // A server that reports usage on every chunk reports running totals: charge what each adds.
+    if (total > charged) {
+      record(total - charged);
+      charged = total;
+    }
+  };
+  const scanner = !format || decoder === undefined ? undefined : format === "sse" ? sseScanner(options.stripUsageChunk && decoder === null, onUsage) : jsonScanner(onUsage);
+  let received = 0;
+  let drained = 0;
+  let ended = false;
+  let settled = false;
+  let clientGone = false;
+
+  /** Once, when nothing more will be read: an answer whose `usage` was not read is charged the estimate. */
+  function settle() {
+    if (settled) return;
+    settled = true;
+    if (seen || !estimate) return;
+    const streamed = scanner ? scanner.streamedTokens() : Math.ceil(received / BYTES_PER_TOKEN);
+    record(Math.max(1, estimate.promptTokens + (estimate.maxTokens ?? streamed)));
+  }
+
+  if (decoder) {
+    decoder.on("data", (chunk: Buffer) => scanner!.push(chunk));
+    // A body that does not decode: its usage is unreadable, the estimate is charged.
+    decoder.on("error", () => undefined);
+  }
+
+  const client = new Readable({
+    read() {
+      upstream.resume();
     },
   });
+
+  upstream.on("data", (chunk: Buffer) => {
+    received += chunk.length;
+    if (clientGone) {
+      drained += chunk.length;
+      if (drained > DRAIN_MAX_BYTES) return void upstream.destroy();
+    }
+    let forClient: Buffer | string = chunk;
+    if (decoder) decoder.write(chunk);
+    else if (scanner) forClient = scanner.push(chunk);
+    if (clientGone) {
+      // Charged: nobody reads the rest.
+      if (seen) upstream.destroy();
+    } else if (forClient.length > 0 && !client.push(forClient)) upstream.pause();
+  });
+  upstream.on("end", () => {
+    ended = true;
+    if (!decoder) {
+      const rest = scanner?.end() ?? "";
+      if (!clientGone) {
+        if (rest !== "") client.push(rest);
+        client.push(null);
+      }
+      settle();
+      return;
+    }
+    if (!clientGone) client.push(null);
+    decoder.once("close", () => {
+      scanner!.end();
+      settle();
+    });
+    decoder.end();
+  });
+  upstream.on("error", (err) => {
+    if (!clientGone) client.destroy(err);
+  });
+  upstream.on("close", () => {
+    if (ended) return;
+    // Cut (by the upstream, a bound, or the client's departure on a route without usage).
+    decoder?.destroy();
+    settle();
+  });
+  client.on("close", () => {
+    if (ended || settled) return;
+    clientGone = true;
+    // Nothing to wait for: charged already, an answer that carries no usage, or one the meter cannot read.
+    if (seen || !estimate || !scanner) upstream.destroy();
+    else upstream.resume();
+  });
+  return client;
+}
+
+/** The decompressor for a Content-Encoding; null for none, undefined for one the meter cannot read (several, or unknown). */
+function decoderFor(encoding: string | undefined): Transform | null | undefined {
+  const name = (encoding ?? "").trim().toLowerCase();
+  if (name === "" || name === "identity") return null;
+  if (name === "gzip" || name === "x-gzip") return zlib.createGunzip();
+  // RFC 9110 §8.4.1.2: "deflate" is the zlib format.
+  if (name === "deflate") return zlib.createInflate();
+  if (name === "br") return zlib.createBrotliDecompress();
+  // Node 22.15 and later.
+  if (name === "zstd") return (zlib as { createZstdDecompress?: () => Transform }).createZstdDecompress?.();
+  return undefined;
+}
+
+/** Reads an answer for its `usage`, as it streams. */
+interface Scanner {
+  /** The next piece of the answer; returns what the client gets for it. */
+  push(chunk: Buffer): Buffer | string;
+  /** The answer ended: reads what was left, returns what the client still gets. */
+  end(): string;
+  /** Tokens in the answer so far, by its size: the estimate's "tokens streamed so far". */
+  streamedTokens(): number;
 }
 
 /** Events end at a blank line (`\n\n`, `\r\n\r\n`, `\r\r`: the SSE spec allows all three). */
 const EVENT_END = /\r\n\r\n|\n\n|\r\r/g;
 
-function sseMeter(strip: boolean, record: (tokens: number) => void): Transform {
+/**
+ * Server-sent events: each event naming a `usage` is parsed and charged at
+ * once. The estimate counts one token per `data:` event (OpenAI, vLLM, TGI
+ * and Ollama stream about one token per chunk).
+ */
+function sseScanner(strip: boolean, onUsage: (tokens: number) => void): Scanner {
   let pending = "";
-  let tokens: number | undefined;
+  let events = 0;
+  /** Bytes passed on unparsed after an event over {@link MAX_EVENT_BYTES}. */
+  let unparsed = 0;
   const decoder = new TextDecoder();
 
-  /** The event as it should reach the client ("" to drop it); notes its usage. */
+  /** The event as it should reach the client ("" to drop it); charges its usage. */
   function pass(event: string): string {
+    if (event.includes("data:") && !event.includes("[DONE]")) events++;
     if (!event.includes('"usage"')) return event;
     const lines = event.split(/\r\n|\n|\r/);
     const data = lines.filter((l) => l.startsWith("data:")).map((l) => l.slice(l.startsWith("data: ") ? 6 : 5)).join("\n");
+    // Not JSON, or nested past what the gateway reads: nothing to count.
     const json = parseJsonWithin(data);
-    if (json === undefined) return event;
     const used = usageOf(json);
     if (used === undefined) return event;
-    tokens = used;
+    onUsage(used);
     if (!strip) return event;
     const chunk = json as { choices?: unknown; usage?: unknown };
     // The extra chunk the gateway asked for: no choices, only usage. Dropped whole.
@@ -143,8 +310,12 @@ function sseMeter(strip: boolean, record: (tokens: number) => void): Transform {
     return [...others, `data: ${JSON.stringify(rest)}`].join("\n");
   }
 
-  return new Transform({
-    transform(chunk: Buffer, _enc, callback: TransformCallback) {
+  return {
+    push(chunk) {
+      if (unparsed > 0) {
+        unparsed += chunk.length;
+        return chunk;
+      }
       pending += decoder.decode(chunk, { stream: true });
       let out = "";
       let start = 0;
@@ -155,13 +326,146 @@ function sseMeter(strip: boolean, record: (tokens: number) => void): Transform {
         start = m.index + m[0].length;
       }
       pending = pending.slice(start);
-      callback(null, out === "" ? undefined : out);
+      if (pending.length > MAX_EVENT_BYTES) {
+        // An event this large is not an OpenAI chunk: pass the rest on as it comes, unread.
+        out += pending;
+        unparsed = Buffer.byteLength(pending);
+        pending = "";
+      }
+      return out;
     },
-    flush(callback: TransformCallback) {
+    end() {
+      if (unparsed > 0) return "";
       pending += decoder.decode();
       const rest = pending === "" ? "" : pass(pending);
-      if (tokens !== undefined) record(tokens);
-      callback(null, rest === "" ? undefined : rest);
+      pending = "";
+      return rest;
     },
-  });
+    streamedTokens: () => events + Math.ceil(unparsed / BYTES_PER_TOKEN),
+  };
+}
+
+const QUOTE = 0x22;
+const BACKSLASH = 0x5c;
+const COLON = 0x3a;
+const COMMA = 0x2c;
+const OPEN_OBJECT = 0x7b;
+const CLOSE_OBJECT = 0x7d;
+const OPEN_ARRAY = 0x5b;
+const CLOSE_ARRAY = 0x5d;
+/** A key longer than this is not `usage`: its bytes are not kept. */
+const MAX_KEY_BYTES = 32;
+
+/**
+ * A JSON answer of any size: a byte-level scan (JSON's structure is ASCII;
+ * UTF-8 never puts an ASCII byte inside a multi-byte character) that tracks
+ * strings and nesting and keeps only the value of the top-level `usage`
+ * key, parsed and charged as soon as it is complete. OpenAI-compatible
+ * servers put `usage` last, but its place does not matter; nothing else of
+ * the answer is held. The estimate is the answer's bytes / 4.
+ */
+function jsonScanner(onUsage: (tokens: number) => void): Scanner {
+  let bytes = 0;
+  let depth = 0;
+  let topIsObject = false;
+  let inString = false;
+  let escaped = false;
+  /** At depth 1 of the top-level object, the next string is a key. */
+  let expectKey = false;
+  /** The raw bytes of the depth-1 key being read. */
+  let keyBytes: number[] | undefined;
+  let key = "";
+  /** The raw bytes of the top-level `usage` value, while it is being read. */
+  let value: Buffer[] | undefined;
+  let valueBytes = 0;
+
+  function keep(piece: Buffer) {
+    valueBytes += piece.length;
+    if (valueBytes > MAX_USAGE_JSON_BYTES) value = undefined;
+    else value!.push(piece);
+  }
+
+  function usageRead() {
+    // Not a usage object (or nested past what the gateway reads): nothing to charge from it.
+    const total = usageTotal(parseJsonWithin(Buffer.concat(value!).toString("utf8")));
+    if (total !== undefined) onUsage(total);
+    value = undefined;
+  }
+
+  return {
+    push(chunk) {
+      bytes += chunk.length;
+      let from = 0;
+      for (let i = 0; i < chunk.length; i++) {
+        const c = chunk[i]!;
+        if (inString) {
+          if (escaped) escaped = false;
+          else if (c === BACKSLASH) escaped = true;
+          else if (c === QUOTE) {
+            inString = false;
+            if (keyBytes) {
+              key = keyText(keyBytes);
+              keyBytes = undefined;
+            }
+            continue;
+          }
+          if (keyBytes && keyBytes.length <= MAX_KEY_BYTES) keyBytes.push(c);
+          continue;
+        }
+        switch (c) {
+          case QUOTE:
+            inString = true;
+            if (expectKey && depth === 1) {
+              keyBytes = [];
+              expectKey = false;
+            }
+            break;
+          case OPEN_OBJECT:
+          case OPEN_ARRAY:
+            depth++;
+            if (depth === 1 && c === OPEN_OBJECT) topIsObject = expectKey = true;
+            break;
+          case CLOSE_OBJECT:
+          case CLOSE_ARRAY:
+            if (depth === 1 && value) {
+              keep(chunk.subarray(from, i));
+              if (value) usageRead();
+            }
+            depth--;
+            break;
+          case COMMA:
+            if (depth === 1 && topIsObject) {
+              if (value) {
+                keep(chunk.subarray(from, i));
+                if (value) usageRead();
+              }
+              expectKey = true;
+            }
+            break;
+          case COLON:
+            if (depth === 1 && topIsObject && key === "usage") {
+              value = [];
+              valueBytes = 0;
+              from = i + 1;
+            }
+            key = "";
+            break;
+        }
+      }
+      if (value) keep(chunk.subarray(from));
+      return chunk;
+    },
+    end: () => "",
+    streamedTokens: () => Math.ceil(bytes / BYTES_PER_TOKEN),
+  };
+}
+
+/** A key's text from its raw bytes (escapes included); "" when it is too long to be `usage`. */
+function keyText(raw: number[]): string {
+  if (raw.length > MAX_KEY_BYTES) return "";
+  try {
+    return JSON.parse(`"${Buffer.from(raw).toString("utf8")}"`) as string;
+  } catch {
+    return "";
+  }
 }

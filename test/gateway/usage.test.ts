@@ -1,12 +1,16 @@
 import assert from "node:assert/strict";
-import { Readable } from "node:stream";
+import { PassThrough, Readable } from "node:stream";
+import { brotliCompressSync, deflateSync, gzipSync } from "node:zlib";
 import { text } from "node:stream/consumers";
 import { test } from "node:test";
-import { meterUsage, usageTotal } from "../../src/gateway/usage.js";
+import { DRAIN_MAX_BYTES, meterUsage, usageTotal, type MeterOptions } from "../../src/gateway/usage.js";
 
-async function run(chunks: string[], contentType: string, strip: boolean) {
+async function run(chunks: (string | Buffer)[], contentType: string, strip: boolean, more: Partial<MeterOptions> = {}) {
   const recorded: number[] = [];
-  const out = await text(meterUsage(Readable.from(chunks.map((c) => Buffer.from(c))), contentType, { stripUsageChunk: strip }, (n) => recorded.push(n)));
+  const body = Readable.from(chunks.map((c) => Buffer.from(c)));
+  const out = await text(meterUsage(body, { contentType, contentEncoding: undefined, stripUsageChunk: strip, estimate: undefined, record: (n) => recorded.push(n), ...more }));
+  // A decompressed copy is read to its end after the client's bytes (zlib works off the main thread).
+  for (let waited = 0; recorded.length === 0 && waited < 1000; waited += 10) await new Promise((resolve) => setTimeout(resolve, 10));
   return { out, recorded };
 }
 
@@ -48,4 +52,87 @@ test("JSON: counted from usage, passed through byte for byte", async () => {
   const { out, recorded } = await run([body.slice(0, 10), body.slice(10)], "application/json", false);
   assert.equal(out, body);
   assert.deepEqual(recorded, [8]);
+});
+
+test("JSON: only the top-level usage counts, wherever it is, whatever the chunking", async () => {
+  const body = JSON.stringify({ usage: { total_tokens: 5 }, choices: [{ message: { content: 'a "usage": {"total_tokens": 99}, \\\\', usage: { total_tokens: 77 } } }], model: "m" });
+  const pieces = [];
+  for (let i = 0; i < body.length; i += 3) pieces.push(body.slice(i, i + 3));
+  const { out, recorded } = await run(pieces, "application/json", false);
+  assert.equal(out, body);
+  assert.deepEqual(recorded, [5]);
+});
+
+test("JSON: an escaped key spelling usage is the usage key", async () => {
+  const { recorded } = await run([`{"id":"x","\\u0075sage":{"prompt_tokens":2,"completion_tokens":3}}`], "application/json", false);
+  assert.deepEqual(recorded, [5]);
+});
+
+test("JSON: a 20 MiB answer is counted from the usage after its content", async () => {
+  const filler = "x".repeat(1024 * 1024);
+  const chunks = ['{"choices":[{"message":{"content":"'];
+  for (let i = 0; i < 20; i++) chunks.push(filler);
+  chunks.push('"}}],"usage":{"total_tokens":42}}');
+  const { out, recorded } = await run(chunks, "application/json", false);
+  assert.equal(out.length, 20 * 1024 * 1024 + chunks[0]!.length + chunks.at(-1)!.length);
+  assert.deepEqual(recorded, [42]);
+});
+
+test("compressed answers are decoded for the meter and passed to the client untouched", async () => {
+  const body = JSON.stringify({ usage: { total_tokens: 9 } });
+  const sse = content("a") + usageChunk + "data: [DONE]\n\n";
+  for (const [encoding, compress] of [["gzip", gzipSync], ["deflate", deflateSync], ["br", brotliCompressSync]] as const) {
+    const json = await run([compress(body)], "application/json", false, { contentEncoding: encoding });
+    assert.deepEqual(json.recorded, [9], encoding);
+    const stream = compress(sse);
+    const events = await run([stream.subarray(0, 5), stream.subarray(5)], "text/event-stream", true, { contentEncoding: encoding });
+    assert.deepEqual(events.recorded, [7], encoding);
+    assert.equal(events.out, stream.toString(), "the compressed bytes pass as they came");
+  }
+});
+
+test("an answer without a readable usage is charged the estimate: max tokens plus prompt, else what was streamed", async () => {
+  const estimate = { promptTokens: 10, maxTokens: 50 };
+  assert.deepEqual((await run([content("a")], "text/event-stream", true, { estimate })).recorded, [60]);
+  const streamed = { promptTokens: 10, maxTokens: undefined };
+  assert.deepEqual((await run([content("a") + content("b") + content("c")], "text/event-stream", true, { estimate: streamed })).recorded, [13]);
+  assert.deepEqual((await run([gzipSync("{}")], "application/json", false, { contentEncoding: "x-unknown", estimate })).recorded, [60]);
+  assert.deepEqual((await run(["{}"], "application/json", false, { estimate: { promptTokens: 0, maxTokens: 0 } })).recorded, [1], "never zero");
+  // Not an inference answer: nothing to estimate.
+  assert.deepEqual((await run(["{}"], "application/json", false)).recorded, []);
+});
+
+test("running usage totals on every chunk are charged by what each adds", async () => {
+  const running = (n: number) => `data: ${JSON.stringify({ choices: [{ index: 0, delta: { content: "w" } }], usage: { total_tokens: n } })}\n\n`;
+  const { recorded } = await run([running(3) + running(4) + running(6)], "text/event-stream", false);
+  assert.deepEqual(recorded, [3, 1, 2]);
+});
+
+test("a client that leaves before the usage: the upstream is read on until the usage, then stopped", async () => {
+  const recorded: number[] = [];
+  const upstream = new PassThrough();
+  const client = meterUsage(upstream, { contentType: "text/event-stream", contentEncoding: undefined, stripUsageChunk: true, estimate: { promptTokens: 1, maxTokens: 100 }, record: (n) => recorded.push(n) });
+  client.resume();
+  upstream.write(content("a"));
+  await new Promise((resolve) => setImmediate(resolve));
+  client.destroy();
+  await new Promise((resolve) => setImmediate(resolve));
+  upstream.write(content("b"));
+  upstream.write(usageChunk);
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.deepEqual(recorded, [7]);
+  assert.ok(upstream.destroyed, "the upstream is stopped once the usage is charged");
+});
+
+test("a client that leaves: past the byte bound the upstream is cut and the estimate charged", async () => {
+  const recorded: number[] = [];
+  const upstream = new PassThrough();
+  const client = meterUsage(upstream, { contentType: "text/event-stream", contentEncoding: undefined, stripUsageChunk: true, estimate: { promptTokens: 1, maxTokens: 100 }, record: (n) => recorded.push(n) });
+  client.destroy();
+  await new Promise((resolve) => setImmediate(resolve));
+  const big = content("x".repeat(64 * 1024));
+  for (let sent = 0; sent <= DRAIN_MAX_BYTES && !upstream.destroyed; sent += big.length) upstream.write(big);
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.ok(upstream.destroyed);
+  assert.deepEqual(recorded, [101]);
 });
