@@ -5,6 +5,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from "node:ht
 import type { AddressInfo } from "node:net";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import zlib from "node:zlib";
 
 /**
  * A small OpenAI-compatible server: enough of the API for `tollgate serve
@@ -27,7 +28,13 @@ import { parseArgs } from "node:util";
  * `x-demo-reset-after-chunks` (cut the connection after N SSE events),
  * `x-demo-wording: llama_stack` (a missing model, file, vector store or
  * response is a 404 worded as Llama Stack words it, and chat refuses a model
- * it does not serve, as a Llama Stack server in front of it would).
+ * it does not serve, as a Llama Stack server in front of it would),
+ * `x-demo-usage-delay-ms` (wait before a stream's usage chunk),
+ * `x-demo-end-delay-ms` (wait before a stream's `data: [DONE]`),
+ * `x-demo-pad-bytes` (a chat completion's JSON carries this many bytes of
+ * padding before its `usage`), `x-demo-content-encoding` (the answer is
+ * compressed so whatever the request accepts: gzip, deflate, br; any other
+ * value only labels it).
  *
  * It has no authentication and echoes headers back: never expose it.
  */
@@ -98,9 +105,20 @@ function numberHeader(req: IncomingMessage, name: string): number | undefined {
 
 function sendJson(res: ServerResponse, status: number, body: unknown): void {
   if (res.destroyed) return;
-  const text = JSON.stringify(body);
-  res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(text) });
-  res.end(text);
+  const encoding = contentEncoding(res.req);
+  const text = Buffer.from(JSON.stringify(body));
+  const bytes = encoding ? (COMPRESS[encoding]?.(text) ?? text) : text;
+  res.writeHead(status, { "content-type": "application/json", "content-length": bytes.length, ...(encoding ? { "content-encoding": encoding } : {}) });
+  res.end(bytes);
+}
+
+/** The codings `x-demo-content-encoding` applies (another value only labels the answer). */
+const COMPRESS: Record<string, (bytes: Buffer) => Buffer> = { gzip: zlib.gzipSync, deflate: zlib.deflateSync, br: zlib.brotliCompressSync };
+const COMPRESS_STREAM: Record<string, () => zlib.Gzip | zlib.Deflate | zlib.BrotliCompress> = { gzip: zlib.createGzip, deflate: zlib.createDeflate, br: zlib.createBrotliCompress };
+
+function contentEncoding(req: IncomingMessage): string | undefined {
+  const value = req.headers["x-demo-content-encoding"];
+  return typeof value === "string" && value !== "" ? value : undefined;
 }
 
 function sendError(res: ServerResponse, status: number, message: string, code: string, type = "invalid_request_error"): void {
@@ -366,12 +384,14 @@ export async function startDemoUpstream(options: DemoUpstreamOptions = {}): Prom
     const modelId = body.model as string;
 
     if (body.stream !== true) {
+      const padding = numberHeader(req, "x-demo-pad-bytes");
       sendJson(res, 200, {
         id,
         object: "chat.completion",
         created: CREATED,
         model: modelId,
         choices: [{ index: 0, message: { role: "assistant", content: reply, refusal: null }, logprobs: null, finish_reason: "stop" }],
+        ...(padding ? { demo_padding: "x".repeat(padding) } : {}),
         usage,
       });
       return;
@@ -438,8 +458,19 @@ export async function startDemoUpstream(options: DemoUpstreamOptions = {}): Prom
   async function streamEvents(req: IncomingMessage, res: ServerResponse, events: unknown[]): Promise<void> {
     const delay = numberHeader(req, "x-demo-chunk-delay-ms") ?? chunkDelayMs;
     const resetAfter = numberHeader(req, "x-demo-reset-after-chunks");
-    res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" });
+    const usageDelay = numberHeader(req, "x-demo-usage-delay-ms") ?? 0;
+    const endDelay = numberHeader(req, "x-demo-end-delay-ms") ?? 0;
+    const encoding = contentEncoding(req);
+    res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache", ...(encoding ? { "content-encoding": encoding } : {}) });
     res.flushHeaders();
+    // A compressed stream is flushed event by event, as servers that compress streams do.
+    const compressor = encoding ? COMPRESS_STREAM[encoding]?.() : undefined;
+    compressor?.pipe(res);
+    const write = (text: string) => {
+      if (!compressor) return void res.write(text);
+      compressor.write(text);
+      compressor.flush();
+    };
     for (let i = 0; i < events.length; i++) {
       if (res.destroyed) return;
       if (resetAfter !== undefined && i >= resetAfter) {
@@ -447,11 +478,14 @@ export async function startDemoUpstream(options: DemoUpstreamOptions = {}): Prom
         return;
       }
       if (i > 0) await sleep(delay, res);
+      if (usageDelay > 0 && (events[i] as { usage?: unknown }).usage) await sleep(usageDelay, res);
       if (res.destroyed) return;
-      res.write(`data: ${JSON.stringify(events[i])}\n\n`);
+      write(`data: ${JSON.stringify(events[i])}\n\n`);
     }
-    if (delay > 0) await sleep(delay, res);
-    if (!res.destroyed) res.end("data: [DONE]\n\n");
+    if (delay + endDelay > 0) await sleep(delay + endDelay, res);
+    if (res.destroyed) return;
+    if (compressor) compressor.end("data: [DONE]\n\n");
+    else res.end("data: [DONE]\n\n");
   }
 
   await new Promise<void>((resolve, reject) => {
