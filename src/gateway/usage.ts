@@ -65,7 +65,7 @@ function usageOf(json: unknown): number | undefined {
 export interface UsageEstimate {
   /** The request body's bytes / 4: JSON syntax and field names count too, so this over-estimates the prompt. */
   readonly promptTokens: number;
-  /** `max_completion_tokens`, `max_tokens` or `max_output_tokens` of the request, when it set one. */
+  /** `max_completion_tokens`, `max_tokens` or `max_output_tokens` of the request (times its `n`), when it set one. */
   readonly maxTokens: number | undefined;
 }
 
@@ -110,8 +110,11 @@ export async function prepareUsage(raw: IncomingMessage, path: string, body: Buf
 /** The {@link UsageEstimate} of a request body. */
 function estimateOf(body: BufferedBody): UsageEstimate {
   const limits = ["max_completion_tokens", "max_tokens", "max_output_tokens"].map((name) => jsonMember(body, name));
-  const maxTokens = limits.find((v): v is number => typeof v === "number" && Number.isFinite(v) && v >= 0);
-  return { promptTokens: Math.ceil(body.length / BYTES_PER_TOKEN), maxTokens };
+  const max = limits.find((v): v is number => typeof v === "number" && Number.isFinite(v) && v >= 0);
+  // `n` choices may each use up to the maximum.
+  const n = jsonMember(body, "n");
+  const choices = typeof n === "number" && Number.isInteger(n) && n > 1 ? n : 1;
+  return { promptTokens: Math.ceil(body.length / BYTES_PER_TOKEN), maxTokens: max === undefined ? undefined : max * choices };
 }
 
 /**
