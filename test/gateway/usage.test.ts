@@ -1,9 +1,11 @@
 import assert from "node:assert/strict";
+import type { IncomingMessage } from "node:http";
 import { PassThrough, Readable } from "node:stream";
 import { brotliCompressSync, deflateSync, gzipSync } from "node:zlib";
 import { text } from "node:stream/consumers";
 import { test } from "node:test";
-import { DRAIN_MAX_BYTES, meterUsage, usageTotal, type MeterOptions } from "../../src/gateway/usage.js";
+import { scanJson } from "../../src/gateway/json.js";
+import { DRAIN_MAX_BYTES, meterUsage, prepareUsage, usageTotal, type MeterOptions } from "../../src/gateway/usage.js";
 
 async function run(chunks: (string | Buffer)[], contentType: string, strip: boolean, more: Partial<MeterOptions> = {}) {
   const recorded: number[] = [];
@@ -135,4 +137,17 @@ test("a client that leaves: past the byte bound the upstream is cut and the esti
   await new Promise((resolve) => setImmediate(resolve));
   assert.ok(upstream.destroyed);
   assert.deepEqual(recorded, [101]);
+});
+
+test("the estimate of a request: its body's bytes / 4, and max tokens times the choices asked for", async () => {
+  const plan = async (path: string, json: Record<string, unknown>) => {
+    const bytes = Buffer.from(JSON.stringify(json));
+    const read = { parts: [bytes], length: bytes.length, json: scanJson(bytes), contentType: "application/json" };
+    return (await prepareUsage({ method: "POST" } as IncomingMessage, path, read, { maxBytes: 1 << 20, idleMs: 1000 })).estimate;
+  };
+  const body = { model: "m", messages: [], max_completion_tokens: 10, n: 3 };
+  assert.deepEqual(await plan("/v1/chat/completions", body), { promptTokens: Math.ceil(JSON.stringify(body).length / 4), maxTokens: 30 });
+  assert.equal((await plan("/v1/responses", { model: "m", input: "x", max_output_tokens: 7 }))?.maxTokens, 7);
+  assert.equal((await plan("/v1/embeddings", { model: "m", input: "x" }))?.maxTokens, undefined);
+  assert.equal(await plan("/v1/files", { purpose: "x" }), undefined, "not an inference route");
 });
