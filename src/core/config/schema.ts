@@ -81,7 +81,7 @@ export const upstreamHeaderProviderSchema = z
     trusted_proxies: z
       .array(addressOrCidr)
       .optional()
-      .describe("when set, only peers in these addresses/CIDRs may assert identity; others get 401"),
+      .describe("only peers in these addresses/CIDRs may assert identity; others get 401 (default: loopback only, 127.0.0.0/8 and ::1)"),
   })
   .describe("Trust identity headers set by an authenticating proxy in front of Tollgate");
 

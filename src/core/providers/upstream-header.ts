@@ -8,6 +8,13 @@ import type { AuthProvider, AuthRequest } from "./types.js";
 /** `server.auth.provider_config` of type `upstream_header`. */
 export type UpstreamHeaderProviderConfig = Extract<ProviderConfig, { type: "upstream_header" }>;
 
+/**
+ * Who may assert identity when `trusted_proxies` is not set: the loopback
+ * interface only. Believing every peer by default would let anyone who can
+ * reach the port name any principal.
+ */
+export const DEFAULT_TRUSTED_PROXIES: readonly string[] = Object.freeze(["127.0.0.0/8", "::1"]);
+
 /** Longest principal accepted from the header, in characters. */
 export const MAX_PRINCIPAL_LENGTH = 1024;
 
@@ -17,24 +24,25 @@ export const MAX_PRINCIPAL_LENGTH = 1024;
  * from `principal_header`, attributes from the optional `attributes_header`
  * (a JSON object of string lists, `{"roles": ["admin"]}`).
  *
- * Anyone who can reach Tollgate directly can send these headers too, so set
- * `trusted_proxies` (addresses or CIDRs) unless the network already
- * guarantees that only the proxy can connect: requests from other peers are
- * then refused with 401. Throws at creation when an entry of
- * `trusted_proxies` is not an address or CIDR.
+ * Anyone who can reach Tollgate directly can send these headers too, so
+ * only peers in `trusted_proxies` (addresses or CIDRs) are believed; others
+ * are refused with 401. Unset, that is the loopback interface only (a proxy
+ * on the same host or in the same pod): fail closed, a proxy elsewhere must
+ * be named. Throws at creation when an entry of `trusted_proxies` is not an
+ * address or CIDR.
  *
  * @example createUpstreamHeaderProvider({ type: "upstream_header", principal_header: "x-user", trusted_proxies: ["10.0.0.0/8"] })
  */
 export function createUpstreamHeaderProvider(config: UpstreamHeaderProviderConfig): AuthProvider {
   const principalHeader = config.principal_header.toLowerCase();
   const attributesHeader = config.attributes_header?.toLowerCase();
-  const trusted = config.trusted_proxies === undefined ? undefined : parseTrustedProxies(config.trusted_proxies);
+  const trusted = parseTrustedProxies(config.trusted_proxies ?? DEFAULT_TRUSTED_PROXIES);
   const authRequiredMessage = `Authentication required. Expected the ${principalHeader} header from the authenticating proxy`;
   const invalidAttributes = `Invalid ${attributesHeader} header: expected a JSON object of string lists`;
 
   async function authenticate(req: AuthRequest): Promise<User> {
     // Checked first: from an untrusted peer the headers mean nothing, present or not.
-    if (trusted && !isTrusted(trusted, req.remoteAddress)) {
+    if (!isTrusted(trusted, req.remoteAddress)) {
       throw new AuthError("invalid_token", "Identity headers are only accepted from a trusted proxy");
     }
     const principal = singleValue(req.headers[principalHeader])?.trim();

@@ -17,7 +17,8 @@ function provider(overrides: Partial<UpstreamHeaderProviderConfig> = {}) {
   });
 }
 
-function request(headers: AuthRequest["headers"], remoteAddress = "10.1.2.3"): AuthRequest {
+/** A request from a peer the default `trusted_proxies` (loopback) believes, unless another address is given. */
+function request(headers: AuthRequest["headers"], remoteAddress = "127.0.0.1"): AuthRequest {
   return { token: undefined, path: "/v1/models", query: "", headers, remoteAddress };
 }
 
@@ -157,8 +158,23 @@ describe("upstream_header trusted_proxies", () => {
     assert.equal(err.status, 401);
   });
 
-  test("without trusted_proxies every peer may assert identity", async () => {
-    const user = await provider().authenticate(request({ "x-user": "alice" }, "203.0.113.9"));
+  for (const address of ["127.0.0.1", "127.0.0.2", "::1", "::ffff:127.0.0.1"]) {
+    test(`without trusted_proxies a loopback peer (${address}) may assert identity`, async () => {
+      const user = await provider().authenticate(request({ "x-user": "alice" }, address));
+      assert.equal(user.principal, "alice");
+    });
+  }
+
+  for (const address of ["203.0.113.9", "10.1.2.3", "192.168.1.7", "fd00::1", "::ffff:10.1.2.3"]) {
+    test(`without trusted_proxies a peer off the loopback interface (${address}) is refused with 401`, async () => {
+      const err = await refusal(provider().authenticate(request({ "x-user": "alice" }, address)));
+      assert.equal(err.status, 401);
+      assert.equal(err.message, "Identity headers are only accepted from a trusted proxy");
+    });
+  }
+
+  test("trusted_proxies naming every address believes every peer", async () => {
+    const user = await provider({ trusted_proxies: ["0.0.0.0/0", "::/0"] }).authenticate(request({ "x-user": "alice" }, "203.0.113.9"));
     assert.equal(user.principal, "alice");
   });
 
