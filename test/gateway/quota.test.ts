@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { after, before, test } from "node:test";
 import { createApiKey } from "../../src/core/keys.js";
 import { openRecordStore } from "../../src/core/stores/index.js";
+import { assertForwarded, assertNotForwarded, newTag } from "../support/forwarded.js";
 import { startGateway, type GatewayProcess } from "../support/gateway.js";
 import { startUpstreamProcess, type UpstreamProcess } from "../support/upstream.js";
 
@@ -55,9 +56,14 @@ test("successful responses carry RateLimit and RateLimit-Policy; over the limit 
   assert.equal(ok.status, 200);
   assert.equal(ok.headers.get("ratelimit-policy"), '"requests-hour";q=2;w=3600');
   assert.match(ok.headers.get("ratelimit")!, /^"requests-hour";r=1;t=\d+$/);
-  await (await fetch(`${g.url}/v1/models`, { headers: asUser("alice") })).arrayBuffer();
-  const refused = await fetch(`${g.url}/v1/models`, { headers: asUser("alice") });
+  // A tagged request that passes is found upstream by its tag: the not-forwarded check below can fail.
+  const passedTag = newTag();
+  await (await fetch(`${g.url}/v1/models`, { headers: { ...asUser("alice"), ...passedTag.headers } })).arrayBuffer();
+  await assertForwarded(upstream, passedTag.tag);
+  const refusedTag = newTag();
+  const refused = await fetch(`${g.url}/v1/models`, { headers: { ...asUser("alice"), ...refusedTag.headers } });
   assert.equal(refused.status, 429);
+  await assertNotForwarded(upstream, refusedTag.tag);
   assert.deepEqual(await refused.json(), {
     error: { message: "Quota exceeded", type: "rate_limit_error", code: "rate_limit_exceeded", param: null },
   });
