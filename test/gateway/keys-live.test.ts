@@ -32,15 +32,18 @@ describe("keys managed by the CLI while the gateway runs", { timeout: 120_000 },
     rmSync(dir, { recursive: true, force: true });
   });
 
+  /** A gateway on `api_key` auth over `storage`, passing the principal upstream (the tests read it back). */
+  const apiKeyConfig = (storage: unknown) => ({
+    server: { auth: { provider_config: { type: "api_key" } } },
+    upstream: { url: upstream.url, principal_header: "x-tollgate-principal" },
+    storage,
+  });
+
   for (const backend of storageBackends) {
     test(`${backend.name}: a key created by the CLI is accepted, and refused within a second of its revocation`, { timeout: 60_000 }, async (t) => {
       const prepared = await backend.prepare(t, dir);
       if (!prepared) return;
-      const config = {
-        server: { auth: { provider_config: { type: "api_key" } } },
-        upstream: { url: upstream.url, principal_header: "x-tollgate-principal" },
-        storage: prepared.storage,
-      };
+      const config = apiKeyConfig(prepared.storage);
       const configFile = join(dir, `${backend.name}.yaml`);
       writeFileSync(configFile, JSON.stringify(config));
       const gateway = await startGateway({ config });
@@ -77,11 +80,7 @@ describe("keys managed by the CLI while the gateway runs", { timeout: 120_000 },
     test(`${backend.name}: after keys rotate --grace the old secret works until the grace ends, then is refused; the new one works at once`, { timeout: 60_000 }, async (t) => {
       const prepared = await backend.prepare(t, dir);
       if (!prepared) return;
-      const config = {
-        server: { auth: { provider_config: { type: "api_key" } } },
-        upstream: { url: upstream.url, principal_header: "x-tollgate-principal" },
-        storage: prepared.storage,
-      };
+      const config = apiKeyConfig(prepared.storage);
       const configFile = join(dir, `${backend.name}-rotate.yaml`);
       writeFileSync(configFile, JSON.stringify(config));
       const gateway = await startGateway({ config });
