@@ -1,7 +1,7 @@
 import type { Command } from "commander";
 import { loadConfig } from "../core/config/load.js";
 import { parseAttributes } from "../core/keys.js";
-import { ACTIONS, compileAccessPolicy, type AccessRuleInput, type Action } from "../core/policy/compile.js";
+import { ACTIONS, compileAccessPolicy, type Action } from "../core/policy/compile.js";
 import { evaluateAccess } from "../core/policy/evaluate.js";
 import { explainDecision } from "../core/policy/explain.js";
 import { makeUser } from "../core/user.js";
@@ -45,7 +45,7 @@ export function registerPolicyCommands(program: Command): void {
       if (!/^[^:]+::.+$/.test(opts.resource)) throw new Error(`--resource must be type::id, got ${JSON.stringify(opts.resource)}`);
       if (opts.ownerAttr && opts.owner === undefined) throw new Error("--owner-attr needs --owner");
       const config = loadConfig(opts.config);
-      const compiled = compileAccessPolicy((config.server.auth?.access_policy ?? []) as AccessRuleInput[]);
+      const compiled = compileAccessPolicy(config.server.auth?.access_policy ?? []);
       const user = makeUser(opts.principal, parseAttributes(opts.attr ?? []));
       const owner = opts.owner === undefined ? undefined : makeUser(opts.owner, parseAttributes(opts.ownerAttr ?? []));
       const decision = evaluateAccess(compiled, user, opts.action as Action, { key: opts.resource, owner });

@@ -5,6 +5,7 @@ import { DEFAULT_OAUTH2_CLAIMS_MAPPING } from "../providers/claims.js";
 import { parseCondition } from "../policy/conditions.js";
 import { PERIODS } from "../quota/limits.js";
 import { ACTIONS, compileAccessPolicy, compileRequiredScopes, compileRoutePolicy, PolicyError } from "../policy/compile.js";
+import { accessRuleSchema, requiredScopesSchema, routeRuleSchema } from "../policy/rules.js";
 import { kvstoreReferenceSchema, llamaStorageSchema, resolveQuotaStore, resolveRecordStore } from "./llama-stack.js";
 
 /**
@@ -226,33 +227,6 @@ export const providerConfigSchema = z.discriminatedUnion("type", [
   kubernetesProviderSchema,
 ]);
 
-const actionSchema = z.enum(ACTIONS);
-const conditionsSchema = z
-  .union([z.string(), z.array(z.string())])
-  .optional();
-const accessScopeSchema = z.strictObject({
-  principal: z.string().min(1).optional().describe("only this principal (default: any)"),
-  actions: z.union([actionSchema, z.array(actionSchema).min(1)]).describe("create, read, update, delete"),
-  resource: z.string().min(1).optional().describe("type::id, type::* or regex:... (default: any)"),
-});
-const accessRuleSchema = z.strictObject({
-  permit: accessScopeSchema.optional(),
-  forbid: accessScopeSchema.optional(),
-  when: conditionsSchema.describe("conditions that must all hold for the rule to apply"),
-  unless: conditionsSchema.describe("the rule applies unless all these conditions hold"),
-  description: z.string().optional().describe("shown by `tollgate policy check` and in audit events"),
-});
-const routeScopeSchema = z.strictObject({
-  paths: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).describe("exact path, prefix ending in *, * or regex:..."),
-});
-const routeRuleSchema = z.strictObject({
-  permit: routeScopeSchema.optional(),
-  forbid: routeScopeSchema.optional(),
-  when: conditionsSchema,
-  unless: conditionsSchema,
-  description: z.string().optional(),
-});
-
 /** Runs a policy compiler as validation, so an invalid rule is refused at load with its position and reason. */
 function policyIssues<T>(compile: (value: T) => unknown) {
   return (value: T, ctx: z.RefinementCtx) => {
@@ -315,8 +289,7 @@ const authSchema = z
       .default([])
       .superRefine(policyIssues(compileRoutePolicy))
       .describe("route rules matched on the canonical path; when set, a path no rule permits is refused (403)"),
-    required_scopes: z
-      .record(z.string(), z.string().min(1))
+    required_scopes: requiredScopesSchema
       .default({})
       .superRefine(policyIssues(compileRequiredScopes))
       .describe("route pattern → scope the user's `scopes` attribute must contain (else 403)"),

@@ -1,5 +1,6 @@
 import { canonicalPath } from "../path.js";
 import { parseCondition, type Condition } from "./conditions.js";
+import { ACTIONS, type AccessRuleInput, type Action, type ConditionsInput, type RouteRuleInput } from "./rules.js";
 
 /**
  * Compiles the `access_policy`, `route_policy` and `required_scopes` of
@@ -12,30 +13,8 @@ import { parseCondition, type Condition } from "./conditions.js";
  * `forbid` that silently never forbids.
  */
 
-/** The actions of the reference's `Action` enum. */
-export const ACTIONS = ["create", "read", "update", "delete"] as const;
-export type Action = (typeof ACTIONS)[number];
-
-/** `when` / `unless`: one condition, or a list of them (Llama Stack accepts both). */
-export type ConditionsInput = string | readonly string[];
-
-/** One `access_policy` rule as written in the config. */
-export interface AccessRuleInput {
-  permit?: { principal?: string | undefined; actions: Action | readonly Action[]; resource?: string | undefined } | undefined;
-  forbid?: { principal?: string | undefined; actions: Action | readonly Action[]; resource?: string | undefined } | undefined;
-  when?: ConditionsInput | undefined;
-  unless?: ConditionsInput | undefined;
-  description?: string | undefined;
-}
-
-/** One `route_policy` rule as written in the config. */
-export interface RouteRuleInput {
-  permit?: { paths: string | readonly string[] } | undefined;
-  forbid?: { paths: string | readonly string[] } | undefined;
-  when?: ConditionsInput | undefined;
-  unless?: ConditionsInput | undefined;
-  description?: string | undefined;
-}
+export { ACTIONS } from "./rules.js";
+export type { AccessRuleInput, Action, ConditionsInput, RouteRuleInput } from "./rules.js";
 
 /** The outcome of an evaluation; pre-built per rule, never allocated per request. */
 export interface Decision {
@@ -218,6 +197,10 @@ function decisionOf(index: number, forbid: boolean, description: string | undefi
  * @example compileAccessPolicy([{ permit: { actions: ["read"], resource: "model::*" }, when: "user with ml in teams" }])
  */
 export function compileAccessPolicy(rules: readonly AccessRuleInput[], name = "access_policy"): CompiledAccessPolicy {
+  return once(rules, () => buildAccessPolicy(rules, name));
+}
+
+function buildAccessPolicy(rules: readonly AccessRuleInput[], name: string): CompiledAccessPolicy {
   const issues: PolicyIssue[] = [];
   const compiled = rules.map((rule, index): CompiledAccessRule => {
     const at = [index];
@@ -250,6 +233,10 @@ export function compileAccessPolicy(rules: readonly AccessRuleInput[], name = "a
 
 /** Compiles `route_policy`. Throws {@link PolicyError} naming every invalid rule. */
 export function compileRoutePolicy(rules: readonly RouteRuleInput[], name = "route_policy"): CompiledRoutePolicy {
+  return once(rules, () => buildRoutePolicy(rules, name));
+}
+
+function buildRoutePolicy(rules: readonly RouteRuleInput[], name: string): CompiledRoutePolicy {
   const issues: PolicyIssue[] = [];
   const compiled = rules.map((rule, index): CompiledRouteRule => {
     const at = [index];
@@ -267,6 +254,10 @@ export function compileRoutePolicy(rules: readonly RouteRuleInput[], name = "rou
 
 /** Compiles `required_scopes` (route pattern → scope). Throws {@link PolicyError} on an invalid pattern. */
 export function compileRequiredScopes(scopes: Readonly<Record<string, string>>, name = "required_scopes"): readonly CompiledScopeRule[] {
+  return once(scopes, () => buildRequiredScopes(scopes, name));
+}
+
+function buildRequiredScopes(scopes: Readonly<Record<string, string>>, name: string): readonly CompiledScopeRule[] {
   const issues: PolicyIssue[] = [];
   const compiled = Object.entries(scopes).map(([pattern, scope]) => {
     if (typeof scope !== "string" || scope.length === 0) issues.push({ path: [pattern], message: "expected a scope name" });
@@ -274,6 +265,24 @@ export function compileRequiredScopes(scopes: Readonly<Record<string, string>>, 
   });
   if (issues.length > 0) throw new PolicyError(name, issues);
   return Object.freeze(compiled);
+}
+
+/**
+ * Each compiled policy by the very rules it was compiled from: the config
+ * schema compiles a config's rules to validate them (refusing a bad rule
+ * with its position), and every generation built from that config takes the
+ * same compiled rules instead of compiling them again. Weak keys: an entry
+ * lives as long as its config. A compiled policy is frozen, so sharing it is
+ * safe; an input mutated after compiling would go unseen, and validated
+ * configs are never mutated.
+ */
+const compiledFrom = new WeakMap<object, unknown>();
+
+function once<T>(input: object, compile: () => T): T {
+  if (compiledFrom.has(input)) return compiledFrom.get(input) as T;
+  const compiled = compile();
+  compiledFrom.set(input, compiled);
+  return compiled;
 }
 
 const ALL_ACTIONS = ACTIONS.reduce((bits, a) => bits | actionBit(a), 0);

@@ -1,7 +1,7 @@
 import type { Config } from "../config/schema.js";
 import type { AccessDecisionEvent, PipelineOptions } from "../pipeline.js";
 import type { Logger } from "../log.js";
-import { compileAccessPolicy, compileRequiredScopes, compileRoutePolicy, type AccessRuleInput, type RouteRuleInput } from "./compile.js";
+import { compileAccessPolicy, compileRequiredScopes, compileRoutePolicy } from "./compile.js";
 
 /**
  * The compiled policies of a validated config's `server.auth`, as
@@ -13,8 +13,8 @@ export function policyOptions(
   audit?: Logger,
 ): Pick<PipelineOptions, "accessPolicy" | "routePolicy" | "requiredScopes" | "onDecision"> {
   return {
-    accessPolicy: compileAccessPolicy((auth?.access_policy ?? []) as AccessRuleInput[]),
-    routePolicy: compileRoutePolicy((auth?.route_policy ?? []) as RouteRuleInput[]),
+    accessPolicy: compileAccessPolicy(auth?.access_policy ?? []),
+    routePolicy: compileRoutePolicy(auth?.route_policy ?? []),
     requiredScopes: compileRequiredScopes(auth?.required_scopes ?? {}),
     onDecision: audit ? (event) => logDecision(audit, event) : undefined,
   };
