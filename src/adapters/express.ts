@@ -27,7 +27,7 @@ import { authenticateAt, createTollgate, handleOf, type TollgateHandle, type Tol
  * (the whole {@link RequestContext}) for the handlers after it.
  */
 
-export type { Action, Can, Owner } from "./can.js";
+export type { Action, Can, Owner } from "../core/can.js";
 export type { TollgateOptions } from "./node.js";
 export type { User } from "../core/user.js";
 export type { RequestContext } from "../core/pipeline.js";

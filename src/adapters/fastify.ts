@@ -3,7 +3,7 @@ import type { Config } from "../core/config/schema.js";
 import { TollgateError, toErrorResponse } from "../core/errors.js";
 import type { Pipeline, RequestContext } from "../core/pipeline.js";
 import type { User } from "../core/user.js";
-import type { Can } from "./can.js";
+import type { Can } from "../core/can.js";
 import { createTollgate, whenClientGone, type TollgateOptions } from "./node.js";
 
 /**
@@ -34,7 +34,7 @@ import { createTollgate, whenClientGone, type TollgateOptions } from "./node.js"
  * routes are declared. Tollgate is closed with the app (`onClose`).
  */
 
-export type { Action, Can, Owner } from "./can.js";
+export type { Action, Can, Owner } from "../core/can.js";
 export type { TollgateOptions } from "./node.js";
 export type { User } from "../core/user.js";
 export type { RequestContext } from "../core/pipeline.js";

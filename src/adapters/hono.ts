@@ -39,7 +39,7 @@ import { createTollgate, handleOf, type TollgateHandle, type TollgateOptions } f
  * `@hono/node-server`.
  */
 
-export type { Action, Can, Owner } from "./can.js";
+export type { Action, Can, Owner } from "../core/can.js";
 export type { TollgateOptions } from "./node.js";
 export type { User } from "../core/user.js";
 export type { RequestContext } from "../core/pipeline.js";

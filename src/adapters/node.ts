@@ -3,16 +3,14 @@ import { loadConfig, validateConfig } from "../core/config/load.js";
 import type { Config, ConfigInput } from "../core/config/schema.js";
 import { TollgateError, toErrorResponse } from "../core/errors.js";
 import { createLogger, type Logger } from "../core/log.js";
-import { authorizationHeaders, createPipeline, type Pipeline, type PipelineRequest, type RequestContext } from "../core/pipeline.js";
-import { createProvider } from "../core/providers/index.js";
-import type { AuthProvider } from "../core/providers/types.js";
+import type { Can } from "../core/can.js";
+import { createGeneration, type Generation } from "../core/generation.js";
+import { toPipelineRequest } from "../core/node-request.js";
+import type { Pipeline, RequestContext } from "../core/pipeline.js";
 import type { RecordStore } from "../core/stores/types.js";
-import { policyOptions } from "../core/policy/from-config.js";
-import { quotaFromConfig } from "../core/quota/from-config.js";
-import type { Quota } from "../core/quota/quota.js";
-import { createCan, type Can } from "./can.js";
 
-export type { Action, Can, Owner } from "./can.js";
+export type { Action, Can, Owner } from "../core/can.js";
+export { toPipelineRequest };
 
 /**
  * Tollgate's pipeline for a plain `node:http` server, without the gateway:
@@ -122,33 +120,24 @@ export async function createTollgate(options: TollgateOptions): Promise<Tollgate
     store = ownedStore = await openRecordStore(config.storage);
   }
 
-  let provider: AuthProvider | undefined;
+  // The same generation the gateway builds: provider, stage 5 (`server.quota`,
+  // whose RateLimit headers authenticate() sets on `res`), the compiled policies.
+  // Stage 6 is pipeline.checkAccess(context, action, { key, owner }) (or `can`)
+  // for the resources the application knows.
+  let generation: Generation;
   try {
-    provider = providerConfig ? createProvider(providerConfig, { store, log, now: options.now }) : undefined;
+    generation = await createGeneration({
+      config,
+      log,
+      store,
+      now: options.now,
+      observers: { onProviderError: (err) => log.error({ err }, "authentication provider failed; answered 503") },
+    });
   } catch (err) {
     await ownedStore?.close();
     throw err;
   }
-
-  // Stage 5: `server.quota`. Its RateLimit headers are set on `res` by authenticate().
-  let quota: Quota | undefined;
-  try {
-    quota = config.server.quota ? await quotaFromConfig(config.server.quota, { log, now: options.now }) : undefined;
-  } catch (err) {
-    await provider?.close();
-    await ownedStore?.close();
-    throw err;
-  }
-
-  const pipeline = createPipeline({
-    publicPaths: config.server.public_paths,
-    provider,
-    onProviderError: (err) => log.error({ err }, "authentication provider failed; answered 503"),
-    // Stage 4 (route_policy, required_scopes) runs in authorize(); stage 6 is
-    // pipeline.checkAccess(context, action, { key, owner }) for the resources the application knows.
-    ...policyOptions(config.server.auth, log.child({ component: "audit" })),
-    quota,
-  });
+  const { pipeline } = generation;
 
   let closing: Promise<void> | undefined;
 
@@ -156,7 +145,7 @@ export async function createTollgate(options: TollgateOptions): Promise<Tollgate
     config,
     pipeline,
     log,
-    can: createCan(pipeline, provider !== undefined),
+    can: generation.can,
     authorize(req, signal) {
       return pipeline.authorize(toPipelineRequest(req, signal));
     },
@@ -166,8 +155,7 @@ export async function createTollgate(options: TollgateOptions): Promise<Tollgate
     close() {
       closing ??= (async () => {
         try {
-          await quota?.close();
-          await provider?.close();
+          await generation.close();
         } finally {
           await ownedStore?.close();
         }
@@ -219,40 +207,6 @@ function resolveConfig({ config, configFile }: TollgateOptions): Config {
   if (configFile !== undefined) return loadConfig(configFile);
   if (config !== undefined) return validateConfig(config, "createTollgate config");
   throw new TypeError("createTollgate: give config (an object) or configFile (a path to tollgate.yaml)");
-}
-
-/**
- * Turns a `node:http` request into what the pipeline reads. Every
- * `Authorization` header is kept (Node's `req.headers` keeps only the first,
- * so a second credential would otherwise go unseen), and so is every copy of
- * any other repeated header, as a list: identity headers sent twice are then
- * refused rather than merged.
- */
-export function toPipelineRequest(req: IncomingMessage, signal?: AbortSignal): PipelineRequest {
-  return {
-    method: req.method ?? "GET",
-    url: req.url ?? "/",
-    headers: requestHeaders(req),
-    remoteAddress: req.socket.remoteAddress,
-    signal,
-  };
-}
-
-function requestHeaders(req: IncomingMessage): Record<string, string | string[] | undefined> {
-  const headers: Record<string, string | string[] | undefined> = { ...req.headers };
-  headers.authorization = authorizationHeaders(req.rawHeaders);
-  const raw = req.rawHeaders;
-  const seen = new Set<string>();
-  for (let i = 0; i < raw.length; i += 2) {
-    const name = raw[i]!.toLowerCase();
-    if (!seen.has(name)) {
-      seen.add(name);
-    } else if (name !== "authorization" && name !== "set-cookie") {
-      // Node joins some repeats with ", " and drops others; the list keeps them all.
-      headers[name] = req.headersDistinct[name];
-    }
-  }
-  return headers;
 }
 
 /**

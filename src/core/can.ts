@@ -1,10 +1,10 @@
-import { ACTIONS, type Action } from "../core/policy/compile.js";
-import type { Owner } from "../core/policy/conditions.js";
-import type { Pipeline, RequestContext } from "../core/pipeline.js";
-import type { User } from "../core/user.js";
+import { ACTIONS, type Action } from "./policy/compile.js";
+import type { Owner } from "./policy/conditions.js";
+import type { Pipeline, RequestContext } from "./pipeline.js";
+import type { User } from "./user.js";
 
-export type { Action } from "../core/policy/compile.js";
-export type { Owner } from "../core/policy/conditions.js";
+export type { Action } from "./policy/compile.js";
+export type { Owner } from "./policy/conditions.js";
 
 /**
  * Stage 6 inside a handler: may `user` perform `action` on `resource`
