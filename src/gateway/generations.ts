@@ -1,0 +1,178 @@
+import { releaseAll, sameJson, SharedPart } from "../core/carry-over.js";
+import type { Config } from "../core/config/schema.js";
+import { createGeneration, type Generation, type GenerationObservers } from "../core/generation.js";
+import type { Logger } from "../core/log.js";
+import type { Pipeline } from "../core/pipeline.js";
+import type { AuthProvider } from "../core/providers/types.js";
+import type { ResilientRecordStore } from "../core/stores/resilient.js";
+import { createCatalog, type Catalog } from "./catalog.js";
+import { createForwarder, type Forwarder } from "./forward.js";
+import type { OwnEndpoints } from "./own-endpoints.js";
+import { createResourceGuard, type ResourceGuard } from "./resources.js";
+
+/**
+ * The gateway's generations of the config: the core {@link Generation}
+ * (pipeline, provider, quota) plus what only the gateway has (the route
+ * catalog, the resource guard, the upstream pool). A reload swaps the
+ * current generation at once for new requests; requests keep the generation
+ * they started with, and a retired generation lets go of its parts when its
+ * last request ends. Parts whose config did not change are carried over, so
+ * their caches and connections survive a reload.
+ */
+export interface GatewayGeneration {
+  readonly config: Config;
+  readonly core: Generation;
+  readonly pipeline: Pipeline;
+  readonly guard: ResourceGuard;
+  /** The routes this generation forwards (`server.resources`). */
+  readonly catalog: Catalog;
+  readonly forwarder: Forwarder;
+}
+
+export interface Generations {
+  /** The generation new requests start on. */
+  readonly current: GatewayGeneration;
+  /** A request starts on the current generation: it is held until {@link leave}. */
+  enter(): GatewayGeneration;
+  /** A request on `generation` has ended. */
+  leave(generation: GatewayGeneration): void;
+  /**
+   * Builds the next generation from `config` and makes it current; the
+   * previous one is released once its requests have ended. Settings that
+   * need a new listener or process ({@link RESTART_KEYS}) are logged and keep
+   * their running values. One reload at a time, in the order asked; rejects
+   * (changing nothing) when the new config cannot be built.
+   */
+  reload(config: Config): Promise<void>;
+  /** No more reloads; releases the current generation and waits for every retired one. */
+  close(): Promise<void>;
+}
+
+export interface GenerationsOptions {
+  readonly config: Config;
+  readonly log: Logger;
+  /** The record store, resilient (stores/resilient.ts); the gateway's, not released here. */
+  readonly store: ResilientRecordStore | undefined;
+  /** A provider given to the gateway; the gateway's, not released here. */
+  readonly provider: AuthProvider | undefined;
+  readonly own: OwnEndpoints;
+  readonly observers: GenerationObservers;
+}
+
+/** Settings a reload cannot change: they belong to the listener, the process or the record store. */
+const RESTART_KEYS: [string, (config: Config) => unknown][] = [
+  ["server.host", (c) => c.server.host],
+  ["server.port", (c) => c.server.port],
+  ["server.tls", (c) => c.server.tls],
+  ["server.workers", (c) => c.server.workers],
+  ["storage", (c) => c.storage],
+  ["metrics", (c) => c.metrics],
+  ["logging", (c) => c.logging],
+];
+
+/** What the swap keeps about each generation. */
+interface Held {
+  readonly generation: GatewayGeneration;
+  readonly upstream: SharedPart<Forwarder>;
+  inFlight: number;
+  retired: boolean;
+  /** Its parts have been released; never twice. */
+  released: Promise<void> | undefined;
+}
+
+/** Builds the first generation; rejects (having opened nothing that stays open) when it cannot be built. */
+export async function startGenerations(options: GenerationsOptions): Promise<Generations> {
+  const { log, own } = options;
+  const held = new Map<GatewayGeneration, Held>();
+  const releases = new Set<Promise<void>>();
+
+  async function build(config: Config, previous?: Held): Promise<Held> {
+    const catalog = createCatalog(config.server.resources);
+    const core = await createGeneration({
+      config,
+      log: options.log,
+      previous: previous?.generation.core,
+      store: options.store,
+      provider: options.provider,
+      publicPaths: own.publicPaths,
+      // Only declared routes are forwarded (unless `unlisted: allow`); the gateway's own endpoints are its own.
+      declared: config.server.resources.unlisted === "deny" ? (method, matchPath) => own.declares(catalog, method, matchPath) : undefined,
+      observers: options.observers,
+    });
+    let upstream: SharedPart<Forwarder>;
+    try {
+      upstream = previous && sameJson(previous.generation.config.upstream, config.upstream) ? previous.upstream.hold() : new SharedPart(createForwarder(config.upstream));
+    } catch (err) {
+      await core.close();
+      throw err;
+    }
+    // Stage 6: the resource policy for what the catalog knows (resources.ts).
+    const guard = createResourceGuard({ pipeline: core.pipeline, catalog, store: options.store, log: log.child({ component: "resources" }) });
+    const generation: GatewayGeneration = { config, core, pipeline: core.pipeline, guard, catalog, forwarder: upstream.value };
+    const entry: Held = { generation, upstream, inFlight: 0, retired: false, released: undefined };
+    held.set(generation, entry);
+    return entry;
+  }
+
+  /** Lets go of a generation's parts, closing those no other generation holds. */
+  function release(entry: Held): Promise<void> {
+    if (entry.released) return entry.released;
+    held.delete(entry.generation);
+    const done = releaseAll([entry.upstream], log).then(() => entry.generation.core.close());
+    entry.released = done;
+    releases.add(done);
+    void done.finally(() => releases.delete(done));
+    return done;
+  }
+
+  let current = await build(options.config);
+  let reloading: Promise<void> = Promise.resolve();
+  let closed = false;
+
+  async function swap(config: Config): Promise<void> {
+    if (closed) throw new Error("the gateway is shutting down");
+    const previous = current;
+    const running = previous.generation.config;
+    const fixed = RESTART_KEYS.filter(([, read]) => !sameJson(read(running), read(config))).map(([name]) => name);
+    if (fixed.length > 0) log.warn({ keys: fixed }, "reload: these settings need a restart and keep their running values");
+    // Settings bound to the listener or the store keep their running values.
+    const effective: Config = {
+      ...config,
+      server: { ...config.server, host: running.server.host, port: running.server.port, tls: running.server.tls, workers: running.server.workers },
+      storage: running.storage,
+      metrics: running.metrics,
+      logging: running.logging,
+    };
+    current = await build(effective, previous);
+    previous.retired = true;
+    if (previous.inFlight === 0) await release(previous);
+  }
+
+  return {
+    get current() {
+      return current.generation;
+    },
+    enter() {
+      current.inFlight++;
+      return current.generation;
+    },
+    leave(generation) {
+      const entry = held.get(generation);
+      if (!entry) return;
+      entry.inFlight--;
+      if (entry.retired && entry.inFlight === 0) void release(entry);
+    },
+    reload(config) {
+      const run = reloading.then(() => swap(config));
+      reloading = run.catch(() => undefined);
+      return run;
+    },
+    async close() {
+      closed = true;
+      await reloading;
+      await release(current);
+      // Generations retired by a reload whose last requests just ended.
+      await Promise.all([...releases]);
+    },
+  };
+}

@@ -1,0 +1,229 @@
+import type { IncomingMessage } from "node:http";
+import { performance } from "node:perf_hooks";
+import type { FastifyReply, FastifyRequest } from "fastify";
+import { errorMessage } from "../core/carry-over.js";
+import type { Config } from "../core/config/schema.js";
+import { MethodNotAllowedError, UpstreamError, UpstreamTimeoutError } from "../core/errors.js";
+import type { Logger } from "../core/log.js";
+import type { RequestContext } from "../core/pipeline.js";
+import { hasBody, limitBody, type BodyLimits } from "./body.js";
+import { discardBody, type UpstreamResponse } from "./forward.js";
+import { downstreamResponseHeaders, upstreamRequestHeaders } from "./headers.js";
+import { maskedAnswer } from "./mask.js";
+import { routeGroup, type GatewayMetrics } from "./metrics.js";
+import type { OwnEndpoints } from "./own-endpoints.js";
+import { bodyStream, withBodyLength, type BufferedBody } from "./request-body.js";
+import type { GatewayRequestState, ShutdownState } from "./requests.js";
+import type { GuardedRequest } from "./resources.js";
+import { drainSignal, meterUsage, prepareUsage, type UsagePlan } from "./usage.js";
+
+/**
+ * The proxy path: what happens to a request the pipeline (stages 1–5) let
+ * through. The gateway's own endpoints and OPTIONS are answered here; any
+ * other request goes, in this order:
+ *
+ *   guard      stage 6 before: the resource policy on what the catalog knows (resources.ts)
+ *   usage plan stage 5's token budgets: a completion is asked to report its usage (usage.ts)
+ *   forward    stage 7: to `upstream.url` with undici, the body streamed (forward.ts)
+ *   guard after  stage 6 on the answer: a created resource's owner recorded, a list filtered
+ *   relay      the answer sent on as it arrives, metered for its usage
+ */
+export interface ProxyOptions {
+  readonly own: OwnEndpoints;
+  readonly metrics: GatewayMetrics;
+  readonly log: Logger;
+  /** `http` or `https`: what `X-Forwarded-Proto` says. */
+  readonly proto: "http" | "https";
+  readonly shutdown: ShutdownState;
+}
+
+export interface Proxy {
+  /** The catch-all route's handler; the request's state and context are set by the pipeline's hook. */
+  handle(request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply>;
+}
+
+export function createProxy({ own, metrics, log, proto, shutdown }: ProxyOptions): Proxy {
+  return { handle };
+
+  async function handle(request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
+    const state = request.gatewayState!;
+    const { generation } = state;
+    const context = state.context!;
+    const raw = request.raw;
+    const method = raw.method ?? "GET";
+
+    const endpoint = own.which(context.path);
+    if (method === "OPTIONS") {
+      // Answered here, never forwarded: what this route accepts, from the catalog. (CORS is not Tollgate's.)
+      if (context.responseHeaders) void reply.headers(context.responseHeaders);
+      return reply.code(204).header("allow", own.allowed(generation.config, generation.catalog, endpoint, context.path)).send();
+    }
+    if (endpoint) {
+      if (method === "GET" || method === "HEAD") {
+        if (context.responseHeaders) void reply.headers(context.responseHeaders);
+        const answer = await own.answer(endpoint, () => generation.core.ping());
+        if (answer.contentType) void reply.type(answer.contentType);
+        return reply.code(answer.status).send(answer.body);
+      }
+      // Readiness and metrics are the gateway's own; they are never forwarded.
+      if (endpoint === "ready" || endpoint === "metrics") throw new MethodNotAllowedError(method);
+    }
+
+    const limits = bodyLimits(generation.config, state);
+    // Stage 6 before forwarding; authentication off: nothing to check.
+    const { guard } = generation;
+    const guarded = context.user ? await guard.before(raw, context, limits) : undefined;
+    // Token budgets (stage 5): a streamed completion is asked to report usage (usage.ts);
+    // the answer must be readable, so it is asked for uncompressed.
+    const usage = context.recordTokens && method === "POST" ? await prepareUsage(raw, context.path, guarded?.body, limits) : undefined;
+    const forwardAs = usage ? ({ ...guarded, body: usage.body ?? guarded?.body, inspectResponse: true } as GuardedRequest) : guarded;
+    // Stage 7. An inference answer is read for its usage even after the client left (usage.ts): its upstream request outlives the client, within bounds.
+    const asked = performance.now();
+    const signal = usage?.estimate ? drainSignal(state.abort.signal) : state.abort.signal;
+    const answer = await forward(raw, context, state, forwardAs, false, signal).catch((err: unknown) => {
+      if (state.abort.signal.aborted) return undefined;
+      if (err instanceof UpstreamError || err instanceof UpstreamTimeoutError) {
+        log.warn({ reqId: state.requestId, status: err.status, err: errorMessage(err.cause ?? err) }, "upstream request failed");
+      }
+      throw err;
+    });
+    if (!answer) {
+      // The client is gone; there is nobody to answer.
+      reply.hijack();
+      reply.raw.destroy();
+      return reply;
+    }
+    state.upstreamMs = performance.now() - asked;
+    metrics.upstream(routeGroup(context.path), state.upstreamMs / 1000);
+    // Stage 6 after: the answer's resources (a created one's owner, a list's entries; more pages fetched bodiless).
+    const upstream = guarded ? await guard.after(guarded, context, answer, (query) => forward(raw, { ...context, query }, state, guarded, true)) : answer;
+    const relayed = relay(reply, upstream, usage);
+    // The buffered body has been sent: its memory no longer counts, however long the answer streams.
+    state.bodyHold.release();
+    return relayed;
+  }
+
+  /**
+   * Sends the upstream's response on, bypassing Fastify's reply: the status
+   * and headers leave as soon as they arrive (a client sees a stream start
+   * before its first token), then every body chunk as it comes. If either
+   * side fails mid-way, both are destroyed: the client's connection is
+   * cut (its headers are gone, a status can no longer tell it) and the
+   * upstream request is aborted.
+   */
+  function relay(reply: FastifyReply, upstream: UpstreamResponse, usage?: UsagePlan): FastifyReply {
+    const res = reply.raw;
+    const state = reply.request.gatewayState!;
+    let headers = downstreamResponseHeaders(upstream.headers);
+    let source = upstream.body;
+    // An error answer may repeat the credential the gateway sent (mask.ts): never relay it.
+    const apiKey = state.generation.config.upstream.api_key;
+    if (apiKey && upstream.status >= 400) {
+      const masked = maskedAnswer(headers, upstream.body, apiKey);
+      if (!masked) {
+        discardBody(upstream.body);
+        metrics.upstreamError("invalid");
+        throw new UpstreamError();
+      }
+      ({ headers, body: source } = masked);
+    }
+    if (shutdown.closing) headers.connection = "close";
+    // Ours replace any RateLimit fields of the upstream's: the client's limits are the gateway's.
+    const quotaHeaders = state.context?.responseHeaders;
+    if (quotaHeaders) Object.assign(headers, quotaHeaders);
+    headers["x-request-id"] = state.requestId;
+    try {
+      // One call: the status and every header are validated and stored together (sent with the first chunk).
+      res.writeHead(upstream.status, headers);
+    } catch {
+      // A header value Node will not send: the upstream's answer is unusable.
+      for (const name of res.getHeaderNames()) res.removeHeader(name);
+      res.setHeader("x-request-id", state.requestId);
+      if (source !== upstream.body) discardBody(source);
+      discardBody(upstream.body);
+      metrics.upstreamError("invalid");
+      throw new UpstreamError();
+    }
+    reply.hijack();
+    if (headers["content-length"] === undefined) res.flushHeaders();
+    // pipe() plus two listeners rather than stream.pipeline, which allocates an
+    // AbortController and an AbortError per call: measurable at this rate.
+    const recordTokens = state.context?.recordTokens;
+    const body =
+      usage && recordTokens && upstream.status >= 200 && upstream.status < 300
+        ? meterUsage(source, {
+            contentType: headerText(headers["content-type"]),
+            // Two Content-Encoding fields name two codings: "gzip, br", which the meter does not read (the estimate is charged).
+            contentEncoding: [headers["content-encoding"] ?? []].flat().join(", "),
+            // A body of declared length cannot lose a chunk; SSE never declares one in practice.
+            stripUsageChunk: usage.stripUsageChunk && headers["content-length"] === undefined,
+            estimate: usage.estimate,
+            record: (tokens) => {
+              metrics.tokens(tokens);
+              void recordTokens(tokens);
+            },
+          })
+        : source;
+    body.on("error", () => res.destroy());
+    if (state.abort.signal.aborted) {
+      // The client left while the upstream answered: a metered answer is still read for its usage.
+      body.destroy();
+      return reply;
+    }
+    res.once("close", () => {
+      if (!body.readableEnded) body.destroy();
+    });
+    body.pipe(res);
+    return reply;
+  }
+
+  /**
+   * `guarded`: what stage 6 read (its buffered body is forwarded instead of
+   * the stream; an answer it must inspect is asked for uncompressed).
+   * `bodyless`: a follow-up GET for the next page of a filtered list.
+   */
+  function forward(raw: IncomingMessage, context: RequestContext, state: GatewayRequestState, guarded?: GuardedRequest, bodyless = false, signal = state.abort.signal) {
+    const { config, forwarder } = state.generation;
+    let headers = upstreamRequestHeaders(raw.rawHeaders, {
+      apiKey: config.upstream.api_key,
+      principalHeader: config.upstream.principal_header,
+      principal: context.user?.principal,
+      requestId: state.requestId,
+      forwarded: { remoteAddress: raw.socket.remoteAddress, proto, host: raw.headers.host },
+    });
+    if (guarded?.inspectResponse) headers = identityEncoding(headers);
+    const buffered: BufferedBody | undefined = bodyless ? undefined : guarded?.body;
+    if (buffered) headers = withBodyLength(headers, buffered.length);
+    return forwarder.forward({
+      method: raw.method ?? "GET",
+      path: context.path,
+      query: context.query,
+      headers,
+      body: bodyless ? null : buffered ? bodyStream(buffered) : hasBody(raw.headers) ? limitBody(raw, bodyLimits(config, state)) : null,
+      signal,
+    });
+  }
+}
+
+/** How much of this request's body the gateway takes, and how long it waits for it. */
+function bodyLimits(config: Config, state: GatewayRequestState): BodyLimits {
+  return {
+    maxBytes: config.server.max_body_bytes,
+    idleMs: config.server.body_idle_timeout_ms,
+    reserve: (bytes) => state.bodyHold.reserve(bytes),
+  };
+}
+
+/** Request headers asking for an uncompressed answer: the gateway must read it (resources.ts). */
+function identityEncoding(headers: readonly string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < headers.length; i += 2) {
+    if (headers[i]!.toLowerCase() !== "accept-encoding") out.push(headers[i]!, headers[i + 1]!);
+  }
+  out.push("accept-encoding", "identity");
+  return out;
+}
+
+function headerText(value: string | string[] | number | undefined): string | undefined {
+  return Array.isArray(value) ? value[0] : value === undefined ? undefined : String(value);
+}
