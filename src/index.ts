@@ -78,7 +78,7 @@ export { createQuota } from "./core/quota/quota.js";
 export type { Quota } from "./core/quota/quota.js";
 
 /** The record store the `api_key` provider reads keys from. */
-export type { ApiKeyRecord, RecordStore } from "./core/stores/types.js";
+export type { ApiKeyPage, ApiKeyPageQuery, ApiKeyRecord, KeyLimit, RecordStore, UsageDelta, UsageGroup, UsageQuery, UsageRow } from "./core/stores/types.js";
 
 /**
  * Opens the record store `storage` describes (`sqlite` or `postgres`),

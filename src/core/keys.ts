@@ -1,5 +1,6 @@
 import { createHash, randomBytes } from "node:crypto";
-import type { ApiKeyRecord, RecordStore } from "./stores/types.js";
+import { LIMIT_SCHEMAS } from "./quota/limits.js";
+import type { ApiKeyRecord, KeyLimit, RecordStore } from "./stores/types.js";
 
 /**
  * Tollgate's own API keys: how they are made, hashed and described.
@@ -40,6 +41,34 @@ export const KEYS_ISSUED_MARKER = "api_keys_issued";
 /** A key's state at a moment, as `tollgate keys list` shows it. */
 export type ApiKeyStatus = "active" | "revoked" | "expired";
 
+/** The longest key name accepted. */
+export const MAX_KEY_NAME_LENGTH = 200;
+
+/**
+ * A key's fields that cannot be stored as given: `param` names the field
+ * (`principal`, `attributes.roles`, `limits[0].period`, `expires_at`), so an
+ * API can answer 400 naming it. Nothing was stored.
+ */
+export class ApiKeyInputError extends Error {
+  readonly code = "ERR_API_KEY_INPUT";
+  constructor(
+    readonly param: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = "ApiKeyInputError";
+  }
+}
+
+/** No unrevoked key has the id given (rotate). */
+export class UnknownApiKeyError extends Error {
+  readonly code = "ERR_UNKNOWN_API_KEY";
+  constructor() {
+    super("no such key, or it is revoked");
+    this.name = "UnknownApiKeyError";
+  }
+}
+
 /** Rejected by a store when a new key's id or hash is already taken. */
 export class DuplicateApiKeyError extends Error {
   readonly code = "ERR_DUPLICATE_API_KEY";
@@ -58,30 +87,63 @@ export function hashApiKey(key: string): string {
   return createHash("sha256").update(key, "utf8").digest("hex");
 }
 
+/** What a new key is made of: {@link createApiKey}. */
+export interface NewApiKey {
+  principal: string;
+  attributes?: Record<string, string[]> | undefined;
+  /** A label for humans (at most {@link MAX_KEY_NAME_LENGTH} characters). */
+  name?: string | undefined;
+  /** Absolute milliseconds since the epoch, after `now`; absent: never expires. */
+  expiresAt?: number | undefined;
+  /** Limits of this key on top of its principal's quota, in the quota limits' forms. */
+  limits?: readonly unknown[] | undefined;
+  now?: number | undefined;
+}
+
 /**
  * Issues a new key for `principal`, stores its hash, and returns the key (to
- * show once) with its record. `expiresAt` is absolute milliseconds since the
- * epoch and must be after `now`.
+ * show once) with its record. Invalid fields throw {@link ApiKeyInputError}
+ * naming the field, and nothing is stored.
  *
  * @example
- * const { key, record } = await createApiKey(store, { principal: "alice", attributes: { roles: ["admin"] } });
+ * const { key, record } = await createApiKey(store, { principal: "alice", attributes: { roles: ["admin"] }, name: "laptop", limits: [{ spend: 25, period: "month" }] });
  */
-export async function createApiKey(
-  store: RecordStore,
-  opts: { principal: string; attributes?: Record<string, string[]>; expiresAt?: number; now?: number },
-): Promise<{ key: string; record: ApiKeyRecord }> {
+export async function createApiKey(store: RecordStore, opts: NewApiKey): Promise<{ key: string; record: ApiKeyRecord }> {
   const now = opts.now ?? Date.now();
   if (typeof opts.principal !== "string" || opts.principal.trim() === "") {
-    throw new Error("the principal must be a non-empty string");
+    throw new ApiKeyInputError("principal", "the principal must be a non-empty string");
   }
   if (opts.expiresAt !== undefined && !(Number.isSafeInteger(opts.expiresAt) && opts.expiresAt > now)) {
-    throw new Error("the expiry must be a time in the future");
+    throw new ApiKeyInputError("expires_at", "the expiry must be a time in the future");
+  }
+  if (opts.name !== undefined && !(typeof opts.name === "string" && opts.name.trim() !== "" && opts.name.length <= MAX_KEY_NAME_LENGTH)) {
+    throw new ApiKeyInputError("name", `the name must be a non-empty string of at most ${MAX_KEY_NAME_LENGTH} characters`);
   }
   const attributes = checkAttributes(opts.attributes ?? {});
+  const limits = opts.limits === undefined ? undefined : checkLimits(opts.limits);
   const key = newSecret();
-  const record = newRecord(key, { principal: opts.principal, attributes, createdAt: now, expiresAt: opts.expiresAt });
+  const record = { ...newRecord(key, { principal: opts.principal, attributes, createdAt: now, expiresAt: opts.expiresAt }), name: opts.name, limits };
   await store.insertApiKey(record);
   return { key, record };
+}
+
+/**
+ * Per-key limits checked against the quota limits' schema; throws
+ * {@link ApiKeyInputError} naming the first bad item (`limits[1].period`).
+ */
+export function checkLimits(limits: readonly unknown[]): KeyLimit[] {
+  if (!Array.isArray(limits)) throw new ApiKeyInputError("limits", "limits must be a list");
+  return limits.map((limit, i) => {
+    const units = limit && typeof limit === "object" ? Object.keys(LIMIT_SCHEMAS).filter((unit) => unit in limit) : [];
+    if (units.length !== 1) {
+      throw new ApiKeyInputError(`limits[${i}]`, `limits[${i}]: expected {requests|tokens|spend: N, period: second|minute|hour|day|month}`);
+    }
+    const parsed = LIMIT_SCHEMAS[units[0] as keyof typeof LIMIT_SCHEMAS].safeParse(limit);
+    if (parsed.success) return parsed.data;
+    const issue = parsed.error.issues[0]!;
+    const where = issue.path.length ? `limits[${i}].${issue.path.join(".")}` : `limits[${i}]`;
+    throw new ApiKeyInputError(where, `${where}: ${issue.message}`);
+  });
 }
 
 /**
@@ -101,10 +163,10 @@ export async function rotateApiKey(
 ): Promise<{ key: string; record: ApiKeyRecord }> {
   const now = opts.now ?? Date.now();
   const graceMs = opts.graceMs ?? 0;
-  if (!(Number.isSafeInteger(graceMs) && graceMs >= 0)) throw new Error("the grace must be a whole number of milliseconds, 0 or more");
+  if (!(Number.isSafeInteger(graceMs) && graceMs >= 0)) throw new ApiKeyInputError("grace", "the grace must be a whole number of milliseconds, 0 or more");
   const key = newSecret();
   const record = await store.rotateApiKey(id, { hash: hashApiKey(key), prefix: key.slice(0, PREFIX_LENGTH) }, graceMs > 0 ? now + graceMs : undefined);
-  if (!record) throw new Error("no such key, or it is revoked");
+  if (!record) throw new UnknownApiKeyError();
   return { key, record };
 }
 
@@ -216,10 +278,13 @@ export function decodeAttributes(json: string): Record<string, string[]> {
 }
 
 function checkAttributes(attributes: Record<string, string[]>): Record<string, string[]> {
+  if (!attributes || typeof attributes !== "object" || Array.isArray(attributes)) {
+    throw new ApiKeyInputError("attributes", "attributes must be an object of string lists");
+  }
   const entries = Object.entries(attributes);
   for (const [name, values] of entries) {
     if (name === "" || !Array.isArray(values) || !values.every((v) => typeof v === "string")) {
-      throw new Error(`attribute ${JSON.stringify(name)} must have a non-empty name and a list of strings`);
+      throw new ApiKeyInputError(`attributes.${name}`, `attribute ${JSON.stringify(name)} must have a non-empty name and a list of strings`);
     }
   }
   return Object.fromEntries(entries.map(([name, values]) => [name, [...values]]));
@@ -241,7 +306,24 @@ export function apiKeyFromRow(row: Readonly<Record<string, unknown>>): ApiKeyRec
     createdAt: Number(row.created_at),
     expiresAt: optionalNumber(row.expires_at),
     revokedAt: optionalNumber(row.revoked_at),
+    name: row.name === null || row.name === undefined ? undefined : String(row.name),
+    limits: row.limits === null || row.limits === undefined ? undefined : decodeLimits(String(row.limits)),
   };
+}
+
+/**
+ * A key's limits as read back from a store's JSON column. A column that does
+ * not hold valid limits (tampering, corruption) gives a limit of zero
+ * requests: the key is refused rather than let through without its limits.
+ */
+export function decodeLimits(json: string): KeyLimit[] {
+  try {
+    const parsed: unknown = JSON.parse(json);
+    if (Array.isArray(parsed)) return checkLimits(parsed);
+  } catch {
+    // Falls through to the closed answer.
+  }
+  return [{ requests: 0, period: "second" }];
 }
 
 /**
@@ -256,7 +338,10 @@ export function apiKeyForSecret(row: Readonly<Record<string, unknown>>, hash: st
   return { ...record, expiresAt: record.expiresAt === undefined ? graceEnd : Math.min(record.expiresAt, graceEnd) };
 }
 
-/** The values of an API key row, in the column order both stores insert them (`id` … `revoked_at`). */
+/** The columns of an API key row both stores insert and read, in {@link apiKeyRowValues}' order. */
+export const API_KEY_COLUMNS = "id, hash, prefix, principal, attributes, created_at, expires_at, revoked_at, name, limits";
+
+/** The values of an API key row, in the column order both stores insert them ({@link API_KEY_COLUMNS}). */
 export function apiKeyRowValues(record: ApiKeyRecord): (string | number | null)[] {
   return [
     record.id,
@@ -267,5 +352,7 @@ export function apiKeyRowValues(record: ApiKeyRecord): (string | number | null)[
     record.createdAt,
     record.expiresAt ?? null,
     record.revokedAt ?? null,
+    record.name ?? null,
+    record.limits === undefined ? null : JSON.stringify(record.limits),
   ];
 }

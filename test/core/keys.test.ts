@@ -7,8 +7,10 @@ import { after, describe, test } from "node:test";
 import {
   API_KEY_PATTERN,
   apiKeyStatus,
+  ApiKeyInputError,
   createApiKey,
   decodeAttributes,
+  decodeLimits,
   hashApiKey,
   parseAttributes,
   parseDuration,
@@ -93,6 +95,34 @@ describe("createApiKey", () => {
       const attributes = { roles: "admin" } as unknown as Record<string, string[]>;
       await assert.rejects(createApiKey(store, { principal: "a", attributes }), /attribute "roles"/);
     });
+  });
+
+  test("a name and per-key limits are stored with the key", async () => {
+    await withStore(async (store) => {
+      const limits = [{ requests: 5, period: "second" }, { spend: 12.5, period: "month" }];
+      const { record } = await createApiKey(store, { principal: "a", name: "ci bot", limits });
+      assert.deepEqual(await store.getApiKey(record.id), { ...record, name: "ci bot", limits });
+    });
+  });
+
+  test("a bad field is refused naming it, and nothing is stored", async () => {
+    await withStore(async (store) => {
+      const refusal = (param: string) => (err: unknown) => err instanceof ApiKeyInputError && err.param === param;
+      await assert.rejects(createApiKey(store, { principal: "" }), refusal("principal"));
+      await assert.rejects(createApiKey(store, { principal: "a", name: "x".repeat(201) }), refusal("name"));
+      await assert.rejects(createApiKey(store, { principal: "a", now: 5, expiresAt: 1 }), refusal("expires_at"));
+      await assert.rejects(createApiKey(store, { principal: "a", attributes: { roles: [1] } as never }), refusal("attributes.roles"));
+      await assert.rejects(createApiKey(store, { principal: "a", limits: [{ requests: 1, period: "day" }, { spend: 1, period: "year" }] }), refusal("limits[1].period"));
+      await assert.rejects(createApiKey(store, { principal: "a", limits: [{ spend: -1, period: "day" }] }), refusal("limits[0].spend"));
+      await assert.rejects(createApiKey(store, { principal: "a", limits: [{ requests: 1, tokens: 2, period: "day" }] }), /limits\[0\]/);
+      assert.deepEqual(await store.listApiKeys(), []);
+    });
+  });
+
+  test("stored limits that do not parse refuse every request of the key rather than none", () => {
+    assert.deepEqual(decodeLimits("not json"), [{ requests: 0, period: "second" }]);
+    assert.deepEqual(decodeLimits('[{"spend": "lots", "period": "day"}]'), [{ requests: 0, period: "second" }]);
+    assert.deepEqual(decodeLimits('[{"tokens": 7, "period": "hour"}]'), [{ tokens: 7, period: "hour" }]);
   });
 });
 

@@ -3,7 +3,7 @@ import { z } from "zod";
 import { canonicalPath } from "../path.js";
 import { DEFAULT_OAUTH2_CLAIMS_MAPPING } from "../providers/claims.js";
 import { parseCondition } from "../policy/conditions.js";
-import { PERIODS } from "../quota/limits.js";
+import { PERIODS, quotaLimitSchema } from "../quota/limits.js";
 import { ACTIONS, compileAccessPolicy, compileRequiredScopes, compileRoutePolicy, PolicyError } from "../policy/compile.js";
 import { accessRuleSchema, requiredScopesSchema, routeRuleSchema } from "../policy/rules.js";
 import { kvstoreReferenceSchema, llamaStorageSchema, resolveQuotaStore, resolveRecordStore } from "./llama-stack.js";
@@ -324,11 +324,7 @@ const authSchema = z
     return { ...auth, provider_config: legacy.data };
   });
 
-const quotaPeriod = z.enum(PERIODS).describe("second, minute, hour or day");
-const quotaLimitSchema = z.union([
-  z.strictObject({ requests: z.number().int().min(0).describe("most requests per period"), period: quotaPeriod }),
-  z.strictObject({ tokens: z.number().int().min(0).describe("most LLM tokens (from `usage`) per period"), period: quotaPeriod }),
-]);
+const quotaPeriod = z.enum(PERIODS).describe("second, minute, hour, day or month (UTC calendar month)");
 const quotaNamespace = z.string().optional().describe("prefix of every quota key (Llama Stack's namespace)");
 
 /**

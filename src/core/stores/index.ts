@@ -3,11 +3,13 @@ import { openPostgresRecordStore } from "./postgres.js";
 import { openSqliteRecordStore } from "./sqlite.js";
 import type { RecordStore } from "./types.js";
 
-export type { ApiKeyRecord, RecordStore } from "./types.js";
+export type { ApiKeyPage, ApiKeyPageQuery, ApiKeyRecord, KeyLimit, RecordStore, UsageDelta, UsageGroup, UsageQuery, UsageRow } from "./types.js";
+export { SchemaTooNewError, SCHEMA_VERSION } from "./migrations.js";
 
 /**
- * Opens the record store `storage` describes, creating its tables if they do
- * not exist yet (safe when several processes start at once). The caller
+ * Opens the record store `storage` describes, bringing its schema to this
+ * release's version first (stores/migrations.ts; safe when several
+ * processes start at once). The caller
  * owns it and must `close()` it.
  *
  * @example

@@ -1,7 +1,9 @@
 import pg from "pg";
-import { apiKeyForSecret, apiKeyFromRow, apiKeyRowValues, DuplicateApiKeyError, KEYS_ISSUED_MARKER } from "../keys.js";
+import { API_KEY_COLUMNS, apiKeyForSecret, apiKeyFromRow, apiKeyRowValues, DuplicateApiKeyError, KEYS_ISSUED_MARKER } from "../keys.js";
+import { migratePostgres } from "./migrations.js";
 import { ownerFromRow } from "./owners.js";
-import type { ApiKeyRecord, OwnerRecord, RecordStore } from "./types.js";
+import type { OwnerRecord, RecordStore } from "./types.js";
+import { mergeUsage, usageRowFrom, usageRowValues, usageSelect, usageUpsert } from "./usage-sql.js";
 
 /**
  * Connections per process. Key lookups are single indexed reads and the
@@ -23,45 +25,6 @@ const CONNECT_TIMEOUT_MS = 2000;
  */
 const QUERY_TIMEOUT_MS = 2000;
 /**
- * Key of the transaction-level advisory lock held while creating the schema:
- * two processes starting at once would otherwise race in CREATE TABLE IF NOT
- * EXISTS and one would fail on the catalog's unique index. Any fixed number
- * works; this one spells "tollgate" in ASCII.
- */
-const SCHEMA_LOCK_KEY = "8390043843661231205"; // 0x746f6c6c67617465
-
-const SCHEMA = `
-CREATE TABLE IF NOT EXISTS tollgate_api_keys (
-  id TEXT PRIMARY KEY,
-  hash TEXT NOT NULL UNIQUE,
-  prefix TEXT NOT NULL,
-  principal TEXT NOT NULL,
-  attributes TEXT NOT NULL,
-  created_at BIGINT NOT NULL,
-  expires_at BIGINT,
-  revoked_at BIGINT
-);
-CREATE TABLE IF NOT EXISTS tollgate_owners (
-  type TEXT NOT NULL,
-  id TEXT NOT NULL,
-  principal TEXT NOT NULL,
-  attributes TEXT NOT NULL,
-  created_at BIGINT NOT NULL,
-  PRIMARY KEY (type, id)
-);
-CREATE TABLE IF NOT EXISTS tollgate_meta (
-  name TEXT PRIMARY KEY,
-  value TEXT NOT NULL
-);
-ALTER TABLE tollgate_api_keys ADD COLUMN IF NOT EXISTS previous_hash TEXT;
-ALTER TABLE tollgate_api_keys ADD COLUMN IF NOT EXISTS previous_valid_until BIGINT;
-CREATE INDEX IF NOT EXISTS tollgate_api_keys_previous_hash ON tollgate_api_keys (previous_hash);
-CREATE TABLE IF NOT EXISTS tollgate_probe (
-  id INTEGER PRIMARY KEY,
-  at BIGINT NOT NULL
-)`;
-
-/**
  * Key of the transaction-level advisory lock held while deciding whether to
  * create the first admin key, so that of several replicas starting on an
  * empty database exactly one creates it. ("tollgatf": the schema lock's
@@ -71,7 +34,8 @@ const FIRST_KEY_LOCK_KEY = "8390043843661231206";
 
 const OWNER_COLUMNS = "type, id, principal, attributes, created_at";
 
-const COLUMNS = "id, hash, prefix, principal, attributes, created_at, expires_at, revoked_at";
+const COLUMNS = API_KEY_COLUMNS;
+const COLUMN_PLACEHOLDERS = COLUMNS.split(",").map((_, i) => `$${i + 1}`).join(", ");
 
 /** PostgreSQL's code for a unique-constraint violation. */
 const UNIQUE_VIOLATION = "23505";
@@ -122,7 +86,7 @@ export async function openPostgresRecordStore(url: string): Promise<RecordStore>
     kind: "postgres",
     async insertApiKey(record) {
       try {
-        await query(`INSERT INTO tollgate_api_keys (${COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, apiKeyRowValues(record));
+        await query(`INSERT INTO tollgate_api_keys (${COLUMNS}) VALUES (${COLUMN_PLACEHOLDERS})`, apiKeyRowValues(record));
       } catch (err) {
         if ((err as { code?: unknown })?.code === UNIQUE_VIOLATION) throw new DuplicateApiKeyError({ cause: err });
         throw err;
@@ -138,7 +102,7 @@ export async function openPostgresRecordStore(url: string): Promise<RecordStore>
           [KEYS_ISSUED_MARKER],
         );
         if (held.rows.length > 0) return false;
-        await client.query(`INSERT INTO tollgate_api_keys (${COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, apiKeyRowValues(record));
+        await client.query(`INSERT INTO tollgate_api_keys (${COLUMNS}) VALUES (${COLUMN_PLACEHOLDERS})`, apiKeyRowValues(record));
         await client.query(MARK_ISSUED, [KEYS_ISSUED_MARKER]);
         return true;
       });
@@ -160,6 +124,42 @@ export async function openPostgresRecordStore(url: string): Promise<RecordStore>
     },
     async listApiKeys() {
       return (await query(`SELECT ${COLUMNS} FROM tollgate_api_keys ORDER BY created_at, id`)).map(apiKeyFromRow);
+    },
+    async pageApiKeys(page) {
+      const values: unknown[] = [];
+      const where: string[] = [];
+      if (page.principal !== undefined) {
+        values.push(page.principal);
+        where.push(`principal = $${values.length}`);
+      }
+      if (page.after !== undefined) {
+        values.push(page.after);
+        // Newest first: the page starts below the previous page's last (created_at, id).
+        where.push(`(created_at, id) < (SELECT created_at, id FROM tollgate_api_keys WHERE id = $${values.length})`);
+      }
+      values.push(page.limit + 1);
+      const rows = await query(
+        `SELECT ${COLUMNS} FROM tollgate_api_keys ${where.length ? `WHERE ${where.join(" AND ")}` : ""} ORDER BY created_at DESC, id DESC LIMIT $${values.length}`,
+        values,
+      );
+      return { keys: rows.slice(0, page.limit).map(apiKeyFromRow), hasMore: rows.length > page.limit };
+    },
+    async getApiKey(id) {
+      const [row] = await query(`SELECT ${COLUMNS} FROM tollgate_api_keys WHERE id = $1`, [id]);
+      return row ? apiKeyFromRow(row) : undefined;
+    },
+    async recordUsage(deltas) {
+      if (closed) throw new Error("the record store is closed");
+      const rows = mergeUsage(deltas);
+      if (rows.length === 0) return;
+      const upsert = usageUpsert((n) => `$${n}`);
+      await inTransaction(pool, async (client) => {
+        for (const row of rows) await client.query(upsert, usageRowValues(row));
+      });
+    },
+    async usage(usageQuery) {
+      const { text, values } = usageSelect(usageQuery, (n) => `$${n}`);
+      return (await query(text, values)).map((row) => usageRowFrom(usageQuery.groupBy, row));
     },
     async revokeApiKey(idOrHash, at) {
       // COALESCE keeps the first revocation time when a key is revoked twice.
@@ -215,10 +215,7 @@ export async function openPostgresRecordStore(url: string): Promise<RecordStore>
 const MARK_ISSUED = "INSERT INTO tollgate_meta (name, value) VALUES ($1, 'true') ON CONFLICT (name) DO NOTHING";
 
 async function createSchema(pool: pg.Pool): Promise<void> {
-  await inTransaction(pool, async (client) => {
-    await client.query("SELECT pg_advisory_xact_lock($1)", [SCHEMA_LOCK_KEY]);
-    await client.query(SCHEMA);
-  });
+  await inTransaction(pool, (client) => migratePostgres(client));
 }
 
 /** Runs `work` in one transaction on one connection: committed when it resolves, rolled back when it throws. */

@@ -30,6 +30,31 @@ export interface SqliteDatabase {
   close(): void;
 }
 
+/**
+ * Runs `work` in one `BEGIN IMMEDIATE` transaction: the write lock is taken
+ * before `work` reads anything, so what it reads cannot change under it in
+ * another process (waiting up to the busy timeout for the lock). Committed
+ * when `work` returns, rolled back when it throws (the original error is
+ * rethrown, not a rollback's).
+ *
+ * @example const created = immediateTransaction(db, () => (check.get() ? false : (insert.run(), true)));
+ */
+export function immediateTransaction<T>(db: SqliteDatabase, work: () => T): T {
+  db.exec("BEGIN IMMEDIATE");
+  try {
+    const result = work();
+    db.exec("COMMIT");
+    return result;
+  } catch (err) {
+    try {
+      db.exec("ROLLBACK");
+    } catch {
+      // SQLite may have rolled back already (a failed COMMIT, SQLITE_FULL).
+    }
+    throw err;
+  }
+}
+
 export interface OpenSqliteOptions {
   /**
    * Insist on one driver (tests use this to cover both); by default

@@ -1,10 +1,12 @@
 import { mkdirSync } from "node:fs";
 import { dirname, resolve } from "node:path";
-import { apiKeyForSecret, apiKeyFromRow, apiKeyRowValues, DuplicateApiKeyError, KEYS_ISSUED_MARKER } from "../keys.js";
+import { API_KEY_COLUMNS, apiKeyForSecret, apiKeyFromRow, apiKeyRowValues, DuplicateApiKeyError, KEYS_ISSUED_MARKER } from "../keys.js";
+import { migrateSqlite } from "./migrations.js";
 import { ownerFromRow } from "./owners.js";
-import { openSqliteDatabase, type SqliteDatabase, type SqliteDriverName, type SqliteRow, type SqliteValue } from "./sqlite-driver.js";
+import { immediateTransaction, openSqliteDatabase, type SqliteDriverName, type SqliteValue } from "./sqlite-driver.js";
 import { applySqliteSettings } from "./sqlite-settings.js";
-import type { ApiKeyRecord, OwnerRecord, RecordStore } from "./types.js";
+import type { OwnerRecord, RecordStore } from "./types.js";
+import { mergeUsage, usageRowFrom, usageRowValues, usageSelect, usageUpsert } from "./usage-sql.js";
 
 /**
  * How long a statement waits for another process's write lock before failing
@@ -14,45 +16,7 @@ import type { ApiKeyRecord, OwnerRecord, RecordStore } from "./types.js";
  */
 const BUSY_TIMEOUT_MS = 2000;
 
-const SCHEMA = `
-CREATE TABLE IF NOT EXISTS tollgate_api_keys (
-  id TEXT PRIMARY KEY,
-  hash TEXT NOT NULL UNIQUE,
-  prefix TEXT NOT NULL,
-  principal TEXT NOT NULL,
-  attributes TEXT NOT NULL,
-  created_at INTEGER NOT NULL,
-  expires_at INTEGER,
-  revoked_at INTEGER
-);
-CREATE TABLE IF NOT EXISTS tollgate_owners (
-  type TEXT NOT NULL,
-  id TEXT NOT NULL,
-  principal TEXT NOT NULL,
-  attributes TEXT NOT NULL,
-  created_at INTEGER NOT NULL,
-  PRIMARY KEY (type, id)
-);
-CREATE TABLE IF NOT EXISTS tollgate_meta (
-  name TEXT PRIMARY KEY,
-  value TEXT NOT NULL
-);
-`;
-
-/**
- * Columns added after the first release, with their types: a store from an
- * older Tollgate gets them on open (`ALTER TABLE ... ADD COLUMN`, which
- * SQLite has no IF NOT EXISTS for). The previous secret of a rotated key
- * and the end of its grace.
- */
-const ADDED_KEY_COLUMNS: readonly [string, string][] = [
-  ["previous_hash", "TEXT"],
-  ["previous_valid_until", "INTEGER"],
-];
-/** One row, rewritten by every readiness probe: a write that proves the file still takes writes. */
-const PROBE_SCHEMA = "CREATE TABLE IF NOT EXISTS tollgate_probe (id INTEGER PRIMARY KEY, at INTEGER NOT NULL)";
-
-const COLUMNS = "id, hash, prefix, principal, attributes, created_at, expires_at, revoked_at";
+const COLUMNS = API_KEY_COLUMNS;
 
 export interface SqliteRecordStoreOptions {
   /** Force one SQLite driver (tests); by default the best this runtime has. */
@@ -92,15 +56,13 @@ export async function openSqliteRecordStore(dbPath: string, options: SqliteRecor
   });
   try {
     applySqliteSettings(db, { busyTimeoutMs: BUSY_TIMEOUT_MS });
-    db.exec(SCHEMA);
-    addKeyColumns(db);
-    db.exec(PROBE_SCHEMA);
+    migrateSqlite(db);
   } catch (err) {
     db.close();
     throw new Error(`cannot open the SQLite database ${path}: ${reason(err)}`, { cause: err });
   }
 
-  const insert = db.prepare(`INSERT INTO tollgate_api_keys (${COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`);
+  const insert = db.prepare(`INSERT INTO tollgate_api_keys (${COLUMNS}) VALUES (${COLUMNS.split(",").map(() => "?").join(", ")})`);
   const byHash = db.prepare(
     `SELECT ${COLUMNS}, previous_valid_until FROM tollgate_api_keys WHERE hash = ? OR previous_hash = ? ORDER BY hash = ? DESC LIMIT 1`,
   );
@@ -113,6 +75,26 @@ export async function openSqliteRecordStore(dbPath: string, options: SqliteRecor
     `SELECT 1 AS held FROM tollgate_meta WHERE name = '${KEYS_ISSUED_MARKER}' UNION ALL SELECT 1 FROM tollgate_api_keys LIMIT 1`,
   );
   const all = db.prepare(`SELECT ${COLUMNS} FROM tollgate_api_keys ORDER BY created_at, id`);
+  const byId = db.prepare(`SELECT ${COLUMNS} FROM tollgate_api_keys WHERE id = ?`);
+  // Newest first; `after` is the last id of the previous page, so the page
+  // starts below its (created_at, id), whatever was created since.
+  const pageStatements = new Map<string, ReturnType<typeof db.prepare>>();
+  const pageOf = (byPrincipal: boolean, after: boolean) => {
+    const id = `${byPrincipal}:${after}`;
+    let statement = pageStatements.get(id);
+    if (!statement) {
+      const where = [
+        byPrincipal ? "principal = ?" : "",
+        after ? "(created_at, id) < (SELECT created_at, id FROM tollgate_api_keys WHERE id = ?)" : "",
+      ].filter(Boolean);
+      statement = db.prepare(
+        `SELECT ${COLUMNS} FROM tollgate_api_keys ${where.length ? `WHERE ${where.join(" AND ")}` : ""} ORDER BY created_at DESC, id DESC LIMIT ?`,
+      );
+      pageStatements.set(id, statement);
+    }
+    return statement;
+  };
+  const upsertUsage = db.prepare(usageUpsert(() => "?"));
   // COALESCE keeps the first revocation time when a key is revoked twice.
   const revoke = db.prepare(
     `UPDATE tollgate_api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ? OR hash = ? RETURNING ${COLUMNS}`,
@@ -152,19 +134,14 @@ export async function openSqliteRecordStore(dbPath: string, options: SqliteRecor
       open();
       // IMMEDIATE takes the write lock before the check, so of several
       // processes starting on one file exactly one sees an empty store.
-      db.exec("BEGIN IMMEDIATE");
-      try {
+      return immediateTransaction(db, () => {
         const held = everIssued.get() !== undefined;
         if (!held) {
           insert.run(...apiKeyRowValues(record));
           markIssued.run();
         }
-        db.exec("COMMIT");
         return !held;
-      } catch (err) {
-        db.exec("ROLLBACK");
-        throw err;
-      }
+      });
     },
     async findApiKeyByHash(hash) {
       open();
@@ -180,6 +157,32 @@ export async function openSqliteRecordStore(dbPath: string, options: SqliteRecor
     async listApiKeys() {
       open();
       return all.all().map(apiKeyFromRow);
+    },
+    async pageApiKeys(query) {
+      open();
+      const params: SqliteValue[] = [];
+      if (query.principal !== undefined) params.push(query.principal);
+      if (query.after !== undefined) params.push(query.after);
+      const rows = pageOf(query.principal !== undefined, query.after !== undefined).all(...params, query.limit + 1);
+      return { keys: rows.slice(0, query.limit).map(apiKeyFromRow), hasMore: rows.length > query.limit };
+    },
+    async getApiKey(id) {
+      open();
+      const row = byId.get(id);
+      return row ? apiKeyFromRow(row) : undefined;
+    },
+    async recordUsage(deltas) {
+      open();
+      const rows = mergeUsage(deltas);
+      if (rows.length === 0) return;
+      immediateTransaction(db, () => {
+        for (const row of rows) upsertUsage.run(...usageRowValues(row));
+      });
+    },
+    async usage(query) {
+      open();
+      const { text, values } = usageSelect(query, () => "?");
+      return db.prepare(text).all(...values).map((row) => usageRowFrom(query.groupBy, row));
     },
     async revokeApiKey(idOrHash, at) {
       open();
@@ -224,20 +227,6 @@ export async function openSqliteRecordStore(dbPath: string, options: SqliteRecor
       db.close();
     },
   };
-}
-
-/** Adds the key columns a store from an older release lacks; another process adding them at once is fine. */
-function addKeyColumns(db: SqliteDatabase): void {
-  const present = new Set(db.prepare("PRAGMA table_info(tollgate_api_keys)").all().map((row) => String(row.name)));
-  for (const [name, type] of ADDED_KEY_COLUMNS) {
-    if (present.has(name)) continue;
-    try {
-      db.exec(`ALTER TABLE tollgate_api_keys ADD COLUMN ${name} ${type}`);
-    } catch (err) {
-      if (!/duplicate column name/i.test(String((err as Error)?.message))) throw err;
-    }
-  }
-  db.exec("CREATE INDEX IF NOT EXISTS tollgate_api_keys_previous_hash ON tollgate_api_keys (previous_hash)");
 }
 
 /** An error's message on one line (the CLI reports one line), with the errno code when there is one. */

@@ -20,6 +20,98 @@ export interface ApiKeyRecord {
   readonly expiresAt?: number | undefined;
   /** Milliseconds since the epoch; absent = active. */
   readonly revokedAt?: number | undefined;
+  /** A human's label for the key (`ci-bot`); absent when none was given. */
+  readonly name?: string | undefined;
+  /** Limits of this key, on top of its principal's quota; absent when none. */
+  readonly limits?: readonly KeyLimit[] | undefined;
+}
+
+/** The periods a limit counts over; `month` is the UTC calendar month. */
+export type LimitPeriod = "second" | "minute" | "hour" | "day" | "month";
+
+/**
+ * A limit as the config and per-key limits write it: requests, LLM tokens
+ * (from `usage`) or spend (in `pricing.currency`) per period.
+ */
+export type KeyLimit =
+  | { readonly requests: number; readonly period: LimitPeriod }
+  | { readonly tokens: number; readonly period: LimitPeriod }
+  | { readonly spend: number; readonly period: LimitPeriod };
+
+/** A page of keys, newest first: {@link RecordStore.pageApiKeys}. */
+export interface ApiKeyPageQuery {
+  /** Only this principal's keys. */
+  readonly principal?: string | undefined;
+  /** Most keys on the page (1 or more). */
+  readonly limit: number;
+  /** The id of the last key of the previous page: this page holds the keys after it. */
+  readonly after?: string | undefined;
+}
+
+export interface ApiKeyPage {
+  readonly keys: ApiKeyRecord[];
+  /** True when more keys follow the last one of this page. */
+  readonly hasMore: boolean;
+}
+
+/** What usage can be grouped by. */
+export type UsageGroup = "principal" | "key" | "model" | "upstream" | "day" | "hour";
+
+export const USAGE_GROUPS: readonly UsageGroup[] = ["principal", "key", "model", "upstream", "day", "hour"];
+
+/** A question to {@link RecordStore.usage}. */
+export interface UsageQuery {
+  /** The fields each row is grouped by (none: one row of totals). */
+  readonly groupBy: readonly UsageGroup[];
+  /** Inclusive: an hour counts when its start is at or after `from`. */
+  readonly from: Date;
+  /** Exclusive: an hour counts when its start is before `to`. */
+  readonly to: Date;
+  /** Only this principal's usage. */
+  readonly principal?: string | undefined;
+}
+
+/**
+ * One row of usage: the `groupBy` fields under their own names, then the
+ * sums. Exactly the fields of the admin API's usage rows (DESIGN.md).
+ */
+export interface UsageRow {
+  principal?: string;
+  /** The API key's id; null for requests made with other credentials. */
+  key?: string | null;
+  /** The model the request named (after aliases); null when it named none. */
+  model?: string | null;
+  /** The upstream's name (`default` with a single `upstream:`). */
+  upstream?: string;
+  /** `YYYY-MM-DD`, UTC. */
+  day?: string;
+  /** The hour's start, ISO 8601 UTC (`2026-12-06T05:00:00.000Z`). */
+  hour?: string;
+  requests: number;
+  prompt_tokens: number;
+  completion_tokens: number;
+  /** In `pricing.currency`. */
+  cost: number;
+}
+
+/**
+ * Usage to add to one hour's row ({@link RecordStore.recordUsage}): the
+ * numbers are added to what the row holds, so every replica's additions sum.
+ */
+export interface UsageDelta {
+  /** Start of the UTC hour, milliseconds since the epoch. */
+  readonly hour: number;
+  readonly principal: string;
+  /** The API key's id; absent for other credentials. */
+  readonly keyId?: string | undefined;
+  /** Absent when the request named no model. */
+  readonly model?: string | undefined;
+  readonly upstream: string;
+  readonly requests: number;
+  readonly promptTokens: number;
+  readonly completionTokens: number;
+  /** Cost in billionths of the currency (an integer, so sums are exact). */
+  readonly costNanos: number;
 }
 
 /** Who created a resource through the gateway: recorded from the create response's `id`. */
@@ -48,6 +140,10 @@ export interface RecordStore {
   findApiKeyByHash(hash: string): Promise<ApiKeyRecord | undefined>;
   /** All keys, oldest first, revoked ones included. */
   listApiKeys(): Promise<ApiKeyRecord[]>;
+  /** One page of keys, newest first (ties by id), revoked and expired ones included. */
+  pageApiKeys(query: ApiKeyPageQuery): Promise<ApiKeyPage>;
+  /** The key with this id, revoked or not; undefined when unknown. */
+  getApiKey(id: string): Promise<ApiKeyRecord | undefined>;
   /** Marks the key with this id or hash revoked; resolves to the record, or undefined when unknown. */
   revokeApiKey(idOrHash: string, at: number): Promise<ApiKeyRecord | undefined>;
   /**
@@ -75,6 +171,10 @@ export interface RecordStore {
   findOwners(type: string, ids: readonly string[]): Promise<Map<string, OwnerRecord>>;
   /** Forgets the owner of a deleted resource; true when there was one. */
   deleteOwner(type: string, id: string): Promise<boolean>;
+  /** Adds each delta to its hour's row (created at zero), in one transaction. */
+  recordUsage(deltas: readonly UsageDelta[]): Promise<void>;
+  /** Usage summed over `query`'s window, grouped as asked, ordered by the group fields. */
+  usage(query: UsageQuery): Promise<UsageRow[]>;
   /** Readiness (GET /ready): resolves when the store takes a write (a probe row rewritten), rejects otherwise. */
   ping(): Promise<void>;
   close(): Promise<void>;

@@ -29,6 +29,31 @@ test("windows are aligned to the epoch: a day starts at 00:00 UTC", () => {
   assert.equal(windowStart("minute", t), t - 12_345);
 });
 
+test("a month window is the UTC calendar month, whatever its length", () => {
+  assert.equal(windowStart("month", Date.UTC(2026, 1, 28, 23, 59, 59, 999)), Date.UTC(2026, 1, 1));
+  assert.equal(windowEnd("month", Date.UTC(2026, 1, 28, 23, 59, 59, 999)), Date.UTC(2026, 2, 1));
+  assert.equal(windowStart("month", Date.UTC(2026, 2, 1)), Date.UTC(2026, 2, 1));
+  assert.equal(windowEnd("month", Date.UTC(2026, 11, 31, 12)), Date.UTC(2027, 0, 1));
+});
+
+test("a quota limit per month counts until the 1st of the next month, 00:00 UTC", async () => {
+  let now = Date.UTC(2026, 3, 30, 23, 59);
+  const quota = createQuota({
+    store: await memoryStore(),
+    anonymous: { name: "anonymous", limits: [] },
+    authenticated: { name: "authenticated", limits: compileLimits([{ requests: 1, period: "month" }]) },
+    now: () => now,
+  });
+  try {
+    await quota.check(as(alice));
+    await assert.rejects(quota.check(as(alice)), (err: Error & { retryAfterSeconds?: number }) => err.retryAfterSeconds === 60);
+    now = Date.UTC(2026, 4, 1);
+    await quota.check(as(alice));
+  } finally {
+    await quota.close();
+  }
+});
+
 test("limits are named by unit and period, repeats numbered", () => {
   const names = compileLimits([
     { requests: 10, period: "second" },

@@ -68,6 +68,8 @@ function record(overrides: Partial<ApiKeyRecord> = {}): ApiKeyRecord {
     createdAt: 1_700_000_000_000 + n,
     expiresAt: undefined,
     revokedAt: undefined,
+    name: undefined,
+    limits: undefined,
     ...overrides,
   };
 }
@@ -140,6 +142,51 @@ const cases: Case[] = [
           (await store.listApiKeys()).map((k) => k.id),
           [oldest.id, middle.id, newest.id],
         );
+      }),
+  },
+  {
+    name: "a key's name and per-key limits read back as stored, by hash and by id",
+    run: (open) =>
+      using(open, async (store) => {
+        const key = record({ name: "ci bot", limits: [{ requests: 10, period: "minute" }, { spend: 25.5, period: "month" }] });
+        await store.insertApiKey(key);
+        assert.deepEqual(await store.findApiKeyByHash(key.hash), key);
+        assert.deepEqual(await store.getApiKey(key.id), key);
+        assert.equal(await store.getApiKey("key_unknown"), undefined);
+      }),
+  },
+  {
+    name: "pages of keys run newest first, each starting after the previous page's last id, until has_more is false",
+    run: (open) =>
+      using(open, async (store) => {
+        // Two keys share a creation time: the id breaks the tie, so none is skipped or repeated.
+        const keys = [1000, 2000, 2000, 3000, 4000].map((createdAt) => record({ createdAt }));
+        for (const key of keys) await store.insertApiKey(key);
+        await store.revokeApiKey(keys[4]!.id, 5000);
+        const seen: string[] = [];
+        let after: string | undefined;
+        for (;;) {
+          const page = await store.pageApiKeys({ limit: 2, after });
+          seen.push(...page.keys.map((k) => k.id));
+          if (!page.hasMore) break;
+          after = page.keys.at(-1)!.id;
+        }
+        const expected = [...keys].sort((a, b) => b.createdAt - a.createdAt || (a.id < b.id ? 1 : -1)).map((k) => k.id);
+        assert.deepEqual(seen, expected);
+        assert.equal((await store.pageApiKeys({ limit: 10 })).keys[0]?.revokedAt, 5000);
+      }),
+  },
+  {
+    name: "a page filtered by principal holds only that principal's keys",
+    run: (open) =>
+      using(open, async (store) => {
+        const mine = [record({ principal: "alice", createdAt: 1 }), record({ principal: "alice", createdAt: 3 })];
+        for (const key of [...mine, record({ principal: "bob", createdAt: 2 })]) await store.insertApiKey(key);
+        const page = await store.pageApiKeys({ principal: "alice", limit: 1 });
+        assert.deepEqual(page.keys.map((k) => k.id), [mine[1]!.id]);
+        assert.equal(page.hasMore, true);
+        const rest = await store.pageApiKeys({ principal: "alice", limit: 1, after: mine[1]!.id });
+        assert.deepEqual(rest, { keys: [mine[0]], hasMore: false });
       }),
   },
   {
