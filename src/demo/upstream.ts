@@ -34,7 +34,12 @@ import zlib from "node:zlib";
  * `x-demo-pad-bytes` (a chat completion's JSON carries this many bytes of
  * padding before its `usage`), `x-demo-content-encoding` (the answer is
  * compressed so whatever the request accepts: gzip, deflate, br; any other
- * value only labels it).
+ * value only labels it), `x-demo-stream-tokens` (a chat stream carries this
+ * many content events, the reply's words over and over, instead of the reply
+ * once: with `x-demo-chunk-delay-ms: 50`, 400 of them last 20 s),
+ * `x-demo-stamp: 1` (every SSE event carries `demo_sent_at`, the wall-clock
+ * time in fractional milliseconds at which it was written, for the
+ * benchmark's delay per token).
  *
  * It has no authentication and echoes headers back: never expose it.
  */
@@ -404,7 +409,12 @@ export async function startDemoUpstream(options: DemoUpstreamOptions = {}): Prom
       ...(includeUsage ? { usage: null } : {}),
     });
     const events: unknown[] = [chunk({ role: "assistant", content: "", refusal: null }, null)];
-    words(reply).forEach((word, i) => events.push(chunk({ content: i === 0 ? word : ` ${word}` }, null)));
+    const replyWords = words(reply);
+    const contentEvents = numberHeader(req, "x-demo-stream-tokens") ?? replyWords.length;
+    for (let i = 0; i < contentEvents; i++) {
+      const word = replyWords[i % replyWords.length] ?? "";
+      events.push(chunk({ content: i === 0 ? word : ` ${word}` }, null));
+    }
     events.push(chunk({}, "stop"));
     if (includeUsage) events.push({ ...base, choices: [], usage });
     await streamEvents(req, res, events);
@@ -460,6 +470,7 @@ export async function startDemoUpstream(options: DemoUpstreamOptions = {}): Prom
     const resetAfter = numberHeader(req, "x-demo-reset-after-chunks");
     const usageDelay = numberHeader(req, "x-demo-usage-delay-ms") ?? 0;
     const endDelay = numberHeader(req, "x-demo-end-delay-ms") ?? 0;
+    const stamp = req.headers["x-demo-stamp"] === "1";
     const encoding = contentEncoding(req);
     res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache", ...(encoding ? { "content-encoding": encoding } : {}) });
     res.flushHeaders();
@@ -480,7 +491,9 @@ export async function startDemoUpstream(options: DemoUpstreamOptions = {}): Prom
       if (i > 0) await sleep(delay, res);
       if (usageDelay > 0 && (events[i] as { usage?: unknown }).usage) await sleep(usageDelay, res);
       if (res.destroyed) return;
-      write(`data: ${JSON.stringify(events[i])}\n\n`);
+      // The stamp is taken as the event is written: what a client receives later is delay on the way.
+      const event = stamp ? { ...(events[i] as object), demo_sent_at: performance.timeOrigin + performance.now() } : events[i];
+      write(`data: ${JSON.stringify(event)}\n\n`);
     }
     if (delay + endDelay > 0) await sleep(delay + endDelay, res);
     if (res.destroyed) return;
