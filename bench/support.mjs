@@ -1,11 +1,14 @@
-// Shared by bench/run.mjs, bench/soak.mjs and the micro-benchmarks: ports,
-// readiness, Redis reachability, the identity provider the JWT scenarios
-// verify against, the 100-rule access policy, RSS and CPU time from /proc.
-import { execFileSync } from "node:child_process";
+// Shared by bench/run.mjs, its scenario modules, bench/soak.mjs and the
+// micro-benchmarks: ports, readiness, Redis reachability, the identity
+// provider the JWT scenarios verify against, the 100-rule access policy, RSS
+// and CPU time from /proc, the open-loop generator, percentiles and tables.
+import { execFileSync, spawn } from "node:child_process";
 import { generateKeyPairSync } from "node:crypto";
 import { readFileSync, readdirSync } from "node:fs";
 import http from "node:http";
 import net from "node:net";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { SignJWT } from "jose";
 
 export const REDIS_URL = process.env.TOLLGATE_BENCH_REDIS_URL ?? process.env.TOLLGATE_TEST_REDIS_URL ?? "redis://127.0.0.1:6379/0";
@@ -225,4 +228,47 @@ export function sampleRss(pid, everyMs = 200) {
       return max;
     },
   };
+}
+
+/** Percentile `p` (0–100) of an ascending array, nearest rank; null for none. */
+export function percentile(sorted, p) {
+  if (sorted.length === 0) return null;
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))];
+}
+
+/** A Markdown table: `header` is a list of `[title, align]` ("l" or "r"), `rows` lists of cells (null shows "–"). */
+export function markdownTable(header, rows) {
+  const cell = (x) => (x === null || x === undefined ? "–" : String(x));
+  return [
+    `| ${header.map(([title]) => title).join(" | ")} |`,
+    `| ${header.map(([, align]) => (align === "r" ? "---:" : "---")).join(" | ")} |`,
+    ...rows.map((row) => `| ${row.map(cell).join(" | ")} |`),
+  ];
+}
+
+/**
+ * Runs bench/open-loop.mjs (the open-loop load generator) in its own process
+ * with `args` (`--name value` pairs, repeated for arrays) and resolves with
+ * the JSON it prints; rejects when it fails.
+ */
+export function runOpenLoop(mode, args) {
+  const argv = [join(dirname(fileURLToPath(import.meta.url)), "open-loop.mjs"), mode];
+  for (const [name, value] of Object.entries(args)) for (const v of [value].flat()) argv.push(`--${name}`, String(v));
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, argv, { stdio: ["ignore", "pipe", "inherit"] });
+    let out = "";
+    child.stdout.on("data", (d) => (out += d));
+    child.on("error", reject);
+    child.on("exit", (code) => (code === 0 ? resolve(JSON.parse(out)) : reject(new Error(`open-loop ${mode} exited ${code}`))));
+  });
+}
+
+/** The soft limit on open files of this process (children inherit it); undefined without /proc. */
+export function openFileLimit() {
+  try {
+    const m = /^Max open files\s+(\d+|unlimited)/m.exec(readFileSync("/proc/self/limits", "utf8"));
+    return m ? (m[1] === "unlimited" ? Infinity : Number(m[1])) : undefined;
+  } catch {
+    return undefined;
+  }
 }

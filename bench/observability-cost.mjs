@@ -1,0 +1,65 @@
+// What one request's log line and metric observations cost (issue 16), a
+// section of `npm run bench`: scenario 4's gateway three times over, the
+// same load, differing only in `logging.level` and `metrics.enabled`:
+//   quiet     level warn (no line per request), metrics on: scenario 4 as configured
+//   logged    level info: one `request` line per request, written to a file
+//   unmetered level warn, metrics off
+// The cost is read from the gateway's CPU time per request (its CPU seconds
+// over the requests it answered in the same runs), which is steadier than
+// req/s on a machine shared with the load generator and the upstream.
+import { markdownTable } from "./support.mjs";
+
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+/**
+ * `variants`: `{ quiet, logged, unmetered }`, each `{ id, name, url, headers,
+ * pid, log? }` (`log()`: the lines the gateway wrote so far). `measure(run,
+ * duration)` is the main table's load run.
+ */
+export async function observabilityCostSection({ variants, body, measure, duration, warmup, rounds }) {
+  const runs = Object.entries(variants).map(([key, v]) => ({ ...v, key, kind: "json", body, results: [], rss: undefined, answered: 0 }));
+  if (warmup > 0) for (const r of runs) await measure(r, warmup);
+  const linesBefore = variants.logged.log?.() ?? 0;
+  for (let round = 0; round < rounds; round++) {
+    for (const r of round % 2 === 0 ? runs : [...runs].reverse()) {
+      const result = await measure(r, duration);
+      if (result.non2xx > 0 || result.errors > 0) throw new Error(`observability cost, ${r.id} ${r.name}: ${result.non2xx} non-2xx answers, ${result.errors} errors`);
+      r.results.push(result);
+      r.answered += result.rps * duration;
+      console.error(`round ${round + 1}/${rounds} observability cost ${r.id} ${r.name}: ${Math.round(result.rps)} req/s`);
+    }
+  }
+  const rows = runs.map((r) => ({
+    id: r.id,
+    key: r.key,
+    scenario: r.name,
+    rps: Math.round(median(r.results.map((x) => x.rps))),
+    // CPU seconds per run are share × duration; per request, in µs.
+    cpu_us_per_request: Math.round(median(r.results.map((x) => ((x.cpu?.gateway ?? NaN) * 1e6) / x.rps)) * 10) / 10,
+  }));
+  const get = (key) => rows.find((r) => r.key === key);
+  const logged = runs.find((r) => r.key === "logged");
+  const linesPerRequest = variants.logged.log ? ((variants.logged.log() - linesBefore) / logged.answered) : null;
+  const cost = {
+    log_line_us: Math.round((get("logged").cpu_us_per_request - get("quiet").cpu_us_per_request) * 10) / 10,
+    metrics_us: Math.round((get("quiet").cpu_us_per_request - get("unmetered").cpu_us_per_request) * 10) / 10,
+    lines_per_request: linesPerRequest === null ? null : Math.round(linesPerRequest * 100) / 100,
+  };
+  const lines = [
+    "### What logging and metrics cost per request",
+    "",
+    `Scenario 4's gateway three times, json, the main table's load (${duration} s per run, median of ${rounds} round(s)); CPU: the gateway's CPU time per answered request.`,
+    "",
+    ...markdownTable(
+      [["#", "l"], ["scenario", "l"], ["req/s", "r"], ["gateway CPU µs per request", "r"]],
+      rows.map((r) => [r.id, r.scenario, r.rps, r.cpu_us_per_request]),
+    ),
+    "",
+    `- one log line per request (level info against warn; ${cost.lines_per_request ?? "?"} lines written per request, to a file): ${cost.log_line_us} µs of gateway CPU per request`,
+    `- metrics on against off (every observation a request makes): ${cost.metrics_us} µs of gateway CPU per request`,
+    "",
+    "Differences of a few µs are within the noise of one run on a shared 2-core machine.",
+    "",
+  ];
+  return { rows, lines, cost };
+}
