@@ -13,19 +13,18 @@ const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 /**
  * `variants`: `{ quiet, logged, unmetered }`, each `{ id, name, url, headers,
- * pid, log? }` (`log()`: the lines the gateway wrote so far). `measure(run,
+ * pid, log? }` (`log()`: the text the gateway has logged so far). `measure(run,
  * duration)` is the main table's load run.
  */
 export async function observabilityCostSection({ variants, body, measure, duration, warmup, rounds }) {
-  const runs = Object.entries(variants).map(([key, v]) => ({ ...v, key, kind: "json", body, results: [], rss: undefined, answered: 0 }));
+  const runs = Object.entries(variants).map(([key, v]) => ({ ...v, key, kind: "json", body, results: [], rss: undefined }));
   if (warmup > 0) for (const r of runs) await measure(r, warmup);
-  const linesBefore = variants.logged.log?.() ?? 0;
+  const logBefore = variants.logged.log?.().length ?? 0;
   for (let round = 0; round < rounds; round++) {
     for (const r of round % 2 === 0 ? runs : [...runs].reverse()) {
       const result = await measure(r, duration);
       if (result.non2xx > 0 || result.errors > 0) throw new Error(`observability cost, ${r.id} ${r.name}: ${result.non2xx} non-2xx answers, ${result.errors} errors`);
       r.results.push(result);
-      r.answered += result.rps * duration;
       console.error(`round ${round + 1}/${rounds} observability cost ${r.id} ${r.name}: ${Math.round(result.rps)} req/s`);
     }
   }
@@ -34,16 +33,24 @@ export async function observabilityCostSection({ variants, body, measure, durati
     key: r.key,
     scenario: r.name,
     rps: Math.round(median(r.results.map((x) => x.rps))),
-    // CPU seconds per run are share × duration; per request, in µs.
-    cpu_us_per_request: Math.round(median(r.results.map((x) => ((x.cpu?.gateway ?? NaN) * 1e6) / x.rps)) * 10) / 10,
+    // The gateway's CPU seconds over the run (share × the run's wall time) per request answered, in µs.
+    cpu_us_per_request: Math.round(median(r.results.map((x) => ((x.cpu?.gateway ?? NaN) * x.seconds * 1e6) / (x.rps * duration))) * 10) / 10,
   }));
   const get = (key) => rows.find((r) => r.key === key);
-  const logged = runs.find((r) => r.key === "logged");
-  const linesPerRequest = variants.logged.log ? ((variants.logged.log() - linesBefore) / logged.answered) : null;
+  // What the measured runs logged, by message: the request line, and any other line a request writes at info.
+  const messages = {};
+  for (const line of (variants.logged.log?.() ?? "").slice(logBefore).split("\n").filter(Boolean)) {
+    const msg = JSON.parse(line).msg ?? "?";
+    messages[msg] = (messages[msg] ?? 0) + 1;
+  }
+  const linesPerRequest = messages.request ? Object.values(messages).reduce((a, b) => a + b, 0) / messages.request : null;
+  const loggingUs = get("logged").cpu_us_per_request - get("quiet").cpu_us_per_request;
   const cost = {
-    log_line_us: Math.round((get("logged").cpu_us_per_request - get("quiet").cpu_us_per_request) * 10) / 10,
+    logging_us: Math.round(loggingUs * 10) / 10,
+    log_line_us: linesPerRequest ? Math.round((loggingUs / linesPerRequest) * 10) / 10 : null,
     metrics_us: Math.round((get("quiet").cpu_us_per_request - get("unmetered").cpu_us_per_request) * 10) / 10,
     lines_per_request: linesPerRequest === null ? null : Math.round(linesPerRequest * 100) / 100,
+    lines_by_message: messages,
   };
   const lines = [
     "### What logging and metrics cost per request",
@@ -55,7 +62,7 @@ export async function observabilityCostSection({ variants, body, measure, durati
       rows.map((r) => [r.id, r.scenario, r.rps, r.cpu_us_per_request]),
     ),
     "",
-    `- one log line per request (level info against warn; ${cost.lines_per_request ?? "?"} lines written per request, to a file): ${cost.log_line_us} µs of gateway CPU per request`,
+    `- logging at info against warn: ${cost.logging_us} µs of gateway CPU per request for ${cost.lines_per_request ?? "?"} lines (written to a file; by message: ${Object.entries(messages).map(([m, n]) => `${m} ${n}`).join(", ") || "none"}), ${cost.log_line_us ?? "?"} µs a line`,
     `- metrics on against off (every observation a request makes): ${cost.metrics_us} µs of gateway CPU per request`,
     "",
     "Differences of a few µs are within the noise of one run on a shared 2-core machine.",

@@ -369,7 +369,7 @@ try {
       const after = { gateway: r.pid ? treeCpu(r.pid) : undefined, upstream: treeCpu(upstreamChild.pid), loadgen: reapedChildrenCpu(), at: performance.now() };
       const seconds = (after.at - before.at) / 1000;
       const share = (k) => (before[k] === undefined || after[k] === undefined ? undefined : (after[k] - before[k]) / seconds);
-      return { ...result, cpu: { gateway: share("gateway"), upstream: share("upstream"), loadgen: share("loadgen") } };
+      return { ...result, seconds, cpu: { gateway: share("gateway"), upstream: share("upstream"), loadgen: share("loadgen") } };
     } finally {
       const max = sampler?.stop();
       if (max !== undefined) r.rss = Math.max(r.rss ?? 0, max);
@@ -426,7 +426,7 @@ try {
       targets: [direct, await bareTarget(), await fullAuthTarget()],
       rates: RATES,
       duration: DURATION,
-      warmup: QUICK ? 0.5 : 1,
+      warmup: QUICK ? 0.2 : 1,
       rounds: ROUNDS,
       bodyFile: writeBodyFile(BODIES.json),
       path: PATH,
@@ -470,7 +470,7 @@ try {
     const cost = await observabilityCostSection({
       variants: {
         quiet: { ...(await fullAuthTarget()), id: "4", name: `${FULL_AUTH_NAME} (logging: warn, metrics on)` },
-        logged: { id: "4-log", name: "as 4, logging: info (a line per request)", headers: bearer, ...logged, log: () => readFileSync(logFile, "utf8").split("\n").length - 1 },
+        logged: { id: "4-log", name: "as 4, logging: info (lines per request)", headers: bearer, ...logged, log: () => readFileSync(logFile, "utf8") },
         unmetered: { id: "4-nometrics", name: "as 4, metrics: {enabled: false}", headers: bearer, ...unmetered },
       },
       body: BODIES.json,
