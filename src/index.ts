@@ -25,24 +25,38 @@ export type { CanonicalTarget } from "./core/path.js";
 /** `Authorization: Bearer` parsing (RFC 6750), strict: one header, one token. */
 export { MAX_CREDENTIAL_BYTES, parseBearer } from "./core/bearer.js";
 
-/** Every refusal Tollgate makes, and the one function that turns it into an OpenAI-style error response. */
+/**
+ * Every refusal Tollgate makes (each class a library user can catch, and
+ * `ERRORS`, the table of their codes, statuses and types), and the one
+ * function that turns one into an OpenAI-style error response.
+ */
 export {
   AUTH_REALM,
   AuthError,
   BadRequestError,
   ConfigError,
+  ERRORS,
   ForbiddenError,
   HeadersTooLargeError,
   IdentityUnavailableError,
+  JsonTooDeepError,
+  MethodNotAllowedError,
   NotFoundError,
+  OverloadedError,
   PayloadTooLargeError,
+  QuotaExceededError,
+  QuotaUnavailableError,
+  RequestTimeoutError,
+  RouteNotFoundError,
   ShuttingDownError,
+  StoreUnavailableError,
   TollgateError,
   toErrorResponse,
+  UnsupportedMediaTypeError,
   UpstreamError,
   UpstreamTimeoutError,
 } from "./core/errors.js";
-export type { ErrorEnvelope, ErrorResponse } from "./core/errors.js";
+export type { ErrorCode, ErrorEnvelope, ErrorResponse } from "./core/errors.js";
 
 /** Who is calling: what every authentication provider produces. */
 export { makeUser } from "./core/user.js";

@@ -1,5 +1,6 @@
 /**
- * Every error Tollgate can refuse a request with, in one place.
+ * Every error Tollgate can refuse a request with, in one place: the table
+ * {@link ERRORS} lists each class with its status, type and codes.
  *
  * Each class carries a stable `code` (callers branch on it, never on the
  * message), the HTTP `status`, the OpenAI error `type`, and a `message` that
@@ -18,6 +19,41 @@ export interface ErrorResponse {
   headers: Record<string, string>;
   body: ErrorEnvelope;
 }
+
+/**
+ * Every refusal, in one table: the class that raises it, its HTTP status,
+ * its OpenAI error `type`, and every `code` it can carry (fastify's
+ * lib/errors.js and jose's static `code` are the models). Each class below
+ * takes its status and type from its row and accepts only the codes listed
+ * there: a new code is added here or does not compile. `internal_error` is
+ * what {@link toErrorResponse} answers for anything that is not a
+ * {@link TollgateError}.
+ */
+export const ERRORS = {
+  BadRequestError: { status: 400, type: "invalid_request_error", codes: ["invalid_request", "invalid_path", "invalid_body", "duplicate_host", "malformed_request"] },
+  JsonTooDeepError: { status: 400, type: "invalid_request_error", codes: ["json_too_deep"] },
+  AuthError: { status: 401, type: "authentication_error", codes: ["missing_credential", "invalid_token", "invalid_request"] },
+  ForbiddenError: { status: 403, type: "permission_error", codes: ["access_denied", "route_denied", "missing_scope"] },
+  NotFoundError: { status: 404, type: "not_found_error", codes: ["not_found", "model_not_found"] },
+  RouteNotFoundError: { status: 404, type: "not_found_error", codes: ["route_not_found"] },
+  MethodNotAllowedError: { status: 405, type: "invalid_request_error", codes: ["method_not_allowed"] },
+  RequestTimeoutError: { status: 408, type: "invalid_request_error", codes: ["request_timeout"] },
+  PayloadTooLargeError: { status: 413, type: "invalid_request_error", codes: ["request_too_large"] },
+  UnsupportedMediaTypeError: { status: 415, type: "invalid_request_error", codes: ["unsupported_media_type"] },
+  QuotaExceededError: { status: 429, type: "rate_limit_error", codes: ["rate_limit_exceeded"] },
+  HeadersTooLargeError: { status: 431, type: "invalid_request_error", codes: ["headers_too_large"] },
+  InternalError: { status: 500, type: "server_error", codes: ["internal_error"] },
+  UpstreamError: { status: 502, type: "upstream_error", codes: ["bad_gateway"] },
+  IdentityUnavailableError: { status: 503, type: "service_unavailable", codes: ["identity_provider_unavailable"] },
+  QuotaUnavailableError: { status: 503, type: "service_unavailable", codes: ["quota_store_unavailable"] },
+  StoreUnavailableError: { status: 503, type: "service_unavailable", codes: ["store_unavailable"] },
+  OverloadedError: { status: 503, type: "service_unavailable", codes: ["overloaded"] },
+  ShuttingDownError: { status: 503, type: "service_unavailable", codes: ["shutting_down"] },
+  UpstreamTimeoutError: { status: 504, type: "upstream_error", codes: ["gateway_timeout"] },
+} as const satisfies Record<string, { status: number; type: string; codes: readonly string[] }>;
+
+/** The codes a class of {@link ERRORS} may carry. */
+export type ErrorCode<K extends keyof typeof ERRORS> = (typeof ERRORS)[K]["codes"][number];
 
 /** Base class: a refusal with a status, a stable code and a safe message. */
 export class TollgateError extends Error {
@@ -42,6 +78,11 @@ export class TollgateError extends Error {
   }
 }
 
+/** The status, type and code of a refusal of class `name`, as {@link TollgateError} takes them. */
+function refusal<K extends keyof typeof ERRORS>(name: K, code: ErrorCode<K>): [status: number, type: string, code: string] {
+  return [ERRORS[name].status, ERRORS[name].type, code];
+}
+
 /** Realm sent in every `WWW-Authenticate` challenge (RFC 6750 §3). */
 export const AUTH_REALM = "tollgate";
 
@@ -55,14 +96,14 @@ export class AuthError extends TollgateError {
   /** What exactly was wrong, when the message is kept short on purpose (the challenge's `error_description`, and the log). */
   readonly detail: string | undefined;
 
-  constructor(code: "missing_credential" | "invalid_token" | "invalid_request", message: string, detail?: string) {
+  constructor(code: ErrorCode<"AuthError">, message: string, detail?: string) {
     // RFC 6750 §3: error_description is a quoted-string without `"` or `\`.
     const description = detail === undefined ? "" : `, error_description="${detail.replace(/["\\]/g, "'")}"`;
     const challenge =
       code === "missing_credential"
         ? `Bearer realm="${AUTH_REALM}"`
         : `Bearer realm="${AUTH_REALM}", error="${code}"${description}`;
-    super(401, "authentication_error", code, message, { "www-authenticate": challenge });
+    super(...refusal("AuthError", code), message, { "www-authenticate": challenge });
     this.detail = detail;
   }
 }
@@ -70,84 +111,84 @@ export class AuthError extends TollgateError {
 /** 503: the identity service could not be reached, timed out or failed. */
 export class IdentityUnavailableError extends TollgateError {
   constructor(message = "Authentication service unavailable") {
-    super(503, "service_unavailable", "identity_provider_unavailable", message, { "retry-after": "1" });
+    super(...refusal("IdentityUnavailableError", "identity_provider_unavailable"), message, { "retry-after": "1" });
   }
 }
 
 /** 403: authenticated, but not allowed. */
 export class ForbiddenError extends TollgateError {
-  constructor(message: string, code = "access_denied") {
-    super(403, "permission_error", code, message);
+  constructor(message: string, code: ErrorCode<"ForbiddenError"> = "access_denied") {
+    super(...refusal("ForbiddenError", code), message);
   }
 }
 
 /** 404: the resource does not exist, or the caller may not know it does. */
 export class NotFoundError extends TollgateError {
-  constructor(message = "Not found", code = "not_found") {
-    super(404, "not_found_error", code, message);
+  constructor(message = "Not found", code: ErrorCode<"NotFoundError"> = "not_found") {
+    super(...refusal("NotFoundError", code), message);
   }
 }
 
 /** 400: a request Tollgate cannot process safely (bad path, bad header). */
 export class BadRequestError extends TollgateError {
-  constructor(message: string, code = "invalid_request") {
-    super(400, "invalid_request_error", code, message);
+  constructor(message: string, code: ErrorCode<"BadRequestError"> = "invalid_request") {
+    super(...refusal("BadRequestError", code), message);
   }
 }
 
 /** 405: a method the gateway does not serve (TRACE, CONNECT, ...). */
 export class MethodNotAllowedError extends TollgateError {
   constructor(method: string) {
-    super(405, "invalid_request_error", "method_not_allowed", `Method ${method} is not allowed`);
+    super(...refusal("MethodNotAllowedError", "method_not_allowed"), `Method ${method} is not allowed`);
   }
 }
 
 /** 408: the client took too long to send its request. */
 export class RequestTimeoutError extends TollgateError {
   constructor() {
-    super(408, "invalid_request_error", "request_timeout", "Request timed out");
+    super(...refusal("RequestTimeoutError", "request_timeout"), "Request timed out");
   }
 }
 
 /** 415: a Content-Type header that cannot be parsed. */
 export class UnsupportedMediaTypeError extends TollgateError {
   constructor() {
-    super(415, "invalid_request_error", "unsupported_media_type", "Invalid Content-Type header");
+    super(...refusal("UnsupportedMediaTypeError", "unsupported_media_type"), "Invalid Content-Type header");
   }
 }
 
 /** 413: the request body exceeds `server.max_body_bytes`. */
 export class PayloadTooLargeError extends TollgateError {
   constructor(limit: number) {
-    super(413, "invalid_request_error", "request_too_large", `Request body exceeds the limit of ${limit} bytes`);
+    super(...refusal("PayloadTooLargeError", "request_too_large"), `Request body exceeds the limit of ${limit} bytes`);
   }
 }
 
 /** 431: the request's headers exceed the server's limit. */
 export class HeadersTooLargeError extends TollgateError {
   constructor() {
-    super(431, "invalid_request_error", "headers_too_large", "Request header fields too large");
+    super(...refusal("HeadersTooLargeError", "headers_too_large"), "Request header fields too large");
   }
 }
 
 /** 502: the upstream refused the connection, reset it or answered garbage. */
 export class UpstreamError extends TollgateError {
   constructor(message = "Upstream server unavailable") {
-    super(502, "upstream_error", "bad_gateway", message);
+    super(...refusal("UpstreamError", "bad_gateway"), message);
   }
 }
 
 /** 504: the upstream did not answer in time. */
 export class UpstreamTimeoutError extends TollgateError {
   constructor(message = "Upstream server timed out") {
-    super(504, "upstream_error", "gateway_timeout", message);
+    super(...refusal("UpstreamTimeoutError", "gateway_timeout"), message);
   }
 }
 
 /** 503: the gateway is shutting down and takes no new requests. */
 export class ShuttingDownError extends TollgateError {
   constructor() {
-    super(503, "service_unavailable", "shutting_down", "Server is shutting down", {
+    super(...refusal("ShuttingDownError", "shutting_down"), "Server is shutting down", {
       connection: "close",
       "retry-after": "1",
     });
@@ -178,7 +219,7 @@ export function toErrorResponse(err: unknown): ErrorResponse {
   const e =
     err instanceof TollgateError
       ? err
-      : new TollgateError(500, "server_error", "internal_error", "Internal server error");
+      : new TollgateError(...refusal("InternalError", "internal_error"), "Internal server error");
   return {
     status: e.status,
     headers: { "content-type": "application/json; charset=utf-8", ...e.headers },
@@ -195,7 +236,7 @@ export class QuotaExceededError extends TollgateError {
   readonly retryAfterSeconds: number;
 
   constructor(retryAfterSeconds: number, headers: Record<string, string> = {}) {
-    super(429, "rate_limit_error", "rate_limit_exceeded", "Quota exceeded", {
+    super(...refusal("QuotaExceededError", "rate_limit_exceeded"), "Quota exceeded", {
       ...headers,
       "retry-after": String(retryAfterSeconds),
     });
@@ -206,14 +247,14 @@ export class QuotaExceededError extends TollgateError {
 /** 503: the quota store could not answer and `failure_mode` is `closed`. */
 export class QuotaUnavailableError extends TollgateError {
   constructor() {
-    super(503, "service_unavailable", "quota_store_unavailable", "Quota service unavailable", { "retry-after": "1" });
+    super(...refusal("QuotaUnavailableError", "quota_store_unavailable"), "Quota service unavailable", { "retry-after": "1" });
   }
 }
 
 /** 400: a JSON body nested deeper than the gateway reads (src/gateway/json.ts). */
 export class JsonTooDeepError extends TollgateError {
   constructor(maxDepth: number) {
-    super(400, "invalid_request_error", "json_too_deep", `JSON body nested deeper than ${maxDepth} levels`);
+    super(...refusal("JsonTooDeepError", "json_too_deep"), `JSON body nested deeper than ${maxDepth} levels`);
   }
 }
 
@@ -224,7 +265,7 @@ export class JsonTooDeepError extends TollgateError {
  */
 export class OverloadedError extends TollgateError {
   constructor() {
-    super(503, "service_unavailable", "overloaded", "Server is overloaded, retry later", { "retry-after": "1" });
+    super(...refusal("OverloadedError", "overloaded"), "Server is overloaded, retry later", { "retry-after": "1" });
   }
 }
 
@@ -237,7 +278,7 @@ export class OverloadedError extends TollgateError {
  */
 export class StoreUnavailableError extends TollgateError {
   constructor(message = "Record store unavailable") {
-    super(503, "service_unavailable", "store_unavailable", message, { "retry-after": "1" });
+    super(...refusal("StoreUnavailableError", "store_unavailable"), message, { "retry-after": "1" });
   }
 }
 
@@ -249,6 +290,6 @@ export class StoreUnavailableError extends TollgateError {
  */
 export class RouteNotFoundError extends TollgateError {
   constructor() {
-    super(404, "not_found_error", "route_not_found", "Route not found");
+    super(...refusal("RouteNotFoundError", "route_not_found"), "Route not found");
   }
 }
