@@ -2,7 +2,6 @@ import type { Readable } from "node:stream";
 import { Agent, type Dispatcher } from "undici";
 import type { Config } from "../core/config/schema.js";
 import { TollgateError, UpstreamError, UpstreamTimeoutError } from "../core/errors.js";
-import { bufferedBytes } from "./request-body.js";
 
 /** One request to send upstream; headers already filtered (see `upstreamRequestHeaders`). */
 export interface UpstreamRequest {
@@ -13,8 +12,8 @@ export interface UpstreamRequest {
   readonly query: string;
   /** Flat `[name, value, ...]` list. */
   readonly headers: readonly string[];
-  /** Streamed as it arrives; null for no body. */
-  readonly body: Readable | null;
+  /** A stream, sent as it arrives; bytes the gateway read whole (request-body.ts), sent with the head; null for no body. */
+  readonly body: Readable | Buffer | null;
   /** Aborted when the client goes away: the upstream request is cancelled with it. */
   readonly signal: AbortSignal;
 }
@@ -98,8 +97,7 @@ export function createForwarder(upstream: Config["upstream"]): Forwarder {
           path: upstreamPath(basePath, path, query),
           method: method as Dispatcher.HttpMethod,
           headers: headers as string[],
-          // A body the gateway already read goes as its bytes (request-body.ts).
-          body: body === null ? null : (bufferedBytes(body) ?? body),
+          body,
           signal,
         });
         return { status: res.statusCode, headers: res.headers, body: res.body };

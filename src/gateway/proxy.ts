@@ -6,13 +6,12 @@ import type { Config } from "../core/config/schema.js";
 import { MethodNotAllowedError, UpstreamError, UpstreamTimeoutError } from "../core/errors.js";
 import type { Logger } from "../core/log.js";
 import type { RequestContext } from "../core/pipeline.js";
-import { hasBody, limitBody, type BodyLimits } from "./body.js";
+import { forwardedBody, hasBody, limitBody, withBodyLength, type BodyLimits, type BufferedBody } from "./request-body.js";
 import { discardBody, type UpstreamResponse } from "./forward.js";
 import { downstreamResponseHeaders, upstreamRequestHeaders } from "./headers.js";
 import { maskedAnswer } from "./mask.js";
 import { routeGroup, type GatewayMetrics } from "./metrics.js";
 import type { OwnEndpoints } from "./own-endpoints.js";
-import { bodyStream, withBodyLength, type BufferedBody } from "./request-body.js";
 import type { GatewayRequestState, ShutdownState } from "./requests.js";
 import type { GuardedRequest } from "./resources.js";
 import { drainSignal, meterUsage, prepareUsage, type UsagePlan } from "./usage.js";
@@ -199,7 +198,7 @@ export function createProxy({ own, metrics, log, proto, shutdown }: ProxyOptions
       path: context.path,
       query: context.query,
       headers,
-      body: bodyless ? null : buffered ? bodyStream(buffered) : hasBody(raw.headers) ? limitBody(raw, bodyLimits(config, state)) : null,
+      body: bodyless ? null : buffered ? forwardedBody(buffered) : hasBody(raw.headers) ? limitBody(raw, bodyLimits(config, state)) : null,
       signal,
     });
   }

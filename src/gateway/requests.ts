@@ -5,7 +5,7 @@ import { errorMessage } from "../core/carry-over.js";
 import { AuthError, TollgateError, UpstreamError, UpstreamTimeoutError } from "../core/errors.js";
 import type { Logger } from "../core/log.js";
 import type { RequestContext } from "../core/pipeline.js";
-import { lingerAfterResponse } from "./body.js";
+import { lingerAfterResponse } from "./request-body.js";
 import type { BufferBudget, BufferHold } from "./buffer-budget.js";
 import type { GatewayGeneration, Generations } from "./generations.js";
 import { routeGroup, type Decision, type GatewayMetrics } from "./metrics.js";

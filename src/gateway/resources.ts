@@ -11,9 +11,8 @@ import type { ResilientRecordStore } from "../core/stores/resilient.js";
 import type { OwnerRecord } from "../core/stores/types.js";
 import type { Catalog, CatalogMatch } from "./catalog.js";
 import { discardBody, type UpstreamResponse } from "./forward.js";
-import type { BodyLimits } from "./body.js";
+import { jsonMember, readJsonBody, type BodyLimits, type BufferedBody } from "./request-body.js";
 import { memberValue, parseJsonWithin, scanJson } from "./json.js";
-import { jsonMember, readJsonBody, type BufferedBody } from "./request-body.js";
 
 /**
  * Stage 6 in the gateway: the resource policy applied to real OpenAI-style

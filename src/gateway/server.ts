@@ -11,7 +11,7 @@ import { toPipelineRequest } from "../core/node-request.js";
 import type { AuthProvider } from "../core/providers/types.js";
 import { resilientRecordStore } from "../core/stores/resilient.js";
 import type { RecordStore } from "../core/stores/types.js";
-import { checkDeclaredLength } from "./body.js";
+import { checkDeclaredLength } from "./request-body.js";
 import { createBufferBudget } from "./buffer-budget.js";
 import { startGenerations, type Generations } from "./generations.js";
 import { checkRequestHeaders } from "./headers.js";
@@ -248,7 +248,7 @@ function createFastify(config: Config, source: string, log: Logger, frameworkErr
     return fastify({
       ...(https ? { https } : {}),
       logger: false,
-      // Bodies are streamed to the upstream untouched; max_body_bytes governs (see body.ts).
+      // Bodies are streamed to the upstream untouched; max_body_bytes governs (see request-body.ts).
       bodyLimit: Number.MAX_SAFE_INTEGER,
       // The gateway answers 503 in its own envelope (the onRequest hook), not Fastify's.
       return503OnClosing: false,

@@ -1,9 +1,8 @@
 import type { IncomingMessage } from "node:http";
 import { Readable, type Transform } from "node:stream";
 import zlib from "node:zlib";
-import type { BodyLimits } from "./body.js";
+import { jsonMember, mediaType, readJsonBody, withJsonMember, type BodyLimits, type BufferedBody } from "./request-body.js";
 import { parseJsonWithin } from "./json.js";
-import { jsonMember, mediaType, readJsonBody, withJsonMember, type BufferedBody } from "./request-body.js";
 
 /**
  * LLM token budgets: how many tokens a response used, read from the `usage`

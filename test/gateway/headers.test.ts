@@ -3,7 +3,7 @@ import { Readable } from "node:stream";
 import { text } from "node:stream/consumers";
 import { describe, test } from "node:test";
 import { PayloadTooLargeError } from "../../src/core/errors.js";
-import { checkDeclaredLength, hasBody, limitBody } from "../../src/gateway/body.js";
+import { checkDeclaredLength, hasBody, limitBody } from "../../src/gateway/request-body.js";
 import { upstreamFailure, upstreamPath } from "../../src/gateway/forward.js";
 import { downstreamResponseHeaders, upstreamRequestHeaders } from "../../src/gateway/headers.js";
 
