@@ -1,7 +1,7 @@
 /**
  * `tollgate keys rotate`, run as a user runs it: the built CLI in a child
  * process against a config whose storage is a temporary SQLite file. (Over
- * real HTTP and on PostgreSQL: test/gateway/keys-live.test.ts and
+ * real HTTP and on PostgreSQL: test/cli/keys-live.test.ts and
  * test/cli/keys.test.ts.)
  */
 import assert from "node:assert/strict";

@@ -2,8 +2,8 @@ import assert from "node:assert/strict";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { test } from "node:test";
-import { createTollgate } from "../../../src/adapters/node.js";
-import { captureLog } from "../../support/log.js";
+import { createTollgate } from "../../src/adapters/node.js";
+import { captureLog } from "../support/log.js";
 
 test("the node:http adapter applies quotas and sets the RateLimit fields on the response", async () => {
   const tollgate = await createTollgate({
