@@ -1,7 +1,7 @@
 # Tollgate's container image (docs/deploy.md):
 #
 #   docker build -t tollgate .
-#   docker run --rm --init -p 8321:8321 -v tollgate-data:/app/data \
+#   docker run --rm -p 8321:8321 -v tollgate-data:/app/data \
 #     -e TOLLGATE_UPSTREAM=http://ollama.internal:11434 tollgate
 #
 # Three stages: `build` compiles TypeScript with every dependency, `deps`
@@ -41,7 +41,10 @@ COPY --from=deps /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
 COPY package.json ./
 COPY deploy/image.yaml ./config/tollgate.yaml
-RUN mkdir -p /app/data && chown node:node /app/data
+# `tollgate` on PATH, for `docker exec <container> tollgate keys create ...`.
+RUN mkdir -p /app/data && chown node:node /app/data \
+  && printf '#!/bin/sh\nexec node /app/dist/cli/main.js "$@"\n' >/usr/local/bin/tollgate \
+  && chmod 755 /usr/local/bin/tollgate
 VOLUME ["/app/data"]
 EXPOSE 8321
 # The official image's unprivileged user (uid 1000).

@@ -3,11 +3,10 @@ import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { once } from "node:events";
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { builtinModules } from "node:module";
-import { createServer, type AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, relative, resolve } from "node:path";
 import { createInterface } from "node:readline";
-import { after, describe, test, type TestContext } from "node:test";
+import { after, describe, test } from "node:test";
 import { Redis } from "ioredis";
 import { parse as parseYaml } from "yaml";
 import { loadConfig, parseConfig } from "../../src/core/config/load.js";
@@ -15,12 +14,13 @@ import { clientKey } from "../../src/core/quota/client-key.js";
 import { REPO, distFile } from "../support/gateway.js";
 import { scopedPostgres } from "../support/postgres.js";
 import { requireService } from "../support/services.js";
+import { composeCommand } from "./docker.js";
 
 // The deployment files (Dockerfile, .dockerignore, deploy/, docs/deploy.md):
 // static checks that catch the mistakes a broken image or stack would show
 // only on someone's server, the compose stack's config run for real against
-// Redis and PostgreSQL from a production-only install, and, where a Docker
-// daemon answers, the image built and run.
+// Redis and PostgreSQL from a production-only install. The image and the
+// stack built and run: container.test.ts.
 
 const repoFile = (path: string) => join(REPO, path);
 const read = (path: string) => readFileSync(repoFile(path), "utf8");
@@ -249,8 +249,9 @@ function mountedConfig(): { host: string; container: string } {
 describe("deploy/compose.yaml", () => {
   test("runs redis, postgres, an upstream and tollgate", () => {
     assert.deepEqual(Object.keys(compose.services).sort(), ["postgres", "redis", "tollgate", "upstream"]);
-    assert.match(service("redis").image ?? "", /^redis:7/);
-    assert.match(service("postgres").image ?? "", /^postgres:16/);
+    // The official images, unless TOLLGATE_REDIS_IMAGE / TOLLGATE_POSTGRES_IMAGE name others (scripts/local-images.sh).
+    assert.match(interpolate(service("redis").image ?? ""), /^redis:7/);
+    assert.match(interpolate(service("postgres").image ?? ""), /^postgres:16/);
   });
 
   test("starts tollgate after its stores answer their health checks", () => {
@@ -322,16 +323,17 @@ describe("deploy/compose.yaml", () => {
     assert.equal(upstream.port, command[command.indexOf("--port") + 1]);
   });
 
-  test("passes `docker compose config`, where the compose plugin is installed", (t) => {
-    const version = spawnSync("docker", ["compose", "version"], { encoding: "utf8", timeout: 20_000 });
-    if (version.status !== 0) {
-      const reason = `docker compose is not installed: ${oneLine(version.error?.message ?? version.stderr ?? "")}`;
+  test("passes `docker compose config` (or Debian's docker-compose 1.29), where compose is installed", (t) => {
+    const command = composeCommand();
+    if (!command) {
+      const reason = "docker compose is not installed (neither the plugin nor docker-compose)";
+      if (process.env.CI === "true") assert.fail(`${reason}; under CI=true this fails the run (scripts/docker-daemon.sh start installs it)`);
       console.error(`skipped: ${reason}`);
       t.skip(reason);
       return;
     }
     // `config` needs no daemon: it parses, interpolates and validates the file.
-    const r = spawnSync("docker", ["compose", "-f", composeFile, "config", "--quiet"], { encoding: "utf8", timeout: 60_000 });
+    const r = spawnSync(command[0]!, [...command.slice(1), "-f", composeFile, "config", "--quiet"], { encoding: "utf8", timeout: 60_000 });
     assert.equal(r.status, 0, r.stderr);
   });
 });
@@ -564,113 +566,3 @@ describe("only production dependencies", () => {
     });
   });
 });
-
-// ------------------------------------------------------------------- docker
-
-function oneLine(text: string): string {
-  return text.replace(/\s+/g, " ").trim().slice(0, 200);
-}
-
-/** Undefined when a Docker daemon answers, else why not. */
-function dockerUnavailable(): string | undefined {
-  const r = spawnSync("docker", ["info", "--format", "{{.ServerVersion}}"], { encoding: "utf8", timeout: 20_000 });
-  if (r.error) return `docker is not installed: ${oneLine(r.error.message)}`;
-  if (r.status !== 0) return `docker is installed but no daemon answers: ${oneLine(r.stderr || r.stdout)}`;
-  return undefined;
-}
-
-function docker(...args: string[]): string {
-  const r = spawnSync("docker", args, { encoding: "utf8", timeout: 900_000, maxBuffer: 64 * 1024 * 1024 });
-  assert.equal(r.status, 0, `docker ${args.join(" ")}\n${r.stderr}`);
-  return r.stdout.trim();
-}
-
-async function poll<T>(what: string, timeoutMs: number, probe: () => Promise<T | undefined> | T | undefined): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 500));
-  }
-}
-
-describe("the image", { timeout: 900_000 }, () => {
-  test("builds, runs as node, answers /health and turns healthy, with no dev dependency inside", async (t: TestContext) => {
-    const unavailable = dockerUnavailable();
-    if (unavailable) {
-      console.error(`skipped: ${unavailable}`);
-      t.skip(unavailable);
-      return;
-    }
-    const tag = `tollgate-test:${process.pid}-${Date.now()}`;
-    docker("build", "-t", tag, REPO);
-    t.after(() => void spawnSync("docker", ["rmi", "-f", tag], { stdio: "ignore" }));
-
-    assert.equal(docker("image", "inspect", "--format", "{{.Config.User}}", tag), "node");
-    // No compiler, test runner or SDK: `require.resolve` finds none of them.
-    for (const dev of ["typescript", "tsx", "openai", "better-sqlite3"]) {
-      const r = spawnSync("docker", ["run", "--rm", "--entrypoint", "node", tag, "-e", `require.resolve(${JSON.stringify(dev)})`], { encoding: "utf8" });
-      assert.notEqual(r.status, 0, `${dev} is installed in the image`);
-    }
-
-    const id = docker("run", "-d", "--init", "-p", "127.0.0.1::8321", "-e", "TOLLGATE_UPSTREAM=http://127.0.0.1:9", tag);
-    t.after(() => void spawnSync("docker", ["rm", "-f", id], { stdio: "ignore" }));
-    const address = docker("port", id, "8321/tcp").split("\n")[0]!;
-    const health = await poll("GET /health", 60_000, async () => {
-      const res = await fetch(`http://${address}/health`).catch(() => undefined);
-      return res?.status === 200 ? ((await res.json()) as unknown) : undefined;
-    });
-    assert.deepEqual(health, { status: "OK" });
-    // The first start prints the admin key, and the data volume was writable for it.
-    const logs = spawnSync("docker", ["logs", id], { encoding: "utf8" });
-    assert.match(logs.stderr, /Tollgate created the first API key/);
-    await poll("the HEALTHCHECK reports healthy", 90_000, () => (docker("inspect", "--format", "{{.State.Health.Status}}", id) === "healthy" ? true : undefined));
-    docker("stop", id);
-    assert.equal(docker("inspect", "--format", "{{.State.ExitCode}}", id), "0");
-  });
-});
-
-describe("the compose stack, up", { timeout: 1_200_000 }, () => {
-  test("the docs' steps: up --wait, a key from `keys create` in a one-off container, a chat completion through the gateway", async (t) => {
-    const unavailable = dockerUnavailable() ?? (spawnSync("docker", ["compose", "version"], { stdio: "ignore" }).status === 0 ? undefined : "docker compose is not installed");
-    if (unavailable) {
-      console.error(`skipped: ${unavailable}`);
-      t.skip(unavailable);
-      return;
-    }
-    // A project of its own on a free port, so that a stack the developer runs is left alone.
-    const port = await freePort();
-    const project = `tollgate-test-${process.pid}`;
-    const env = { ...process.env, TOLLGATE_PORT: String(port), POSTGRES_PASSWORD: `test${Date.now()}` };
-    const compose = (...args: string[]) => {
-      const r = spawnSync("docker", ["compose", "-p", project, "-f", composeFile, ...args], { encoding: "utf8", env, timeout: 900_000, maxBuffer: 64 * 1024 * 1024 });
-      assert.equal(r.status, 0, `docker compose ${args.join(" ")}\n${r.stderr}`);
-      return r.stdout;
-    };
-    t.after(() => void spawnSync("docker", ["compose", "-p", project, "-f", composeFile, "down", "-v", "--rmi", "local"], { env, stdio: "ignore" }));
-
-    compose("up", "-d", "--build", "--wait");
-    const key = compose("run", "--rm", "-T", "tollgate", "keys", "create", "--config", mountedConfig().container, "--principal", "alice", "--attr", "roles=user").trim();
-    assert.match(key, /^tg_/);
-    const res = await fetch(`http://127.0.0.1:${port}/v1/chat/completions`, {
-      method: "POST",
-      headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
-      body: JSON.stringify({ model: "demo-small", messages: [{ role: "user", content: "hello" }] }),
-    });
-    assert.equal(res.status, 200, await res.clone().text());
-    assert.equal(((await res.json()) as { choices: { message: { content: string } }[] }).choices[0]!.message.content, "You said: hello");
-    assert.equal((await fetch(`http://127.0.0.1:${port}/v1/models`)).status, 401);
-  });
-});
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
-}
