@@ -295,18 +295,20 @@ describe("the compose stack, up", { timeout: 1_200_000 }, () => {
     writeFileSync(join(scratch, "tollgate.yaml"), stringifyYaml(config), { mode: 0o644 });
     const mount = `${join(scratch, "tollgate.yaml")}:/app/config/tollgate.yaml:ro`;
     const { build: _build, ports: _ports, ...tollgate } = stack.services.tollgate!;
+    // Named volumes for the image's /app/data, so that `down -v` leaves no anonymous one behind.
     const override = {
       services: {
-        upstream: { image: tag },
-        tollgate: { image: tag, volumes: [mount] },
+        upstream: { image: tag, volumes: ["upstream-data:/app/data"] },
+        tollgate: { image: tag, volumes: [mount, "tollgate-data:/app/data"] },
         "tollgate-replica": {
           ...tollgate,
           image: tag,
-          volumes: [mount],
+          volumes: [mount, "replica-data:/app/data"],
           ports: [`127.0.0.1:${replicaPort}:8321`],
           depends_on: { ...tollgate.depends_on, tollgate: { condition: "service_healthy" } },
         },
       },
+      volumes: { "upstream-data": {}, "tollgate-data": {}, "replica-data": {} },
     };
     const overrideFile = join(scratch, "compose.override.yaml");
     writeFileSync(overrideFile, stringifyYaml(override));
@@ -361,11 +363,6 @@ describe("the compose stack, up", { timeout: 1_200_000 }, () => {
     for (const base of gateways) assert.equal((await chat(base, admin)).status, 200);
 
     // `down` keeps the named volumes: after `up`, PostgreSQL still has the keys and Redis the counts.
-    // The anonymous ones (the image's /app/data) it leaves behind unnamed: removed after the test.
-    const anonymous = compose(["ps", "-q"]).split("\n").filter(Boolean).flatMap((id) =>
-      docker(["inspect", "--format", '{{range .Mounts}}{{if eq .Type "volume"}}{{.Name}} {{end}}{{end}}', id]).split(" ").filter((name) => name && !name.startsWith(`${project}_`)),
-    );
-    cleanups.push(() => anonymous.forEach((volume) => quietly("volume", "rm", "-f", volume)));
     compose(["down", "-t", "40"]);
     assert.equal(compose(["ps", "-q"]), "");
     await up();
