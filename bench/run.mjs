@@ -184,7 +184,8 @@ async function loadWrk(url, headers, body, duration, connections) {
     "end",
   ];
   writeFileSync(lua, lines.join("\n"));
-  const out = await run(wrk, ["-t", "1", "-c", String(connections), "-d", `${duration}s`, "-s", lua, url]);
+  // wrk counts an answer slower than --timeout (default 2 s) as an error: a 1 MiB prompt on a busy machine can take longer.
+  const out = await run(wrk, ["-t", "1", "-c", String(connections), "-d", `${duration}s`, "--timeout", "30s", "-s", lua, url]);
   const r = JSON.parse(out.trim().split("\n").pop());
   return { rps: r.requests / (r.duration_us / 1e6), p50: r.p50_us / 1000, p99: r.p99_us / 1000, non2xx: r.non2xx, errors: r.errors };
 }
