@@ -18,6 +18,24 @@ export function toPipelineRequest(req: IncomingMessage, signal?: AbortSignal): P
   };
 }
 
+/**
+ * {@link toPipelineRequest} with the signal taken from `source` only when a
+ * stage asks for it (a provider calling its identity service): a host that
+ * makes its AbortController on first use makes none for the many requests
+ * that never wait on anything.
+ */
+export function toLazyPipelineRequest(req: IncomingMessage, source: { readonly signal: AbortSignal }): PipelineRequest {
+  return {
+    method: req.method ?? "GET",
+    url: req.url ?? "/",
+    headers: requestHeaders(req),
+    remoteAddress: req.socket.remoteAddress,
+    get signal() {
+      return source.signal;
+    },
+  };
+}
+
 function requestHeaders(req: IncomingMessage): Record<string, string | string[] | undefined> {
   const headers: Record<string, string | string[] | undefined> = { ...req.headers };
   headers.authorization = authorizationHeaders(req.rawHeaders);

@@ -1,18 +1,16 @@
-import type { IncomingMessage } from "node:http";
+import type { IncomingMessage, ServerResponse } from "node:http";
 import { performance } from "node:perf_hooks";
-import type { FastifyReply, FastifyRequest } from "fastify";
 import { errorMessage } from "../core/carry-over.js";
-import type { Config } from "../core/config/schema.js";
 import { MethodNotAllowedError, UpstreamError, UpstreamTimeoutError } from "../core/errors.js";
 import type { Logger } from "../core/log.js";
 import type { RequestContext } from "../core/pipeline.js";
-import { forwardedBody, hasBody, limitBody, withBodyLength, type BodyLimits, type BufferedBody } from "./request-body.js";
+import { forwardedBody, hasBody, limitBody, withBodyLength, type BufferedBody } from "./request-body.js";
 import { discardBody, type UpstreamResponse } from "./forward.js";
 import { downstreamResponseHeaders, upstreamRequestHeaders } from "./headers.js";
 import { maskedAnswer } from "./mask.js";
 import { routeGroup, type GatewayMetrics } from "./metrics.js";
 import type { OwnEndpoints } from "./own-endpoints.js";
-import type { GatewayRequestState, ShutdownState } from "./requests.js";
+import { sendJson, type GatewayRequestState, type ShutdownState } from "./requests.js";
 import type { GuardedRequest } from "./resources.js";
 import { drainSignal, meterUsage, prepareUsage, type UsagePlan } from "./usage.js";
 
@@ -37,38 +35,40 @@ export interface ProxyOptions {
 }
 
 export interface Proxy {
-  /** The catch-all route's handler; the request's state and context are set by the pipeline's hook. */
-  handle(request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply>;
+  /** Serves a request the pipeline let through (`state.context` set); rejects with the error to answer. */
+  handle(raw: IncomingMessage, res: ServerResponse, state: GatewayRequestState): Promise<void>;
 }
 
 export function createProxy({ own, metrics, log, proto, shutdown }: ProxyOptions): Proxy {
   return { handle };
 
-  async function handle(request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
-    const state = request.gatewayState!;
+  async function handle(raw: IncomingMessage, res: ServerResponse, state: GatewayRequestState): Promise<void> {
     const { generation } = state;
     const context = state.context!;
-    const raw = request.raw;
     const method = raw.method ?? "GET";
 
     const endpoint = own.which(context.path);
     if (method === "OPTIONS") {
       // Answered here, never forwarded: what this route accepts, from the catalog. (CORS is not Tollgate's.)
-      if (context.responseHeaders) void reply.headers(context.responseHeaders);
-      return reply.code(204).header("allow", own.allowed(generation.config, generation.catalog, endpoint, context.path)).send();
+      res.writeHead(204, { ...context.responseHeaders, allow: own.allowed(generation.config, generation.catalog, endpoint, context.path) }).end();
+      return;
     }
     if (endpoint) {
       if (method === "GET" || method === "HEAD") {
-        if (context.responseHeaders) void reply.headers(context.responseHeaders);
         const answer = await own.answer(endpoint, () => generation.core.ping());
-        if (answer.contentType) void reply.type(answer.contentType);
-        return reply.code(answer.status).send(answer.body);
+        if (typeof answer.body === "object") sendJson(res, answer.status, { ...context.responseHeaders }, answer.body);
+        else {
+          const headers = { ...context.responseHeaders, "content-type": answer.contentType ?? "text/plain; charset=utf-8", "content-length": String(Buffer.byteLength(answer.body)) };
+          res.writeHead(answer.status, headers).end(answer.body);
+        }
+        return;
       }
       // Readiness and metrics are the gateway's own; they are never forwarded.
       if (endpoint === "ready" || endpoint === "metrics") throw new MethodNotAllowedError(method);
     }
 
-    const limits = bodyLimits(generation.config, state);
+    // The body limits of this request: its generation's, and its share of the buffer budget (requests.ts).
+    const limits = state;
     // Stage 6 before forwarding; authentication off: nothing to check.
     const { guard } = generation;
     const guarded = context.user ? await guard.before(raw, context, limits) : undefined;
@@ -78,9 +78,9 @@ export function createProxy({ own, metrics, log, proto, shutdown }: ProxyOptions
     const forwardAs = usage ? ({ ...guarded, body: usage.body ?? guarded?.body, inspectResponse: true } as GuardedRequest) : guarded;
     // Stage 7. An inference answer is read for its usage even after the client left (usage.ts): its upstream request outlives the client, within bounds.
     const asked = performance.now();
-    const signal = usage?.estimate ? drainSignal(state.abort.signal) : state.abort.signal;
+    const signal = usage?.estimate ? drainSignal(state.signal) : state.signal;
     const answer = await forward(raw, context, state, forwardAs, false, signal).catch((err: unknown) => {
-      if (state.abort.signal.aborted) return undefined;
+      if (state.clientLeft) return undefined;
       if (err instanceof UpstreamError || err instanceof UpstreamTimeoutError) {
         log.warn({ reqId: state.requestId, status: err.status, err: errorMessage(err.cause ?? err) }, "upstream request failed");
       }
@@ -88,31 +88,27 @@ export function createProxy({ own, metrics, log, proto, shutdown }: ProxyOptions
     });
     if (!answer) {
       // The client is gone; there is nobody to answer.
-      reply.hijack();
-      reply.raw.destroy();
-      return reply;
+      res.destroy();
+      return;
     }
     state.upstreamMs = performance.now() - asked;
     metrics.upstream(routeGroup(context.path), state.upstreamMs / 1000);
     // Stage 6 after: the answer's resources (a created one's owner, a list's entries; more pages fetched bodiless).
     const upstream = guarded ? await guard.after(guarded, context, answer, (query) => forward(raw, { ...context, query }, state, guarded, true)) : answer;
-    const relayed = relay(reply, upstream, usage);
+    relay(res, state, upstream, usage);
     // The buffered body has been sent: its memory no longer counts, however long the answer streams.
     state.bodyHold.release();
-    return relayed;
   }
 
   /**
-   * Sends the upstream's response on, bypassing Fastify's reply: the status
+   * Sends the upstream's response on: the status
    * and headers leave as soon as they arrive (a client sees a stream start
    * before its first token), then every body chunk as it comes. If either
    * side fails mid-way, both are destroyed: the client's connection is
    * cut (its headers are gone, a status can no longer tell it) and the
    * upstream request is aborted.
    */
-  function relay(reply: FastifyReply, upstream: UpstreamResponse, usage?: UsagePlan): FastifyReply {
-    const res = reply.raw;
-    const state = reply.request.gatewayState!;
+  function relay(res: ServerResponse, state: GatewayRequestState, upstream: UpstreamResponse, usage?: UsagePlan): void {
     let headers = downstreamResponseHeaders(upstream.headers);
     let source = upstream.body;
     // An error answer may repeat the credential the gateway sent (mask.ts): never relay it.
@@ -143,7 +139,6 @@ export function createProxy({ own, metrics, log, proto, shutdown }: ProxyOptions
       metrics.upstreamError("invalid");
       throw new UpstreamError();
     }
-    reply.hijack();
     if (headers["content-length"] === undefined) res.flushHeaders();
     // pipe() plus two listeners rather than stream.pipeline, which allocates an
     // AbortController and an AbortError per call: measurable at this rate.
@@ -164,16 +159,15 @@ export function createProxy({ own, metrics, log, proto, shutdown }: ProxyOptions
           })
         : source;
     body.on("error", () => res.destroy());
-    if (state.abort.signal.aborted) {
+    if (state.clientLeft) {
       // The client left while the upstream answered: a metered answer is still read for its usage.
       body.destroy();
-      return reply;
+      return;
     }
     res.once("close", () => {
       if (!body.readableEnded) body.destroy();
     });
     body.pipe(res);
-    return reply;
   }
 
   /**
@@ -181,7 +175,7 @@ export function createProxy({ own, metrics, log, proto, shutdown }: ProxyOptions
    * the stream; an answer it must inspect is asked for uncompressed).
    * `bodyless`: a follow-up GET for the next page of a filtered list.
    */
-  function forward(raw: IncomingMessage, context: RequestContext, state: GatewayRequestState, guarded?: GuardedRequest, bodyless = false, signal = state.abort.signal) {
+  function forward(raw: IncomingMessage, context: RequestContext, state: GatewayRequestState, guarded?: GuardedRequest, bodyless = false, signal = state.signal) {
     const { config, forwarder } = state.generation;
     let headers = upstreamRequestHeaders(raw.rawHeaders, {
       apiKey: config.upstream.api_key,
@@ -198,19 +192,10 @@ export function createProxy({ own, metrics, log, proto, shutdown }: ProxyOptions
       path: context.path,
       query: context.query,
       headers,
-      body: bodyless ? null : buffered ? forwardedBody(buffered) : hasBody(raw.headers) ? limitBody(raw, bodyLimits(config, state)) : null,
+      body: bodyless ? null : buffered ? forwardedBody(buffered) : hasBody(raw.headers) ? limitBody(raw, state) : null,
       signal,
     });
   }
-}
-
-/** How much of this request's body the gateway takes, and how long it waits for it. */
-function bodyLimits(config: Config, state: GatewayRequestState): BodyLimits {
-  return {
-    maxBytes: config.server.max_body_bytes,
-    idleMs: config.server.body_idle_timeout_ms,
-    reserve: (bytes) => state.bodyHold.reserve(bytes),
-  };
 }
 
 /** Request headers asking for an uncompressed answer: the gateway must read it (resources.ts). */

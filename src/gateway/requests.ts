@@ -1,11 +1,11 @@
 import { randomUUID } from "node:crypto";
 import { performance } from "node:perf_hooks";
-import type { FastifyReply, FastifyRequest } from "fastify";
+import type { IncomingMessage, ServerResponse } from "node:http";
 import { errorMessage } from "../core/carry-over.js";
 import { AuthError, TollgateError, UpstreamError, UpstreamTimeoutError } from "../core/errors.js";
 import type { Logger } from "../core/log.js";
 import type { RequestContext } from "../core/pipeline.js";
-import { lingerAfterResponse } from "./request-body.js";
+import { lingerAfterResponse, type BodyLimits } from "./request-body.js";
 import type { BufferBudget, BufferHold } from "./buffer-budget.js";
 import type { GatewayGeneration, Generations } from "./generations.js";
 import { routeGroup, type Decision, type GatewayMetrics } from "./metrics.js";
@@ -18,30 +18,63 @@ import { errorResponse } from "./respond.js";
  * answer (the OpenAI envelope, respond.ts).
  */
 
-/** What the gateway keeps about a request while it runs; typed on Fastify's request. */
-export interface GatewayRequestState {
-  /** Aborted when the client disconnects before its response is complete. */
-  readonly abort: AbortController;
+/**
+ * What the gateway keeps about a request while it runs, from its arrival to
+ * its response's close. It is also the request's {@link BodyLimits} (its
+ * generation's `max_body_bytes` and `body_idle_timeout_ms`, its share of the
+ * buffer budget): one object per request, no closure.
+ */
+export class GatewayRequestState implements BodyLimits {
   /** `performance.now()` when the request arrived. */
-  readonly start: number;
+  readonly start = performance.now();
   /** What the pipeline established; undefined until it has let the request through. */
-  context: RequestContext | undefined;
-  /** The config generation serving this request from start to end (a reload does not switch it). */
-  readonly generation: GatewayGeneration;
-  /** `X-Request-Id`: the client's when well-formed, else a new UUID; sent upstream and back. */
-  readonly requestId: string;
+  context: RequestContext | undefined = undefined;
   /** Set by the error path; otherwise derived from the context when the response closes. */
-  decision: Decision | undefined;
+  decision: Decision | undefined = undefined;
   /** Milliseconds to the upstream's response headers, when it was asked. */
-  upstreamMs: number | undefined;
-  /** What this request's buffered body takes of `server.max_buffered_bytes`; given back when the handler is done. */
-  readonly bodyHold: BufferHold;
-}
+  upstreamMs: number | undefined = undefined;
+  /** True once the client went away before its response was complete. */
+  clientLeft = false;
+  #abort: AbortController | undefined;
 
-declare module "fastify" {
-  interface FastifyRequest {
-    /** Set by the gateway's `onRequest` hook before anything else runs. */
-    gatewayState: GatewayRequestState | null;
+  constructor(
+    /** The config generation serving this request from start to end (a reload does not switch it). */
+    readonly generation: GatewayGeneration,
+    /** `X-Request-Id`: the client's when well-formed, else a new UUID; sent upstream and back. */
+    readonly requestId: string,
+    /** What this request's buffered body takes of `server.max_buffered_bytes`; given back when the handler is done. */
+    readonly bodyHold: BufferHold,
+  ) {}
+
+  /**
+   * Aborted when the client disconnects before its response is complete.
+   * Made on first use: most requests (a cached credential, a refusal, an own
+   * endpoint) never wait on anything a signal could stop.
+   */
+  get signal(): AbortSignal {
+    if (!this.#abort) {
+      this.#abort = new AbortController();
+      if (this.clientLeft) this.#abort.abort(new Error("client disconnected"));
+    }
+    return this.#abort.signal;
+  }
+
+  get maxBytes(): number {
+    return this.generation.config.server.max_body_bytes;
+  }
+
+  get idleMs(): number {
+    return this.generation.config.server.body_idle_timeout_ms;
+  }
+
+  reserve(bytes: number): void {
+    this.bodyHold.reserve(bytes);
+  }
+
+  /** The client went away: whatever waits on {@link signal} stops. */
+  leave(): void {
+    this.clientLeft = true;
+    this.#abort?.abort(new Error("client disconnected"));
   }
 }
 
@@ -62,43 +95,31 @@ export interface RequestsOptions {
 }
 
 export interface Requests {
-  /** Starts the request's state and its single log line (written when the response closes); idempotent. */
-  track(request: FastifyRequest, reply: FastifyReply): GatewayRequestState;
-  /** Every error the gateway answers goes through here. */
-  sendError(request: FastifyRequest, reply: FastifyReply, err: unknown): void;
+  /** Starts the request's state and its single log line and metric observation (written when the response closes). */
+  track(req: IncomingMessage, res: ServerResponse): GatewayRequestState;
+  /** Every error the gateway answers goes through here; `state` is absent only before {@link track}. */
+  sendError(req: IncomingMessage, res: ServerResponse, state: GatewayRequestState | undefined, err: unknown): void;
 }
 
 export function createRequests({ generations, metrics, log, bodyBudget, shutdown }: RequestsOptions): Requests {
   return {
-    track(request, reply) {
-      if (request.gatewayState) return request.gatewayState;
+    track(req, res) {
       const generation = generations.enter();
-      const state: GatewayRequestState = {
-        abort: new AbortController(),
-        start: performance.now(),
-        context: undefined,
-        generation,
-        requestId: requestIdOf(request.raw.headers["x-request-id"]),
-        decision: undefined,
-        upstreamMs: undefined,
-        bodyHold: bodyBudget.forRequest(),
-      };
-      request.gatewayState = state;
-      const res = reply.raw;
+      const state = new GatewayRequestState(generation, requestIdOf(req.headers["x-request-id"]), bodyBudget.forRequest());
       res.setHeader("x-request-id", state.requestId);
       res.once("close", () => {
         const aborted = !res.writableFinished;
-        if (aborted) state.abort.abort(new Error("client disconnected"));
+        if (aborted) state.leave();
         const context = state.context;
         const decision = state.decision ?? (context ? (context.public ? "public" : "allowed") : "error");
         const seconds = (performance.now() - state.start) / 1000;
         // A refused request has no context: its group comes from the path it asked for.
-        metrics.request(routeGroup(context?.path ?? safeCanonicalPath(request.raw.url)), res.statusCode, decision, seconds);
+        metrics.request(routeGroup(context?.path ?? safeCanonicalPath(req.url)), res.statusCode, decision, seconds);
         // Method, canonical path, status, latency, principal: never the query or a header value.
         log.info(
           {
             reqId: state.requestId,
-            method: request.raw.method,
+            method: req.method,
             path: loggedPath(context?.path),
             status: res.statusCode,
             decision,
@@ -116,9 +137,8 @@ export function createRequests({ generations, metrics, log, bodyBudget, shutdown
       return state;
     },
 
-    sendError(request, reply, err) {
-      const { status, headers: errorHeaders, body } = errorResponse(err, request.raw.url);
-      const state = request.gatewayState;
+    sendError(req, res, state, err) {
+      const { status, headers: errorHeaders, body } = errorResponse(err, req.url);
       if (state && state.decision === undefined) {
         state.decision = decisionOf(err, status, state);
         if (state.decision === "429") metrics.quotaRejected();
@@ -128,22 +148,22 @@ export function createRequests({ generations, metrics, log, bodyBudget, shutdown
       if (err instanceof AuthError && err.detail !== undefined) log.info({ reqId: state?.requestId, detail: err.detail }, "credential refused");
       // A request that passed the quota and failed later still tells the client where it stands.
       const headers = { ...state?.context?.responseHeaders, ...errorHeaders };
-      if (status >= 500 && !(err instanceof TollgateError) && !hasCode(err, "FST_")) {
+      if (status >= 500 && !(err instanceof TollgateError)) {
         log.error({ err: errorMessage(err) }, "unexpected error");
       }
-      if (reply.sent || reply.raw.headersSent) {
+      if (res.headersSent || res.writableEnded) {
         // Too late for a status: the only honest signal left is a cut connection.
-        reply.raw.destroy();
+        res.destroy();
         return;
       }
       // An unread request body would otherwise be drained after the response:
       // close instead, lingering so that the client still sending it reads this answer.
-      if (!request.raw.complete) {
+      if (!req.complete) {
         headers.connection = "close";
-        lingerAfterResponse(request.raw, request.raw.socket);
+        lingerAfterResponse(req, req.socket);
       }
       if (shutdown.closing) headers.connection = "close";
-      void reply.code(status).headers(headers).send(body);
+      sendJson(res, status, headers, body);
     },
   };
 }
@@ -181,7 +201,9 @@ function loggedPath(path: string | undefined): string | undefined {
   return path === undefined || path.length <= MAX_LOGGED_PATH ? path : `${path.slice(0, MAX_LOGGED_PATH)}...`;
 }
 
-function hasCode(err: unknown, prefix: string): boolean {
-  const code = (err as { code?: unknown } | null)?.code;
-  return typeof code === "string" && code.startsWith(prefix);
+/** Answers with `body` as JSON (`content-type` from `headers`, else JSON's), in one write. */
+export function sendJson(res: ServerResponse, status: number, headers: Record<string, string>, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { "content-type": "application/json; charset=utf-8", ...headers, "content-length": Buffer.byteLength(text) });
+  res.end(text);
 }

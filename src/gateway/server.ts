@@ -1,13 +1,13 @@
 import { readFileSync } from "node:fs";
-import type { Server as HttpServer } from "node:http";
+import { createServer as createHttpServer, type IncomingMessage, type RequestListener, type Server as HttpServer, type ServerResponse } from "node:http";
+import { createServer as createHttpsServer, type Server as HttpsServer } from "node:https";
 import type { AddressInfo, Socket } from "node:net";
 import type { Registry } from "prom-client";
-import fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import { closeAll, errorMessage } from "../core/carry-over.js";
 import type { Config } from "../core/config/schema.js";
-import { ConfigError, MethodNotAllowedError, NotFoundError, ShuttingDownError } from "../core/errors.js";
+import { ConfigError, MethodNotAllowedError, ShuttingDownError, UnsupportedMediaTypeError } from "../core/errors.js";
 import type { Logger } from "../core/log.js";
-import { toPipelineRequest } from "../core/node-request.js";
+import { toLazyPipelineRequest } from "../core/node-request.js";
 import type { AuthProvider } from "../core/providers/types.js";
 import { resilientRecordStore } from "../core/stores/resilient.js";
 import type { RecordStore } from "../core/stores/types.js";
@@ -49,8 +49,8 @@ export interface GatewayOptions {
 }
 
 export interface Gateway {
-  /** The Fastify instance (routes, hooks); for tests and embedding. */
-  readonly server: FastifyInstance;
+  /** The node:http (node:https with `server.tls`) server; for tests and embedding. */
+  readonly server: HttpServer | HttpsServer;
   /** This process's Prometheus registry (what GET /metrics shows, unless `renderMetrics` says otherwise). */
   readonly metrics: Registry;
   /** Starts listening on `server.host`:`server.port` (and `metrics.port`); resolves with the base URL. */
@@ -118,18 +118,6 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
   // One budget for the process: every request's buffered body counts against it, whichever generation serves it.
   const bodyBudget = createBufferBudget(() => generations.current.config.server.max_buffered_bytes, () => metrics.overloaded());
 
-  let app: FastifyInstance;
-  try {
-    app = createFastify(startConfig, source, log, (err, request, reply) => {
-      requests.track(request, reply);
-      requests.sendError(request, reply, err);
-    });
-  } catch (err) {
-    await generations.close();
-    await closeAll([options.provider, store], options.log);
-    throw err;
-  }
-
   let closing = false;
   let closed: Promise<void> | undefined;
   let metricsServer: HttpServer | undefined;
@@ -138,55 +126,65 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     get closing() {
       return closing;
     },
-    closeIdleConnections: () => app.server.closeIdleConnections(),
+    closeIdleConnections: () => server.closeIdleConnections(),
   };
   const requests = createRequests({ generations, metrics, log, bodyBudget, shutdown: shutdownState });
   const proxy = createProxy({ own, metrics, log, proto, shutdown: shutdownState });
 
-  app.decorateRequest("gatewayState", null);
-  // Node keeps the first 2,000 header fields and silently drops the rest; the
-  // gateway must see them all to refuse past `server.max_header_count` (431).
-  // Their bytes stay bounded by Node's 16 KiB header limit.
-  app.server.maxHeadersCount = 0;
+  /**
+   * Every request, in order: its state and log line (requests.ts), stages
+   * 1–5 (core/pipeline.ts), then stages 6–7 or an own endpoint (proxy.ts).
+   * Any error becomes the OpenAI envelope in one place (requests.ts).
+   */
+  async function serve(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const state = requests.track(req, res);
+    try {
+      if (closing) throw new ShuttingDownError();
+      const { config, pipeline } = state.generation;
+      // Before anything reads a header: a field past the count or a second Host is refused, never dropped or guessed.
+      checkRequestHeaders(req.rawHeaders, config.server.max_header_count);
+      checkDeclaredLength(req.headers, config.server.max_body_bytes);
+      // Every copy of a repeated header (two Authorization headers, two identity
+      // headers) reaches the pipeline, so that it refuses rather than guesses.
+      state.context = await pipeline.authorize(toLazyPipelineRequest(req, state));
+      const method = req.method ?? "";
+      if (!FORWARDED_METHODS.includes(method)) throw new MethodNotAllowedError(method);
+      // A Content-Type that does not parse is refused before its body is read (as Fastify did, RFC 9110 §8.3.1).
+      if (BODY_METHODS.has(method) && !validContentType(req.headers["content-type"])) throw new UnsupportedMediaTypeError();
+      await proxy.handle(req, res, state);
+    } catch (err) {
+      requests.sendError(req, res, state, err);
+    }
+  }
 
-  // Bodies are not parsed: the stream goes upstream as it arrives (see the route).
-  app.removeAllContentTypeParsers();
-  app.addContentTypeParser("*", (_request, _payload, done) => done(null));
-
-  app.setErrorHandler((err, request, reply) => requests.sendError(request, reply, err));
-  app.setNotFoundHandler((request, reply) => {
-    requests.track(request, reply);
-    const method = request.raw.method ?? "";
-    const err = FORWARDED_METHODS.includes(method) ? new NotFoundError() : new MethodNotAllowedError(method);
-    requests.sendError(request, reply, err);
+  let server: HttpServer | HttpsServer;
+  try {
+    server = createServer(startConfig, source, (req, res) => void serve(req, res));
+  } catch (err) {
+    await generations.close();
+    await closeAll([options.provider, store], options.log);
+    throw err;
+  }
+  server.on("clientError", (err: NodeJS.ErrnoException, socket: Socket) => {
+    log.debug({ code: err.code }, "malformed request refused");
+    writeClientError(err, socket);
   });
-
-  // Stages 1–5 (core/pipeline.ts), before the route.
-  app.addHook("onRequest", async (request, reply) => {
-    const state = requests.track(request, reply);
-    if (closing) throw new ShuttingDownError();
-    const raw = request.raw;
-    const { config } = state.generation;
-    // Before anything reads a header: a field past the count or a second Host is refused, never dropped or guessed.
-    checkRequestHeaders(raw.rawHeaders, config.server.max_header_count);
-    checkDeclaredLength(raw.headers, config.server.max_body_bytes);
-    // Every copy of a repeated header (two Authorization headers, two identity
-    // headers) reaches the pipeline, so that it refuses rather than guesses.
-    state.context = await state.generation.pipeline.authorize(toPipelineRequest(raw, state.abort.signal));
-  });
-
-  // Stages 6–7 and the gateway's own endpoints (proxy.ts).
-  app.route({ method: FORWARDED_METHODS, url: "/*", handler: (request, reply) => proxy.handle(request, reply) });
 
   return {
-    server: app,
+    server,
     metrics: metrics.registry,
     reload(config) {
       if (closing) return Promise.reject(new Error("the gateway is shutting down"));
       return generations.reload(config);
     },
     async listen() {
-      await app.listen({ host: startConfig.server.host, port: startConfig.server.port });
+      await new Promise<void>((resolve, reject) => {
+        server.once("error", reject);
+        server.listen(startConfig.server.port, startConfig.server.host, () => {
+          server.off("error", reject);
+          resolve();
+        });
+      });
       const metricsConfig = startConfig.metrics;
       if (metricsConfig.enabled && metricsConfig.port !== undefined) {
         metricsServer = createMetricsServer(metricsOptions);
@@ -199,7 +197,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
           });
         });
       }
-      const address = app.server.address() as AddressInfo;
+      const address = server.address() as AddressInfo;
       const host = address.family === "IPv6" || address.address.includes(":") ? `[${address.address}]` : address.address;
       return { url: `${proto}://${host}:${address.port}` };
     },
@@ -216,14 +214,15 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     // is aborted when its client connection closes.
     const timer = setTimeout(() => {
       log.warn({ timeout_ms: timeoutMs }, "shutdown timeout: closing the remaining connections");
-      app.server.closeAllConnections();
+      server.closeAllConnections();
     }, timeoutMs);
     timer.unref();
     try {
-      app.server.closeIdleConnections();
       metricsServer?.close();
       metricsServer?.closeAllConnections();
-      await app.close();
+      // Stops accepting, closes idle keep-alive connections, and resolves once every open one has ended.
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeIdleConnections();
     } finally {
       clearTimeout(timer);
       await generations.close();
@@ -233,39 +232,55 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
 }
 
 /**
- * The Fastify instance, TLS included: a certificate or key that cannot be
- * read or used is a ConfigError naming the key.
+ * The node:http (or node:https) server, TLS included: a certificate or key
+ * that cannot be read or used is a ConfigError naming the key. Its settings
+ * are the ones the gateway ran with under Fastify: no request or connection
+ * timeout (streams run long), 72 s keep-alive, every header field kept.
  */
-function createFastify(config: Config, source: string, log: Logger, frameworkError: (err: Error, request: FastifyRequest, reply: FastifyReply) => void): FastifyInstance {
+function createServer(config: Config, source: string, listener: RequestListener): HttpServer | HttpsServer {
   const tls = config.server.tls;
-  const https = tls
-    ? {
-        cert: readTlsFile(tls.cert_file, "server.tls.cert_file", source),
-        key: readTlsFile(tls.key_file, "server.tls.key_file", source),
-      }
-    : null;
-  try {
-    return fastify({
-      ...(https ? { https } : {}),
-      logger: false,
-      // Bodies are streamed to the upstream untouched; max_body_bytes governs (see request-body.ts).
-      bodyLimit: Number.MAX_SAFE_INTEGER,
-      // The gateway answers 503 in its own envelope (the onRequest hook), not Fastify's.
-      return503OnClosing: false,
-      // Requests with long-running streams are the norm; Node's default timeouts stay off.
-      requestTimeout: 0,
-      routerOptions: { maxParamLength: 65_536 },
-      clientErrorHandler: (err: NodeJS.ErrnoException, socket: Socket) => {
-        log.debug({ code: err.code }, "malformed request refused");
-        writeClientError(err, socket);
-      },
-      frameworkErrors: (err, request, reply) => frameworkError(err, request, reply),
-    }) as unknown as FastifyInstance;
-  } catch (err) {
-    if (!https) throw err;
-    // A certificate or key that is readable but not valid PEM fails here.
-    throw new ConfigError(source, [`server.tls: cannot use the certificate and key: ${(err as Error).message}`]);
+  // Requests with long-running streams are the norm; Node's default timeouts stay off.
+  const options = { requestTimeout: 0, keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS };
+  let server: HttpServer | HttpsServer;
+  if (tls) {
+    const cert = readTlsFile(tls.cert_file, "server.tls.cert_file", source);
+    const key = readTlsFile(tls.key_file, "server.tls.key_file", source);
+    try {
+      server = createHttpsServer({ ...options, cert, key }, listener);
+    } catch (err) {
+      // A certificate or key that is readable but not valid PEM fails here.
+      throw new ConfigError(source, [`server.tls: cannot use the certificate and key: ${(err as Error).message}`]);
+    }
+  } else {
+    server = createHttpServer(options, listener);
   }
+  server.setTimeout(0);
+  // Node keeps the first 2,000 header fields and silently drops the rest; the
+  // gateway must see them all to refuse past `server.max_header_count` (431).
+  // Their bytes stay bounded by Node's 16 KiB header limit.
+  server.maxHeadersCount = 0;
+  return server;
+}
+
+/** How long an idle keep-alive connection stays open (Fastify's default, which the gateway kept). */
+const KEEP_ALIVE_TIMEOUT_MS = 72_000;
+
+/** Methods whose Content-Type, when sent, must parse (as Fastify checked it). */
+const BODY_METHODS = new Set(["DELETE", "OPTIONS", "PATCH", "PUT", "POST"]);
+
+/** RFC 9110 token characters, a media type's type and subtype. */
+const TYPE = /^[\w!#$%&'*+.^`|~-]+$/;
+const SUBTYPE = TYPE;
+
+/** Does a Content-Type header name a media type `type/subtype` (parameters not checked)? Absent counts as valid. */
+function validContentType(header: string | undefined): boolean {
+  if (header === undefined) return true;
+  if (header === "" || header === "undefined") return false;
+  const semicolon = header.indexOf(";");
+  const mediaType = semicolon === -1 ? header : header.slice(0, semicolon);
+  const slash = mediaType.indexOf("/");
+  if (slash === -1) return false;
+  return TYPE.test(mediaType.slice(0, slash).trimStart()) && SUBTYPE.test(mediaType.slice(slash + 1).trimEnd());
 }
 
 /** Reads a PEM file named at `configPath`, or fails naming that path. */
