@@ -120,3 +120,44 @@ describe("a filtered list in the gateway", () => {
     assert.equal(next.json.has_more, false);
   });
 });
+
+describe("the gateway on node:http", () => {
+  let gateway: Gateway;
+  let url: string;
+
+  before(async () => {
+    const { log } = captureLog("warn");
+    const open = validateConfig({ server: { port: 0, resources: { unlisted: "allow" } }, upstream: { url: upstream.url } }, "test config");
+    gateway = await createGateway({ config: open, log });
+    ({ url } = await gateway.listen());
+  });
+  after(() => gateway.close());
+
+  test("a Content-Type that does not parse is refused with 415 and never forwarded; a valid or absent one is", async () => {
+    const send = async (contentType: string | undefined, id: string) => {
+      const res = await request(`${url}/v1/echo/ct`, {
+        method: "POST",
+        headers: { "x-request-id": id, ...(contentType === undefined ? {} : { "content-type": contentType }) },
+        body: "{}",
+      });
+      const text = await res.body.text();
+      return { status: res.statusCode, text, forwarded: upstream.requests.some((r) => r.headers["x-request-id"] === id) };
+    };
+    const refused = await send(";;", "ct-invalid");
+    assert.equal(refused.status, 415);
+    assert.match(refused.text, /"code":"unsupported_media_type"/);
+    assert.equal(refused.forwarded, false);
+    for (const [contentType, id] of [["application/json; charset=utf-8", "ct-valid"], [undefined, "ct-absent"]] as const) {
+      const answer = await send(contentType, id);
+      assert.notEqual(answer.status, 415, `${contentType}: ${answer.text}`);
+      assert.equal(answer.forwarded, true, `${contentType} reached the upstream`);
+    }
+  });
+
+  test("a method the gateway never forwards is a 405 in the OpenAI envelope; idle keep-alive connections are kept 72 s", async () => {
+    const res = await request(`${url}/v1/models`, { method: "TRACE" as "GET" });
+    assert.equal(res.statusCode, 405);
+    assert.match(await res.body.text(), /"code":"method_not_allowed"/);
+    assert.equal(res.headers["keep-alive"], "timeout=72");
+  });
+});
