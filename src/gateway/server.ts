@@ -153,7 +153,13 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
       if (BODY_METHODS.has(method) && !validContentType(req.headers["content-type"])) throw new UnsupportedMediaTypeError();
       await proxy.handle(req, res, state);
     } catch (err) {
-      requests.sendError(req, res, state, err);
+      try {
+        requests.sendError(req, res, state, err);
+      } catch (failure) {
+        // Not even an error answer could be written: cut the connection rather than leave it hanging.
+        log.error({ err: errorMessage(failure) }, "unexpected error while answering an error");
+        res.destroy();
+      }
     }
   }
 
@@ -255,6 +261,7 @@ function createServer(config: Config, source: string, listener: RequestListener)
     server = createHttpServer(options, listener);
   }
   server.setTimeout(0);
+  server.keepAliveTimeout = KEEP_ALIVE_TIMEOUT_MS;
   // Node keeps the first 2,000 header fields and silently drops the rest; the
   // gateway must see them all to refuse past `server.max_header_count` (431).
   // Their bytes stay bounded by Node's 16 KiB header limit.
