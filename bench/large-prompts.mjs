@@ -46,7 +46,8 @@ export async function largePromptsSection({ targets, baseId, bytes, measure, dur
     cpu_percent: Math.round(100 * median(r.results.map((x) => x.cpu?.gateway ?? 0))),
   }));
   const base = rows.find((r) => r.id === baseId);
-  for (const r of rows) r.ratio_to_base = base ? Math.round((100 * r.rps) / base.rps) / 100 : null;
+  // No ratio to a base that finished nothing (a busy machine, a load generator's timeout).
+  for (const r of rows) r.ratio_to_base = base?.rps > 0 ? Math.round((100 * r.rps) / base.rps) / 100 : null;
   const lines = [
     "### Large prompts",
     "",

@@ -656,7 +656,7 @@ function issue16Targets(rows, extra) {
     });
   }
   const large = extra.large_prompts?.rows.find((r) => r.id === "4");
-  if (large) out.push({ met: large.max_rss_mb !== null && large.max_rss_mb <= 300, text: `RSS ≤ 300 MB with ${Math.round(extra.large_prompts.bytes / 1024)} KiB prompts (full-auth path, ${extra.large_prompts.connections} connections): ${large.max_rss_mb} MB (${large.ratio_to_base.toFixed(2)} × the bare proxy's req/s)` });
+  if (large) out.push({ met: large.max_rss_mb !== null && large.max_rss_mb <= 300, text: `RSS ≤ 300 MB with ${Math.round(extra.large_prompts.bytes / 1024)} KiB prompts (full-auth path, ${extra.large_prompts.connections} connections): ${large.max_rss_mb} MB (${large.ratio_to_base?.toFixed(2) ?? "–"} × the bare proxy's req/s)` });
   return out;
 }
 
