@@ -20,7 +20,7 @@
 //   1 direct to the upstream (reference)
 //   2 bare Node reverse proxy (bench/bare-proxy.mjs: node:http + undici, no checks): the limit a Node gateway can approach
 //   3 Tollgate, api_key auth
-//   4 Tollgate, oauth2_token JWT + 100-rule access policy + SQLite quota (4b: the same, JWT cache off)
+//   4 Tollgate, oauth2_token JWT + 100-rule access policy + SQLite quota (4b: the same, JWT cache off; 4n: the same, usage recording off)
 //   5 Tollgate, the same with the quota in Redis (skipped with a note when Redis does not answer)
 //   6 Express + jose + express-rate-limit + http-proxy-middleware, same checks (bench/express-stack.mjs)
 //   7 nginx, plain reverse proxy (skipped with a note when nginx is not installed; BENCH_INSTALL_NGINX=1 installs it)
@@ -305,6 +305,13 @@ try {
   if (want("4")) {
     const gw = await fullAuthOnce();
     add({ id: "4", name: FULL_AUTH_NAME, url: gw.url, headers: bearer, pid: gw.pid, stream: true, tollgate: true });
+  }
+  if (want("4n")) {
+    // Scenario 4 records usage (the default); this one does not: the two rows' throughput must be within 5 %.
+    const gw = await startTollgate("jwt-policy-sqlite-no-usage", ["  auth:", jwtProvider(30_000), "    access_policy:", ...accessPolicyYaml(), ...sqliteQuota("quota-4n")], {
+      extra: [`storage: {type: sqlite, db_path: "${join(work, "jwt-policy-sqlite-no-usage-records.db")}"}`, "usage: {enabled: false}"],
+    });
+    add({ id: "4n", name: "Tollgate as 4, usage recording off", url: gw.url, headers: bearer, pid: gw.pid, stream: true, tollgate: true });
   }
   if (want("4b")) {
     const gw = await policyGateway("jwt-uncached-policy-sqlite", 0, sqliteQuota("quota-4b"));
@@ -675,6 +682,8 @@ function checkTargets(rows) {
         out.push({ met: s4.single_p99_added_ms <= 1, text: `scenario 4 (${kind}) p99 added over scenario 2 ≤ 1 ms, one connection: ${s4.single_p99_added_ms} ms` });
       }
     }
+    const s4n = get("4n", kind);
+    if (s4 && s4n) out.push({ met: s4.rps >= 0.95 * s4n.rps, text: `scenario 4 (${kind}, usage recorded) throughput ≥ 0.95 × 4n (recording off): ${(s4.rps / s4n.rps).toFixed(2)} ×` });
     if (s4 && s6) out.push({ met: s4.rps >= 2 * s6.rps, text: `scenario 4 (${kind}) ≥ 2 × scenario 6: ${(s4.rps / s6.rps).toFixed(2)} ×` });
     // The Express stack verifies the JWT on every request (jose caches the key set, not results): 4b does too.
     const s4b = get("4b", kind);

@@ -34,6 +34,7 @@ export {
   AUTH_REALM,
   AuthError,
   BadRequestError,
+  BudgetExceededError,
   ConfigError,
   ERRORS,
   ForbiddenError,

@@ -41,6 +41,7 @@ export const ERRORS = {
   PayloadTooLargeError: { status: 413, type: "invalid_request_error", codes: ["request_too_large"] },
   UnsupportedMediaTypeError: { status: 415, type: "invalid_request_error", codes: ["unsupported_media_type"] },
   QuotaExceededError: { status: 429, type: "rate_limit_error", codes: ["rate_limit_exceeded"] },
+  BudgetExceededError: { status: 429, type: "rate_limit_error", codes: ["budget_exceeded"] },
   HeadersTooLargeError: { status: 431, type: "invalid_request_error", codes: ["headers_too_large"] },
   InternalError: { status: 500, type: "server_error", codes: ["internal_error"] },
   UpstreamError: { status: 502, type: "upstream_error", codes: ["bad_gateway"] },
@@ -235,12 +236,23 @@ export function toErrorResponse(err: unknown): ErrorResponse {
 export class QuotaExceededError extends TollgateError {
   readonly retryAfterSeconds: number;
 
-  constructor(retryAfterSeconds: number, headers: Record<string, string> = {}) {
-    super(...refusal("QuotaExceededError", "rate_limit_exceeded"), "Quota exceeded", {
+  constructor(retryAfterSeconds: number, headers: Record<string, string> = {}, refused = refusal("QuotaExceededError", "rate_limit_exceeded"), message = "Quota exceeded") {
+    super(...refused, message, {
       ...headers,
       "retry-after": String(retryAfterSeconds),
     });
     this.retryAfterSeconds = retryAfterSeconds;
+  }
+}
+
+/**
+ * 429 `budget_exceeded`: the spend in a window of a `{spend, period}` limit
+ * (the principal's or the key's) has reached its budget. A quota refusal
+ * like the others (`Retry-After` when the window resets), never forwarded.
+ */
+export class BudgetExceededError extends QuotaExceededError {
+  constructor(retryAfterSeconds: number, headers: Record<string, string> = {}) {
+    super(retryAfterSeconds, headers, refusal("BudgetExceededError", "budget_exceeded"), "Budget exceeded");
   }
 }
 

@@ -6,11 +6,12 @@ import { createPipeline, type Pipeline, type PipelineOptions } from "./pipeline.
 import { policyOptions } from "./policy/from-config.js";
 import { createProvider } from "./providers/index.js";
 import type { AuthProvider, ProviderObserver } from "./providers/types.js";
-import { openQuotaStore, quotaFromConfig } from "./quota/from-config.js";
+import { keyLimitsQuota, openQuotaStore, quotaFromConfig } from "./quota/from-config.js";
 import type { Quota } from "./quota/quota.js";
 import type { QuotaStore } from "./quota/store.js";
 import { runChecks, type Check, type CheckResult } from "./readiness.js";
 import type { RecordStore } from "./stores/types.js";
+import { createPricing, type Pricing } from "./usage/pricing.js";
 
 /**
  * One generation of the configuration: everything the pipeline needs,
@@ -59,8 +60,10 @@ export interface Generation {
   readonly pipeline: Pipeline;
   /** The identity provider; undefined when authentication is off. */
   readonly provider: AuthProvider | undefined;
-  /** Stage 5; undefined without `server.quota`. */
+  /** Stage 5; undefined without `server.quota` (with `api_key` auth, then, only keys' own limits). */
   readonly quota: Quota | undefined;
+  /** `pricing`, compiled: the cost of usage and spend budgets. */
+  readonly pricing: Pricing;
   readonly quotaStore: QuotaStore | undefined;
   /** Stage 6 inside a handler (core/can.ts). */
   readonly can: Can;
@@ -106,11 +109,18 @@ export async function createGeneration(options: GenerationOptions): Promise<Gene
           ? take(previous.parts.quotaStore.hold())
           : take(new SharedPart(await openQuotaStore(quotaConfig.kvstore, log.child({ component: "quota" }))));
     }
-    const quotaStore = quotaStorePart?.value;
     // Stage 5: the counters live in the store, so new limits apply to the counts already made.
-    const quota = quotaConfig
-      ? await quotaFromConfig(quotaConfig, { log, now: options.now, store: quotaStore, onStoreError: observers.onQuotaStoreError })
+    let quota = quotaConfig
+      ? await quotaFromConfig(quotaConfig, { log, now: options.now, store: quotaStorePart?.value, onStoreError: observers.onQuotaStoreError })
       : undefined;
+    if (!quota && providerConfig?.type === "api_key") {
+      // API keys' own limits apply without server.quota, counted in the embedded store (opened on first use).
+      const carried = previous && !previous.config.server.quota ? previous.parts.quotaStore : undefined;
+      const keyOnly = keyLimitsQuota({ log, store: carried?.value });
+      quotaStorePart = take(carried ? carried.hold() : new SharedPart(keyOnly.store));
+      quota = keyOnly.quota;
+    }
+    const quotaStore = quotaStorePart?.value;
 
     const providerType = providerConfig?.type ?? "none";
     const { onAuthenticated } = observers;
@@ -127,7 +137,8 @@ export async function createGeneration(options: GenerationOptions): Promise<Gene
 
     const checks: [CheckResult["name"], Check][] = [];
     if (store) checks.push(["record_store", async () => void (await store.ping())]);
-    if (quota) checks.push(["quota_store", async () => void (await quota.ping())]);
+    // The embedded store of keys' own limits (no server.quota) is opened on first use: not a dependency to wait for.
+    if (quota && quotaConfig) checks.push(["quota_store", async () => void (await quota.ping())]);
     if (provider?.ready) checks.push(["identity_provider", () => provider.ready!()]);
 
     let closed: Promise<void> | undefined;
@@ -137,6 +148,7 @@ export async function createGeneration(options: GenerationOptions): Promise<Gene
       provider,
       quota,
       quotaStore,
+      pricing: createPricing(config.pricing),
       can: createCan(pipeline, provider !== undefined),
       parts: { provider: providerPart, quotaStore: quotaStorePart },
       ping: () => runChecks(checks),

@@ -65,6 +65,11 @@ export interface RequestContext {
    * total of the response (the gateway does, JSON and streamed). Never rejects.
    */
   readonly recordTokens?: ((tokens: number) => Promise<void>) | undefined;
+  /**
+   * Present when the client has spend budgets: call it with each answer's
+   * cost in billionths of the currency (from `pricing`). Never rejects.
+   */
+  readonly recordSpend?: ((nanos: number) => Promise<void>) | undefined;
 }
 
 /** One access decision, as handed to {@link PipelineOptions.onDecision} for the audit log. Never holds a secret. */
@@ -213,7 +218,7 @@ export function createPipeline({
       checkRequiredScopes(requiredScopes, user, matchPath);
       if (!quota) return { path, query, public: false, user };
       const grant = await quota.check({ user, remoteAddress: request.remoteAddress, headers: request.headers });
-      return { path, query, public: false, user, responseHeaders: grant.headers, recordTokens: grant.recordTokens };
+      return { path, query, public: false, user, responseHeaders: grant.headers, recordTokens: grant.recordTokens, recordSpend: grant.recordSpend };
     },
     checkAccess(context, action, resource) {
       const decision = evaluateAccess(accessPolicy, context.user, action, resource);

@@ -1,3 +1,5 @@
+import type { KeyLimit } from "./stores/types.js";
+
 /**
  * Who is calling: what every authentication provider produces.
  *
@@ -7,6 +9,8 @@
 export interface User {
   readonly principal: string;
   readonly attributes: Readonly<Record<string, readonly string[]>>;
+  /** Present when the credential was one of Tollgate's API keys: its id (usage per key) and its own limits. */
+  readonly apiKey?: { readonly id: string; readonly limits?: readonly KeyLimit[] | undefined } | undefined;
 }
 
 /** Builds a frozen {@link User}, dropping attribute entries that are not string lists. */

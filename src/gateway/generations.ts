@@ -66,6 +66,7 @@ const RESTART_KEYS: [string, (config: Config) => unknown][] = [
   ["server.tls", (c) => c.server.tls],
   ["server.workers", (c) => c.server.workers],
   ["storage", (c) => c.storage],
+  ["usage", (c) => c.usage],
   ["metrics", (c) => c.metrics],
   ["logging", (c) => c.logging],
 ];
@@ -140,6 +141,7 @@ export async function startGenerations(options: GenerationsOptions): Promise<Gen
       ...config,
       server: { ...config.server, host: running.server.host, port: running.server.port, tls: running.server.tls, workers: running.server.workers },
       storage: running.storage,
+      usage: running.usage,
       metrics: running.metrics,
       logging: running.logging,
     };

@@ -27,6 +27,8 @@ export interface GatewayMetrics {
   tokens(count: number): void;
   /** A request refused with 503 `overloaded`: its body would pass `server.max_buffered_bytes`. */
   overloaded(): void;
+  /** Usage rows dropped: the record store failed for longer than the recorder holds rows (core/usage/recorder.ts). */
+  usageDropped(rows: number): void;
   /** What the providers report: identity-service calls and cache lookups. */
   readonly providers: ProviderObserver;
 }
@@ -93,12 +95,17 @@ export function createMetrics(): GatewayMetrics {
   });
   const tokens = new Counter({
     name: "tollgate_llm_tokens_total",
-    help: "LLM tokens counted from responses' usage (clients with token budgets)",
+    help: "LLM tokens counted from responses' usage",
     registers,
   });
   const overloads = new Counter({
     name: "tollgate_overloaded_total",
     help: "Requests refused with 503 overloaded: the request bodies held in memory would pass server.max_buffered_bytes",
+    registers,
+  });
+  const usageDrops = new Counter({
+    name: "tollgate_usage_dropped_total",
+    help: "Usage rows dropped because the record store did not take them in time (held in memory up to a bound, then dropped)",
     registers,
   });
   const identityCalls = new Counter({
@@ -151,6 +158,9 @@ export function createMetrics(): GatewayMetrics {
     },
     tokens(count) {
       if (count > 0) tokens.inc(count);
+    },
+    usageDropped(rows) {
+      usageDrops.inc(rows);
     },
     overloaded() {
       overloads.inc();

@@ -13,6 +13,8 @@ import type { OwnEndpoints } from "./own-endpoints.js";
 import { sendJson, type GatewayRequestState, type ShutdownState } from "./requests.js";
 import type { GuardedRequest } from "./resources.js";
 import { drainSignal, meterUsage, prepareUsage, type UsagePlan } from "./usage.js";
+import { countForwarded, DEFAULT_UPSTREAM_NAME } from "./usage-counting.js";
+import type { UsageRecorder } from "../core/usage/recorder.js";
 
 /**
  * The proxy path: what happens to a request the pipeline (stages 1–5) let
@@ -23,7 +25,7 @@ import { drainSignal, meterUsage, prepareUsage, type UsagePlan } from "./usage.j
  *   usage plan stage 5's token budgets: a completion is asked to report its usage (usage.ts)
  *   forward    stage 7: to `upstream.url` with undici, the body streamed (forward.ts)
  *   guard after  stage 6 on the answer: a created resource's owner recorded, a list filtered
- *   relay      the answer sent on as it arrives, metered for its usage
+ *   relay      the answer sent on as it arrives, metered for its usage, counted (usage-counting.ts)
  */
 export interface ProxyOptions {
   readonly own: OwnEndpoints;
@@ -32,6 +34,8 @@ export interface ProxyOptions {
   /** `http` or `https`: what `X-Forwarded-Proto` says. */
   readonly proto: "http" | "https";
   readonly shutdown: ShutdownState;
+  /** Where forwarded requests are counted (usage per hour, principal, key, model, upstream); none without a record store. */
+  readonly usage?: UsageRecorder | undefined;
 }
 
 export interface Proxy {
@@ -39,7 +43,7 @@ export interface Proxy {
   handle(raw: IncomingMessage, res: ServerResponse, state: GatewayRequestState): Promise<void>;
 }
 
-export function createProxy({ own, metrics, log, proto, shutdown }: ProxyOptions): Proxy {
+export function createProxy({ own, metrics, log, proto, shutdown, usage: recorder }: ProxyOptions): Proxy {
   return { handle };
 
   async function handle(raw: IncomingMessage, res: ServerResponse, state: GatewayRequestState): Promise<void> {
@@ -72,13 +76,16 @@ export function createProxy({ own, metrics, log, proto, shutdown }: ProxyOptions
     // Stage 6 before forwarding; authentication off: nothing to check.
     const { guard } = generation;
     const guarded = context.user ? await guard.before(raw, context, limits) : undefined;
-    // Token budgets (stage 5): a streamed completion is asked to report usage (usage.ts);
-    // the answer must be readable, so it is asked for uncompressed.
-    const usage = context.recordTokens && method === "POST" ? await prepareUsage(raw, context.path, guarded?.body, limits) : undefined;
+    // Token and spend budgets (stage 5) and usage recording: a streamed completion is asked to report
+    // usage (usage.ts); the answer must be readable, so it is asked for uncompressed.
+    const metered = context.recordTokens || context.recordSpend || (recorder && context.user);
+    const usage = metered && method === "POST" ? await prepareUsage(raw, context.path, guarded?.body, limits) : undefined;
     const forwardAs = usage ? ({ ...guarded, body: usage.body ?? guarded?.body, inspectResponse: true } as GuardedRequest) : guarded;
     // Stage 7. An inference answer is read for its usage even after the client left (usage.ts): its upstream request outlives the client, within bounds.
     const asked = performance.now();
-    const signal = usage?.estimate ? drainSignal(state.signal) : state.signal;
+    // Only a budget needs it: usage recording alone counts the estimate of an answer the client left.
+    const budgeted = context.recordTokens || context.recordSpend;
+    const signal = usage?.estimate && budgeted ? drainSignal(state.signal) : state.signal;
     const answer = await forward(raw, context, state, forwardAs, false, signal).catch((err: unknown) => {
       if (state.clientLeft) return undefined;
       if (err instanceof UpstreamError || err instanceof UpstreamTimeoutError) {
@@ -143,8 +150,17 @@ export function createProxy({ own, metrics, log, proto, shutdown }: ProxyOptions
     // pipe() plus two listeners rather than stream.pipeline, which allocates an
     // AbortController and an AbortError per call: measurable at this rate.
     const recordTokens = state.context?.recordTokens;
+    // Forwarded: counted in usage (refusals never get here), its tokens and cost as they are read.
+    const countTokens = countForwarded({
+      recorder,
+      pricing: state.generation.core.pricing,
+      user: state.context?.user,
+      model: usage?.model,
+      upstream: DEFAULT_UPSTREAM_NAME,
+      recordSpend: state.context?.recordSpend,
+    });
     const body =
-      usage && recordTokens && upstream.status >= 200 && upstream.status < 300
+      usage && (recordTokens || countTokens) && upstream.status >= 200 && upstream.status < 300
         ? meterUsage(source, {
             contentType: headerText(headers["content-type"]),
             // Two Content-Encoding fields name two codings: "gzip, br", which the meter does not read (the estimate is charged).
@@ -153,8 +169,9 @@ export function createProxy({ own, metrics, log, proto, shutdown }: ProxyOptions
             stripUsageChunk: usage.stripUsageChunk && headers["content-length"] === undefined,
             estimate: usage.estimate,
             record: (tokens) => {
-              metrics.tokens(tokens);
-              void recordTokens(tokens);
+              metrics.tokens(tokens.total);
+              if (recordTokens) void recordTokens(tokens.total);
+              countTokens?.(tokens);
             },
           })
         : source;

@@ -18,6 +18,7 @@ import { checkRequestHeaders } from "./headers.js";
 import { createMetrics } from "./metrics.js";
 import { createMetricsServer, createOwnEndpoints, FORWARDED_METHODS } from "./own-endpoints.js";
 import { createProxy } from "./proxy.js";
+import { createUsageRecorder } from "../core/usage/recorder.js";
 import { createRequests, type ShutdownState } from "./requests.js";
 import { writeClientError } from "./respond.js";
 
@@ -94,6 +95,8 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
   // Every call bounded, failures a 503, owners that could not be written held until they are (stores/resilient.ts).
   const store = options.store ? resilientRecordStore(options.store, { log: options.log }) : undefined;
   const metrics = createMetrics();
+  // Usage of every forwarded request, written to the record store in batches (core/usage/recorder.ts).
+  const usage = store && startConfig.usage.enabled ? createUsageRecorder({ store, log: options.log, onDropped: (rows) => metrics.usageDropped(rows) }) : undefined;
   const renderMetrics = options.renderMetrics ?? (() => metrics.registry.metrics());
   const metricsOptions = { metrics: startConfig.metrics, renderMetrics, metricsContentType: metrics.registry.contentType, log };
   const own = createOwnEndpoints(metricsOptions);
@@ -112,7 +115,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     },
   }).catch(async (err: unknown) => {
     // The gateway owns what it was given: nothing of it outlives a failed start.
-    await closeAll([options.provider, store], options.log);
+    await closeAll([usage, options.provider, store], options.log);
     throw err;
   });
   // One budget for the process: every request's buffered body counts against it, whichever generation serves it.
@@ -129,7 +132,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     closeIdleConnections: () => server.closeIdleConnections(),
   };
   const requests = createRequests({ generations, metrics, log, bodyBudget, shutdown: shutdownState });
-  const proxy = createProxy({ own, metrics, log, proto, shutdown: shutdownState });
+  const proxy = createProxy({ own, metrics, log, proto, shutdown: shutdownState, usage });
 
   /**
    * Every request, in order: its state and log line (requests.ts), stages
@@ -168,7 +171,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     server = createServer(startConfig, source, (req, res) => void serve(req, res));
   } catch (err) {
     await generations.close();
-    await closeAll([options.provider, store], options.log);
+    await closeAll([usage, options.provider, store], options.log);
     throw err;
   }
   server.on("clientError", (err: NodeJS.ErrnoException, socket: Socket) => {
@@ -181,7 +184,8 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     metrics: metrics.registry,
     reload(config) {
       if (closing) return Promise.reject(new Error("the gateway is shutting down"));
-      return generations.reload(config);
+      // The usage held so far is written at a reload (as at SIGTERM).
+      return generations.reload(config).finally(() => usage?.flush());
     },
     async listen() {
       await new Promise<void>((resolve, reject) => {
@@ -232,7 +236,8 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     } finally {
       clearTimeout(timer);
       await generations.close();
-      await closeAll([options.provider, store], options.log);
+      // The usage of the requests just drained is written before the store closes.
+      await closeAll([usage, options.provider, store], options.log);
     }
   }
 }

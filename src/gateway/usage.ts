@@ -47,11 +47,31 @@ export function usageTotal(usage: unknown): number | undefined {
   return parts.some((p) => p !== undefined) ? (parts[0] ?? 0) + (parts[1] ?? 0) : undefined;
 }
 
+/** Tokens of a `usage`: its total (what budgets count), and the prompt and completion parts (what prices apply to). */
+export interface TokenCount {
+  readonly total: number;
+  readonly prompt: number;
+  readonly completion: number;
+}
+
+/**
+ * A `usage` object's {@link TokenCount}: prompt = `prompt_tokens` or
+ * `input_tokens`, completion = `completion_tokens` or `output_tokens`
+ * (0 when absent, as in Embeddings); undefined when it has no total.
+ */
+export function usageCount(usage: unknown): TokenCount | undefined {
+  const total = usageTotal(usage);
+  if (total === undefined) return undefined;
+  const u = usage as Record<string, unknown>;
+  const n = (v: unknown) => (typeof v === "number" && Number.isFinite(v) && v >= 0 ? v : undefined);
+  return { total, prompt: n(u.prompt_tokens) ?? n(u.input_tokens) ?? 0, completion: n(u.completion_tokens) ?? n(u.output_tokens) ?? 0 };
+}
+
 /** `usage` of a response object, or of the `response` inside a Responses API event (`response.completed`). */
-function usageOf(json: unknown): number | undefined {
+function usageOf(json: unknown): TokenCount | undefined {
   if (!json || typeof json !== "object") return undefined;
   const o = json as { usage?: unknown; response?: { usage?: unknown } };
-  return usageTotal(o.usage) ?? usageTotal(o.response?.usage);
+  return usageCount(o.usage) ?? usageCount(o.response?.usage);
 }
 
 /**
@@ -76,6 +96,8 @@ export interface UsagePlan {
   readonly stripUsageChunk: boolean;
   /** For an inference request (its answer reports `usage`): what it costs when the `usage` cannot be read. */
   readonly estimate: UsageEstimate | undefined;
+  /** The `model` the request body names (usage is counted per model). */
+  readonly model?: string | undefined;
 }
 
 const NOTHING: UsagePlan = { body: undefined, stripUsageChunk: false, estimate: undefined };
@@ -99,11 +121,13 @@ export async function prepareUsage(raw: IncomingMessage, path: string, body: Buf
   if (!isInference(raw.method, path)) return NOTHING;
   const read = body ?? (await readJsonBody(raw, limits));
   const estimate = estimateOf(read);
-  if (!isStreamableInference(path) || jsonMember(read, "stream") !== true) return { body: read, stripUsageChunk: false, estimate };
+  const named = jsonMember(read, "model");
+  const model = typeof named === "string" ? named : undefined;
+  if (!isStreamableInference(path) || jsonMember(read, "stream") !== true) return { body: read, stripUsageChunk: false, estimate, model };
   const given = jsonMember(read, "stream_options");
   const options = given && typeof given === "object" && !Array.isArray(given) ? (given as Record<string, unknown>) : {};
-  if (options.include_usage === true) return { body: read, stripUsageChunk: false, estimate };
-  return { body: withJsonMember(read, "stream_options", { ...options, include_usage: true }), stripUsageChunk: true, estimate };
+  if (options.include_usage === true) return { body: read, stripUsageChunk: false, estimate, model };
+  return { body: withJsonMember(read, "stream_options", { ...options, include_usage: true }), stripUsageChunk: true, estimate, model };
 }
 
 /** The {@link UsageEstimate} of a request body. */
@@ -143,7 +167,7 @@ export interface MeterOptions {
   /** Undefined for an answer that is not an inference one: then only a `usage` it carries is charged. */
   readonly estimate: UsageEstimate | undefined;
   /** Charges tokens; called as each `usage` is read (with what it adds to the ones before), or once with the estimate. */
-  readonly record: (tokens: number) => void;
+  readonly record: (tokens: TokenCount) => void;
 }
 
 /**
@@ -164,14 +188,18 @@ export function meterUsage(upstream: Readable, options: MeterOptions): Readable 
   if (!format && !estimate) return upstream;
   // null: not encoded; undefined: an encoding the meter cannot read.
   const decoder = decoderFor(options.contentEncoding);
-  let charged = 0;
+  let charged: TokenCount = { total: 0, prompt: 0, completion: 0 };
   let seen = false;
-  const onUsage = (total: number) => {
+  const onUsage = (used: TokenCount) => {
     seen = true;
     // A server that reports usage on every chunk reports running totals: charge what each adds.
-    if (total > charged) {
-      record(total - charged);
-      charged = total;
+    if (used.total > charged.total) {
+      record({
+        total: used.total - charged.total,
+        prompt: Math.max(0, used.prompt - charged.prompt),
+        completion: Math.max(0, used.completion - charged.completion),
+      });
+      charged = used;
     }
   };
   const scanner = !format || decoder === undefined ? undefined : format === "sse" ? sseScanner(options.stripUsageChunk && decoder === null, onUsage) : jsonScanner(onUsage);
@@ -187,7 +215,8 @@ export function meterUsage(upstream: Readable, options: MeterOptions): Readable 
     settled = true;
     if (seen || !estimate) return;
     const streamed = scanner ? scanner.streamedTokens() : Math.ceil(received / BYTES_PER_TOKEN);
-    record(Math.max(1, estimate.promptTokens + (estimate.maxTokens ?? streamed)));
+    const completion = estimate.maxTokens ?? streamed;
+    record({ total: Math.max(1, estimate.promptTokens + completion), prompt: estimate.promptTokens, completion });
   }
 
   if (decoder) {
@@ -284,7 +313,7 @@ const EVENT_END = /\r\n\r\n|\n\n|\r\r/g;
  * once. The estimate counts one token per `data:` event (OpenAI, vLLM, TGI
  * and Ollama stream about one token per chunk).
  */
-function sseScanner(strip: boolean, onUsage: (tokens: number) => void): Scanner {
+function sseScanner(strip: boolean, onUsage: (tokens: TokenCount) => void): Scanner {
   let pending = "";
   let events = 0;
   /** Bytes passed on unparsed after an event over {@link MAX_EVENT_BYTES}. */
@@ -366,7 +395,7 @@ const MAX_KEY_BYTES = 32;
  * servers put `usage` last, but its place does not matter; nothing else of
  * the answer is held. The estimate is the answer's bytes / 4.
  */
-function jsonScanner(onUsage: (tokens: number) => void): Scanner {
+function jsonScanner(onUsage: (tokens: TokenCount) => void): Scanner {
   let bytes = 0;
   let depth = 0;
   let topIsObject = false;
@@ -389,8 +418,8 @@ function jsonScanner(onUsage: (tokens: number) => void): Scanner {
 
   function usageRead() {
     // Not a usage object (or nested past what the gateway reads): nothing to charge from it.
-    const total = usageTotal(parseJsonWithin(Buffer.concat(value!).toString("utf8")));
-    if (total !== undefined) onUsage(total);
+    const used = usageCount(parseJsonWithin(Buffer.concat(value!).toString("utf8")));
+    if (used !== undefined) onUsage(used);
     value = undefined;
   }
 

@@ -16,6 +16,7 @@ const SAMPLES: Record<Exclude<keyof typeof ERRORS, "InternalError">, () => Tollg
   PayloadTooLargeError: () => new tollgate.PayloadTooLargeError(1024),
   UnsupportedMediaTypeError: () => new tollgate.UnsupportedMediaTypeError(),
   QuotaExceededError: () => new tollgate.QuotaExceededError(30),
+  BudgetExceededError: () => new tollgate.BudgetExceededError(30),
   HeadersTooLargeError: () => new tollgate.HeadersTooLargeError(),
   UpstreamError: () => new tollgate.UpstreamError(),
   IdentityUnavailableError: () => new tollgate.IdentityUnavailableError(),

@@ -5,12 +5,12 @@ import { brotliCompressSync, deflateSync, gzipSync } from "node:zlib";
 import { text } from "node:stream/consumers";
 import { test } from "node:test";
 import { scanJson } from "../../src/gateway/json.js";
-import { DRAIN_MAX_BYTES, meterUsage, prepareUsage, usageTotal, type MeterOptions } from "../../src/gateway/usage.js";
+import { DRAIN_MAX_BYTES, meterUsage, prepareUsage, usageCount, usageTotal, type MeterOptions, type TokenCount } from "../../src/gateway/usage.js";
 
 async function run(chunks: (string | Buffer)[], contentType: string, strip: boolean, more: Partial<MeterOptions> = {}) {
   const recorded: number[] = [];
   const body = Readable.from(chunks.map((c) => Buffer.from(c)));
-  const out = await text(meterUsage(body, { contentType, contentEncoding: undefined, stripUsageChunk: strip, estimate: undefined, record: (n) => recorded.push(n), ...more }));
+  const out = await text(meterUsage(body, { contentType, contentEncoding: undefined, stripUsageChunk: strip, estimate: undefined, record: (n) => recorded.push(n.total), ...more }));
   // A decompressed copy is read to its end after the client's bytes (zlib works off the main thread).
   for (let waited = 0; recorded.length === 0 && waited < 1000; waited += 10) await new Promise((resolve) => setTimeout(resolve, 10));
   return { out, recorded };
@@ -24,6 +24,25 @@ test("usage totals: total_tokens, prompt + completion, input + output", () => {
   assert.equal(usageTotal({ prompt_tokens: 2, completion_tokens: 3 }), 5);
   assert.equal(usageTotal({ input_tokens: 4, output_tokens: 1 }), 5);
   assert.equal(usageTotal(null), undefined);
+});
+
+test("prompt and completion tokens are told apart (what prices apply to), in JSON, in streams and in running totals", async () => {
+  const split: TokenCount[] = [];
+  const record = (n: TokenCount) => split.push(n);
+  await run([JSON.stringify({ id: "x", usage: { prompt_tokens: 5, completion_tokens: 2, total_tokens: 7 } })], "application/json", false, { record });
+  await run([usageChunk], "text/event-stream", false, { record });
+  // A server reporting running totals on every chunk: each charge is what that chunk adds.
+  const running = (p: number, c: number) => `data: ${JSON.stringify({ choices: [{ index: 0, delta: {} }], usage: { prompt_tokens: p, completion_tokens: c, total_tokens: p + c } })}\n\n`;
+  await run([running(3, 1), running(3, 4)], "text/event-stream", false, { record });
+  await run([JSON.stringify({ usage: { input_tokens: 6, output_tokens: 1, total_tokens: 7 } })], "application/json", false, { record });
+  assert.deepEqual(split, [
+    { total: 7, prompt: 5, completion: 2 },
+    { total: 7, prompt: 3, completion: 4 },
+    { total: 4, prompt: 3, completion: 1 },
+    { total: 3, prompt: 0, completion: 3 },
+    { total: 7, prompt: 6, completion: 1 },
+  ]);
+  assert.deepEqual(usageCount({ prompt_tokens: 4, total_tokens: 4 }), { total: 4, prompt: 4, completion: 0 });
 });
 
 test("SSE: the usage chunk is counted and removed, even split across reads", async () => {
@@ -113,7 +132,7 @@ test("running usage totals on every chunk are charged by what each adds", async 
 test("a client that leaves before the usage: the upstream is read on until the usage, then stopped", async () => {
   const recorded: number[] = [];
   const upstream = new PassThrough();
-  const client = meterUsage(upstream, { contentType: "text/event-stream", contentEncoding: undefined, stripUsageChunk: true, estimate: { promptTokens: 1, maxTokens: 100 }, record: (n) => recorded.push(n) });
+  const client = meterUsage(upstream, { contentType: "text/event-stream", contentEncoding: undefined, stripUsageChunk: true, estimate: { promptTokens: 1, maxTokens: 100 }, record: (n) => recorded.push(n.total) });
   client.resume();
   upstream.write(content("a"));
   await new Promise((resolve) => setImmediate(resolve));
@@ -129,7 +148,7 @@ test("a client that leaves before the usage: the upstream is read on until the u
 test("a client that leaves: past the byte bound the upstream is cut and the estimate charged", async () => {
   const recorded: number[] = [];
   const upstream = new PassThrough();
-  const client = meterUsage(upstream, { contentType: "text/event-stream", contentEncoding: undefined, stripUsageChunk: true, estimate: { promptTokens: 1, maxTokens: 100 }, record: (n) => recorded.push(n) });
+  const client = meterUsage(upstream, { contentType: "text/event-stream", contentEncoding: undefined, stripUsageChunk: true, estimate: { promptTokens: 1, maxTokens: 100 }, record: (n) => recorded.push(n.total) });
   client.destroy();
   await new Promise((resolve) => setImmediate(resolve));
   const big = content("x".repeat(64 * 1024));

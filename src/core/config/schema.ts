@@ -3,7 +3,7 @@ import { z } from "zod";
 import { canonicalPath } from "../path.js";
 import { DEFAULT_OAUTH2_CLAIMS_MAPPING } from "../providers/claims.js";
 import { parseCondition } from "../policy/conditions.js";
-import { PERIODS, quotaLimitSchema } from "../quota/limits.js";
+import { limitSchema as quotaLimitSchema, PERIODS } from "../quota/limits.js";
 import { ACTIONS, compileAccessPolicy, compileRequiredScopes, compileRoutePolicy, PolicyError } from "../policy/compile.js";
 import { accessRuleSchema, requiredScopesSchema, routeRuleSchema } from "../policy/rules.js";
 import { kvstoreReferenceSchema, llamaStorageSchema, resolveQuotaStore, resolveRecordStore } from "./llama-stack.js";
@@ -499,6 +499,29 @@ const metricsSchema = z.strictObject({
   path: z.string().regex(/^\/[A-Za-z0-9._~\/-]*$/, "expected an absolute path such as /metrics").default("/metrics").describe("where the metrics are served"),
 });
 
+const price = z.number().min(0).finite();
+const pricingSchema = z
+  .strictObject({
+    currency: z.string().regex(/^[A-Z]{3}$/, "expected an ISO 4217 code such as USD").default("USD").describe("what costs and spend budgets are counted in"),
+    models: z
+      .record(
+        z.string().min(1),
+        z.strictObject({
+          input: price.describe("per million prompt (input) tokens"),
+          output: price.describe("per million completion (output) tokens"),
+        }),
+      )
+      .default({})
+      .describe('model name (as forwarded) -> price per million tokens; "*" prices every other model (none: they cost 0)'),
+  })
+  .describe("prices of models, for usage cost and spend budgets (docs/usage.md)");
+
+const usageSchema = z
+  .strictObject({
+    enabled: z.boolean().default(true).describe("count every forwarded request (tokens, cost) in the record store; false: nothing is recorded"),
+  })
+  .describe("usage recording (docs/usage.md)");
+
 const loggingSchema = z.strictObject({
   level: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
 });
@@ -509,6 +532,8 @@ export const configSchema = z
     upstream: upstreamSchema.default(upstreamSchema.parse({})),
     storage: storageSchema.default({ type: "sqlite", db_path: "./data/tollgate.db" }),
     metrics: metricsSchema.default(metricsSchema.parse({})).describe("Prometheus metrics (docs/operations.md)"),
+    pricing: pricingSchema.default({ currency: "USD", models: {} }),
+    usage: usageSchema.default({ enabled: true }),
     logging: loggingSchema.default({ level: "info" }),
   })
   .transform(({ storage, ...config }, ctx) => {
@@ -530,3 +555,4 @@ export type ConfigInput = z.input<typeof configSchema>;
 export type ProviderConfig = z.output<typeof providerConfigSchema>;
 export type StorageConfig = Config["storage"];
 export type QuotaConfig = NonNullable<Config["server"]["quota"]>;
+export type PricingConfig = Config["pricing"];

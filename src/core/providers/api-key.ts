@@ -127,7 +127,8 @@ export function createApiKeyProvider(
       log.debug({ keyId: record.id, reason: status }, "API key refused");
       throw new AuthError("invalid_token", "API key has expired");
     }
-    return makeUser(record.principal, record.attributes as Record<string, unknown>);
+    const user = makeUser(record.principal, record.attributes as Record<string, unknown>);
+    return Object.freeze({ ...user, apiKey: Object.freeze({ id: record.id, limits: record.limits }) });
   }
 
   return {

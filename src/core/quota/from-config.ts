@@ -55,6 +55,52 @@ export async function quotaFromConfig(
   });
 }
 
+/**
+ * Where API keys' own limits are counted when `server.quota` is absent: the
+ * embedded SQLite store at its default path, opened only when a key with
+ * limits is first used (a gateway whose keys have none never creates the file).
+ */
+export const KEY_LIMITS_KVSTORE: QuotaConfig["kvstore"] = { type: "sqlite", db_path: "./data/quota.db" };
+
+/**
+ * Stage 5 without `server.quota`: no limits of its own, only those of API
+ * keys that have some (`limits` of a key), counted in {@link KEY_LIMITS_KVSTORE}.
+ */
+export function keyLimitsQuota({ log, store }: { log: Logger; store?: QuotaStore }): { quota: Quota; store: QuotaStore } {
+  const qlog = log.child({ component: "quota" });
+  const kvstore = store ?? lazyQuotaStore(() => openQuotaStore(KEY_LIMITS_KVSTORE, qlog));
+  const failures = throttledWarn(qlog);
+  const quota = createQuota({
+    store: kvstore,
+    anonymous: { name: "anonymous", limits: [] },
+    authenticated: { name: "authenticated", limits: [] },
+    onStoreError: (err, outcome) => failures(err, outcome),
+  });
+  return { quota, store: kvstore };
+}
+
+/** A store opened on first use; `ping` before that has nothing to check. */
+function lazyQuotaStore(open: () => Promise<QuotaStore>): QuotaStore {
+  let opened: Promise<QuotaStore> | undefined;
+  let closed = false;
+  const get = () => {
+    if (closed) return Promise.reject(new Error("quota store is closed"));
+    opened ??= open();
+    // A failed open is tried again by the next request.
+    opened.catch(() => (opened = undefined));
+    return opened;
+  };
+  return {
+    hit: async (counters) => (await get()).hit(counters),
+    add: async (key, amount, expiresAt) => (await get()).add(key, amount, expiresAt),
+    ping: async () => (opened ? (await opened).ping() : undefined),
+    async close() {
+      closed = true;
+      if (opened) await (await opened.catch(() => undefined))?.close();
+    },
+  };
+}
+
 /** Opens the store `kvstore` names. Redis is loaded only when configured. */
 export async function openQuotaStore(kvstore: QuotaConfig["kvstore"], log: Logger): Promise<QuotaStore> {
   if (kvstore.type === "sqlite") {

@@ -66,11 +66,8 @@ const spendLimit = z.strictObject({ spend: z.number().min(0).finite().describe("
 /** Each form of limit by the unit it counts: validation names the field of the form the input chose. */
 export const LIMIT_SCHEMAS = { requests: requestLimit, tokens: tokenLimit, spend: spendLimit } as const;
 
-/** One limit, as per-key `limits` write it. */
+/** One limit, as `server.quota.limits`, tiers and per-key `limits` write it. */
 export const limitSchema = z.union([requestLimit, tokenLimit, spendLimit]);
-
-/** One limit of `server.quota.limits` and tiers (spend joins once the quota counts it). */
-export const quotaLimitSchema = z.union([requestLimit, tokenLimit]);
 
 /** Compiles config limits, naming each (`requests-second`, `tokens-day`, `spend-month`, `requests-second-2`). */
 export function compileLimits(inputs: readonly LimitInput[]): Limit[] {

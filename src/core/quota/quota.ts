@@ -1,13 +1,16 @@
 import type { BlockList } from "node:net";
-import { QuotaExceededError, QuotaUnavailableError } from "../errors.js";
+import { BudgetExceededError, QuotaExceededError, QuotaUnavailableError } from "../errors.js";
+import type { KeyLimit } from "../stores/types.js";
 import type { User } from "../user.js";
 import { anonymousAddress, clientKey } from "./client-key.js";
 import { rateLimit, rateLimitPolicy, type LimitState } from "./headers.js";
-import { windowEnd, windowStart, type Limit } from "./limits.js";
+import { compileLimits, windowEnd, windowStart, type Limit } from "./limits.js";
 import type { CounterCheck, QuotaStore } from "./store.js";
 
 /** Most principals whose quota key a quota remembers. */
 const PRINCIPAL_KEYS_MAX = 10_000;
+/** Most API keys whose compiled limits a quota remembers. */
+const KEY_LIMITS_MAX = 10_000;
 
 /**
  * Pipeline stage 5: consume one request from each of the client's request
@@ -53,6 +56,11 @@ export interface QuotaGrant {
    * of the response. Never rejects (a failure is reported to `onStoreError`).
    */
   readonly recordTokens: ((tokens: number) => Promise<void>) | undefined;
+  /**
+   * Present when the client has spend budgets: call with each answer's cost
+   * in billionths of the currency. Never rejects.
+   */
+  readonly recordSpend: ((nanos: number) => Promise<void>) | undefined;
 }
 
 /** The client a quota check is about. */
@@ -76,12 +84,14 @@ export interface Quota {
 }
 
 interface CompiledSet extends LimitSet {
+  /** The limits the RateLimit fields describe: request and token limits (a spend budget is not a rate). */
+  readonly rated: readonly Limit[];
   readonly policy: string;
-  readonly hasTokens: boolean;
 }
 
 function compileSet(set: LimitSet): CompiledSet {
-  return { ...set, policy: rateLimitPolicy(set.limits), hasTokens: set.limits.some((l) => l.unit === "tokens") };
+  const rated = set.limits.filter((l) => l.unit !== "spend");
+  return { ...set, rated, policy: rateLimitPolicy(rated) };
 }
 
 /**
@@ -105,6 +115,7 @@ export function createQuota(options: QuotaOptions): Quota {
   }
 
   const NO_HEADERS: Readonly<Record<string, string>> = Object.freeze({});
+  const NOTHING: QuotaGrant = Object.freeze({ headers: NO_HEADERS, recordTokens: undefined, recordSpend: undefined });
 
   // A principal's key is a SHA-256 (client-key.ts): computed once per busy
   // client rather than on every request. Bounded: past the limit the memo
@@ -120,23 +131,47 @@ export function createQuota(options: QuotaOptions): Quota {
     return key;
   }
 
+  // An API key's own limits, compiled once per key (and again if they change). Named
+  // `key-...` and counted under the key's id, apart from its principal's counters.
+  const keyLimits = new Map<string, { source: readonly KeyLimit[]; limits: Limit[] }>();
+  function limitsOfKey(apiKey: NonNullable<User["apiKey"]>): Limit[] {
+    const held = keyLimits.get(apiKey.id);
+    if (held && held.source === apiKey.limits) return held.limits;
+    const limits = compileLimits(apiKey.limits ?? []).map((l) => Object.freeze({ ...l, name: `key-${l.name}` }));
+    if (keyLimits.size >= KEY_LIMITS_MAX) keyLimits.clear();
+    keyLimits.set(apiKey.id, { source: apiKey.limits ?? [], limits });
+    return limits;
+  }
+
+  function counterOf(client: string, limit: Limit, at: number): CounterCheck {
+    return {
+      key: `${client}:${limit.name}:${windowStart(limit.period, at)}`,
+      limit: limit.amount,
+      consume: limit.unit === "requests",
+      expiresAt: windowEnd(limit.period, at),
+    };
+  }
+
   return {
     get failedOpen() {
       return failedOpen;
     },
     async check(subject) {
       const set = limitsFor(subject.user);
-      if (set.limits.length === 0) return { headers: NO_HEADERS, recordTokens: undefined };
-      const client = subject.user
-        ? principalKey(subject.user)
-        : clientKey(undefined, anonymousAddress(subject.remoteAddress, subject.headers, trustedProxies));
+      const apiKey = subject.user?.apiKey;
+      const ofKey = apiKey?.limits && apiKey.limits.length > 0 ? limitsOfKey(apiKey) : undefined;
+      if (set.limits.length === 0 && !ofKey) return NOTHING;
       const at = now();
-      const counters: CounterCheck[] = set.limits.map((limit) => ({
-        key: `${client}:${limit.name}:${windowStart(limit.period, at)}`,
-        limit: limit.amount,
-        consume: limit.unit === "requests",
-        expiresAt: windowEnd(limit.period, at),
-      }));
+      // The set's limits first (their counts give the RateLimit fields), then the key's.
+      const limits = ofKey ? [...set.limits, ...ofKey] : set.limits;
+      const counters: CounterCheck[] = [];
+      if (set.limits.length > 0) {
+        const client = subject.user
+          ? principalKey(subject.user)
+          : clientKey(undefined, anonymousAddress(subject.remoteAddress, subject.headers, trustedProxies));
+        for (const limit of set.limits) counters.push(counterOf(client, limit, at));
+      }
+      if (ofKey) for (const limit of ofKey) counters.push(counterOf(`k_${apiKey!.id}`, limit, at));
 
       let result;
       try {
@@ -145,39 +180,44 @@ export function createQuota(options: QuotaOptions): Quota {
         if (failureMode === "open") {
           failedOpen++;
           onStoreError?.(err, "admitted");
-          return { headers: NO_HEADERS, recordTokens: set.hasTokens ? tokenRecorder(counters, set.limits) : undefined };
+          return { headers: NO_HEADERS, recordTokens: adder(counters, limits, "tokens"), recordSpend: adder(counters, limits, "spend") };
         }
         onStoreError?.(err, "refused");
         throw new QuotaUnavailableError();
       }
 
-      const states: LimitState[] = set.limits.map((limit, i) => ({
-        limit,
-        remaining: Math.max(0, limit.amount - result.counts[i]!),
-        resetMs: counters[i]!.expiresAt - at,
-      }));
-      const headers = { "ratelimit-policy": set.policy, ratelimit: rateLimit(states) };
+      const states: LimitState[] = [];
+      set.limits.forEach((limit, i) => {
+        if (limit.unit !== "spend") states.push({ limit, remaining: Math.max(0, limit.amount - result.counts[i]!), resetMs: counters[i]!.expiresAt - at });
+      });
+      const headers = set.rated.length > 0 ? { "ratelimit-policy": set.policy, ratelimit: rateLimit(states) } : NO_HEADERS;
       if (!result.admitted) {
-        // Retry when the longest of the exhausted windows ends.
+        // Retry when the longest of the exhausted windows ends; a spent budget says so in its code.
         let retryMs = 0;
-        set.limits.forEach((limit, i) => {
-          if (result.counts[i]! >= limit.amount) retryMs = Math.max(retryMs, states[i]!.resetMs);
+        let budget = false;
+        limits.forEach((limit, i) => {
+          if (result.counts[i]! < limit.amount) return;
+          retryMs = Math.max(retryMs, counters[i]!.expiresAt - at);
+          if (limit.unit === "spend") budget = true;
         });
-        throw new QuotaExceededError(Math.max(1, Math.ceil(retryMs / 1000)), headers);
+        const retryAfter = Math.max(1, Math.ceil(retryMs / 1000));
+        throw budget ? new BudgetExceededError(retryAfter, headers) : new QuotaExceededError(retryAfter, headers);
       }
-      return { headers, recordTokens: set.hasTokens ? tokenRecorder(counters, set.limits) : undefined };
+      return { headers, recordTokens: adder(counters, limits, "tokens"), recordSpend: adder(counters, limits, "spend") };
     },
     ping: () => store.ping(),
     close: () => store.close(),
   };
 
-  function tokenRecorder(counters: readonly CounterCheck[], limits: readonly Limit[]) {
-    return async (tokens: number) => {
-      if (!(tokens > 0)) return;
+  /** What adds an answer's tokens or cost to the counters of that unit; undefined when there are none. */
+  function adder(counters: readonly CounterCheck[], limits: readonly Limit[], unit: "tokens" | "spend") {
+    if (!limits.some((l) => l.unit === unit)) return undefined;
+    return async (amount: number) => {
+      if (!(amount > 0)) return;
       for (let i = 0; i < limits.length; i++) {
-        if (limits[i]!.unit !== "tokens") continue;
+        if (limits[i]!.unit !== unit) continue;
         try {
-          await store.add(counters[i]!.key, tokens, counters[i]!.expiresAt);
+          await store.add(counters[i]!.key, amount, counters[i]!.expiresAt);
         } catch (err) {
           onStoreError?.(err, "admitted");
         }

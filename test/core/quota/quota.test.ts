@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { QuotaExceededError, QuotaUnavailableError } from "../../../src/core/errors.js";
+import { BudgetExceededError, QuotaExceededError, QuotaUnavailableError } from "../../../src/core/errors.js";
 import { parseConfig } from "../../../src/core/config/load.js";
 import { anonymousAddress, clientKey } from "../../../src/core/quota/client-key.js";
 import { quotaFromConfig } from "../../../src/core/quota/from-config.js";
@@ -218,4 +218,56 @@ test("invalid quota settings are refused with their place", () => {
   );
   assert.throws(() => parseConfig("server:\n  quota:\n    kvstore: {type: postgres}\n"), /server\.quota\.kvstore\.type/);
   assert.throws(() => parseConfig("server:\n  quota:\n    limits: [{requests: 1, tokens: 2, period: day}]\n"), /server\.quota\.limits/);
+});
+
+test("a spend budget admits while the spend is below it and refuses with budget_exceeded once reached", async () => {
+  const quota = createQuota({
+    store: await memoryStore(),
+    anonymous: { name: "anonymous", limits: [] },
+    authenticated: { name: "authenticated", limits: compileLimits([{ spend: 0.01, period: "month" }]) },
+  });
+  try {
+    const grant = await quota.check(as(alice));
+    assert.equal(grant.headers["ratelimit-policy"], undefined, "a budget is not a rate: no RateLimit fields");
+    await grant.recordSpend!(6_000_000);
+    // Below the budget (0.006 of 0.01): admitted, and this answer crosses it.
+    await (await quota.check(as(alice))).recordSpend!(6_000_000);
+    await assert.rejects(quota.check(as(alice)), (err: unknown) => err instanceof BudgetExceededError && err.code === "budget_exceeded" && err.type === "rate_limit_error" && err.status === 429);
+    // Another principal has a budget of its own.
+    await quota.check(as(makeUser("bob")));
+  } finally {
+    await quota.close();
+  }
+});
+
+test("an API key's own limits apply on top of its principal's, counted per key", async () => {
+  const quota = createQuota({
+    store: await memoryStore(),
+    anonymous: { name: "anonymous", limits: [] },
+    authenticated: { name: "authenticated", limits: compileLimits([{ requests: 3, period: "day" }]) },
+  });
+  const withKey = (id: string, limits: object[]) => ({ user: { ...alice, apiKey: { id, limits: limits as never } }, remoteAddress: "127.0.0.1", headers: {} });
+  try {
+    const limited = withKey("key_small", [{ requests: 1, period: "day" }]);
+    await quota.check(limited);
+    await assert.rejects(quota.check(limited), (err: unknown) => err instanceof QuotaExceededError && !(err instanceof BudgetExceededError));
+    // Another key of the same principal is not bound by that key's limit, only by the principal's 3 a day.
+    await quota.check(withKey("key_other", []));
+    await quota.check(withKey("key_other", []));
+    await assert.rejects(quota.check(withKey("key_other", [])), QuotaExceededError);
+  } finally {
+    await quota.close();
+  }
+});
+
+test("a key's spend budget refuses the key alone with budget_exceeded", async () => {
+  const quota = createQuota({ store: await memoryStore(), anonymous: { name: "anonymous", limits: [] }, authenticated: { name: "authenticated", limits: [] } });
+  const key = { user: { ...alice, apiKey: { id: "key_b", limits: [{ spend: 1, period: "day" as const }] } }, remoteAddress: "127.0.0.1", headers: {} };
+  try {
+    await (await quota.check(key)).recordSpend!(1_000_000_000);
+    await assert.rejects(quota.check(key), BudgetExceededError);
+    assert.deepEqual(await quota.check(as(alice)), { headers: {}, recordTokens: undefined, recordSpend: undefined });
+  } finally {
+    await quota.close();
+  }
 });
