@@ -213,7 +213,7 @@ describe("createTollgate with the api_key provider", () => {
   test("opens the record store from storage, authenticates its keys, and closes it", async () => {
     const storage = { type: "sqlite" as const, db_path: join(dir, "keys.db") };
     const setup = await openRecordStore(storage);
-    const { key } = await createApiKey(setup, { principal: "dave", attributes: { teams: ["ml"] } });
+    const { key, record } = await createApiKey(setup, { principal: "dave", attributes: { teams: ["ml"] } });
     await setup.close();
 
     const tollgate = await createTollgate({ config: { server: { auth: { provider_config: { type: "api_key" } } }, storage }, log: captureLog("silent").log });
@@ -221,7 +221,8 @@ describe("createTollgate with the api_key provider", () => {
     try {
       const ok = await fetch(`${served.url}/v1/models`, { headers: { authorization: `Bearer ${key}` } });
       assert.equal(ok.status, 200);
-      assert.deepEqual(((await ok.json()) as { user: unknown }).user, { principal: "dave", attributes: { teams: ["ml"] } });
+      // The user says which key it came with (its id: usage is counted per key, and a handler may want it).
+      assert.deepEqual(((await ok.json()) as { user: unknown }).user, { principal: "dave", attributes: { teams: ["ml"] }, apiKey: { id: record.id } });
       const refused = await fetch(`${served.url}/v1/models`, { headers: { authorization: "Bearer tg_wrong" } });
       assert.equal(refused.status, 401);
     } finally {
