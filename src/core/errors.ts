@@ -11,7 +11,7 @@
 
 /** The OpenAI error envelope, so that OpenAI SDK clients surface our errors. */
 export interface ErrorEnvelope {
-  error: { message: string; type: string; code: string; param: null };
+  error: { message: string; type: string; code: string; param: string | null };
 }
 
 export interface ErrorResponse {
@@ -137,6 +137,19 @@ export class BadRequestError extends TollgateError {
   }
 }
 
+/**
+ * 400: a field of a request Tollgate answers itself (the admin API) is
+ * missing or wrong; `param` names it, as OpenAI's errors do
+ * (`expires_in`, `limits[0].period`).
+ */
+export class InvalidParameterError extends TollgateError {
+  readonly param: string;
+  constructor(param: string, message: string) {
+    super(400, "invalid_request_error", "invalid_parameter", message);
+    this.param = param;
+  }
+}
+
 /** 405: a method the gateway does not serve (TRACE, CONNECT, ...). */
 export class MethodNotAllowedError extends TollgateError {
   constructor(method: string) {
@@ -224,7 +237,7 @@ export function toErrorResponse(err: unknown): ErrorResponse {
   return {
     status: e.status,
     headers: { "content-type": "application/json; charset=utf-8", ...e.headers },
-    body: { error: { message: e.message, type: e.type, code: e.code, param: null } },
+    body: { error: { message: e.message, type: e.type, code: e.code, param: e instanceof InvalidParameterError ? e.param : null } },
   };
 }
 

@@ -5,6 +5,7 @@ import type { Logger } from "../core/log.js";
 import type { Pipeline } from "../core/pipeline.js";
 import type { AuthProvider } from "../core/providers/types.js";
 import type { ResilientRecordStore } from "../core/stores/resilient.js";
+import { createAdminApi, type AdminApi } from "../admin/api.js";
 import { createCatalog, type Catalog } from "./catalog.js";
 import { createForwarder, type Forwarder } from "./forward.js";
 import type { OwnEndpoints } from "./own-endpoints.js";
@@ -27,6 +28,8 @@ export interface GatewayGeneration {
   /** The routes this generation forwards (`server.resources`). */
   readonly catalog: Catalog;
   readonly forwarder: Forwarder;
+  /** `/admin/v1/...` and `/console/` (src/admin); undefined when `server.admin.enabled` is false. */
+  readonly admin: AdminApi | undefined;
 }
 
 export interface Generations {
@@ -109,7 +112,12 @@ export async function startGenerations(options: GenerationsOptions): Promise<Gen
     }
     // Stage 6: the resource policy for what the catalog knows (resources.ts).
     const guard = createResourceGuard({ pipeline: core.pipeline, catalog, store: options.store, log: log.child({ component: "resources" }) });
-    const generation: GatewayGeneration = { config, core, pipeline: core.pipeline, guard, catalog, forwarder: upstream.value };
+    const { onProviderError, onAuthenticated } = options.observers;
+    const providerType = config.server.auth?.provider_config?.type ?? "none";
+    const admin = config.server.admin.enabled
+      ? createAdminApi({ config, provider: core.provider, store: options.store, catalog, onProviderError, onAuthenticated: (outcome, seconds) => onAuthenticated?.(providerType, outcome, seconds) })
+      : undefined;
+    const generation: GatewayGeneration = { config, core, pipeline: core.pipeline, guard, catalog, forwarder: upstream.value, admin };
     const entry: Held = { generation, upstream, inFlight: 0, retired: false, released: undefined };
     held.set(generation, entry);
     return entry;

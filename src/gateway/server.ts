@@ -5,12 +5,13 @@ import type { AddressInfo, Socket } from "node:net";
 import type { Registry } from "prom-client";
 import { closeAll, errorMessage } from "../core/carry-over.js";
 import type { Config } from "../core/config/schema.js";
-import { ConfigError, MethodNotAllowedError, ShuttingDownError, UnsupportedMediaTypeError } from "../core/errors.js";
+import { ConfigError, MethodNotAllowedError, RouteNotFoundError, ShuttingDownError, UnsupportedMediaTypeError } from "../core/errors.js";
 import type { Logger } from "../core/log.js";
-import { toLazyPipelineRequest } from "../core/node-request.js";
+import { toLazyPipelineRequest, toPipelineRequest } from "../core/node-request.js";
 import type { AuthProvider } from "../core/providers/types.js";
 import { resilientRecordStore } from "../core/stores/resilient.js";
 import type { RecordStore } from "../core/stores/types.js";
+import { reservedTarget } from "../admin/api.js";
 import { checkDeclaredLength } from "./request-body.js";
 import { createBufferBudget } from "./buffer-budget.js";
 import { startGenerations, type Generations } from "./generations.js";
@@ -147,6 +148,16 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
       // Before anything reads a header: a field past the count or a second Host is refused, never dropped or guessed.
       checkRequestHeaders(req.rawHeaders, config.server.max_header_count);
       checkDeclaredLength(req.headers, config.server.max_body_bytes);
+      // The admin API and the console answer here, never forwarded: authentication and the admin condition only (src/admin).
+      const reserved = reservedTarget(req.url);
+      if (reserved) {
+        if (!state.generation.admin) throw new RouteNotFoundError();
+        const answer = await state.generation.admin.handle({ ...toPipelineRequest(req, state.signal), raw: req, ...reserved });
+        state.context = { ...reserved, public: answer.user === undefined, user: answer.user };
+        const body = Buffer.isBuffer(answer.body) || typeof answer.body === "string" ? answer.body : JSON.stringify(answer.body);
+        res.writeHead(answer.status, answer.headers).end(req.method === "HEAD" ? undefined : body);
+        return;
+      }
       // Every copy of a repeated header (two Authorization headers, two identity
       // headers) reaches the pipeline, so that it refuses rather than guesses.
       state.context = await pipeline.authorize(toLazyPipelineRequest(req, state));

@@ -403,6 +403,28 @@ const DEFAULT_MAX_BUFFERED_BYTES = 256 * MiB;
 /** `server.workers` / `--workers`: a count from 1, or `auto` (one per available core). */
 export const workersSchema = z.union([z.number().int().min(1).max(1024), z.literal("auto")]);
 
+/** The admin condition's default: the first admin key has `{roles: [admin]}`. */
+export const DEFAULT_ADMIN_WHEN = "user with admin in roles";
+
+/** `server.admin`: the admin API (`/admin/v1/...`) and the console (`/console/`), docs/admin.md. */
+const adminSchema = z.strictObject({
+  enabled: z.boolean().default(true).describe("serve the admin API and the console (false: both 404, never forwarded)"),
+  when: z
+    .union([z.string(), z.array(z.string()).min(1)])
+    .default(DEFAULT_ADMIN_WHEN)
+    .superRefine((when, ctx) => {
+      // Parsed like a rule's `when`: an unreadable admin condition must never quietly admit or refuse everyone.
+      for (const [i, text] of (Array.isArray(when) ? when : [when]).entries()) {
+        const parsed = parseCondition(text);
+        if (typeof parsed === "string") ctx.addIssue({ code: "custom", message: parsed, path: Array.isArray(when) ? [i] : [] });
+        else if (parsed.kind !== "user_with_value_in" && parsed.kind !== "user_with_value_not_in") {
+          ctx.addIssue({ code: "custom", message: "only `user with <value> in <attr>` and `user with <value> not in <attr>` apply here (there is no resource owner)", path: Array.isArray(when) ? [i] : [] });
+        }
+      }
+    })
+    .describe("conditions (all must hold) that make an authenticated user an admin"),
+});
+
 const serverSchema = z.strictObject({
   host: z
     .string()
@@ -448,6 +470,7 @@ const serverSchema = z.strictObject({
     .describe("request bytes held in memory (bodies read for their model or usage), across every request in flight; beyond: 503 overloaded (default 256 MiB, or max_body_bytes when larger)"),
   max_header_count: z.number().int().min(1).max(1000).default(100).describe("most header fields in a request (431 beyond)"),
   shutdown_timeout_ms: positiveMs.default(30_000).describe("on SIGTERM, wait this long for in-flight requests"),
+  admin: adminSchema.default({ enabled: true, when: DEFAULT_ADMIN_WHEN }).describe("the admin API and web console (docs/admin.md, docs/console.md)"),
 }).superRefine((server, ctx) => {
   if ((server.tls_certfile === undefined) !== (server.tls_keyfile === undefined)) {
     ctx.addIssue({ code: "custom", message: "tls_certfile and tls_keyfile go together", path: ["tls_certfile"] });
