@@ -1,4 +1,6 @@
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { startGateway, type GatewayProcess } from "../support/gateway.js";
 import { assertNotForwarded, newTag } from "../support/forwarded.js";
@@ -45,6 +47,29 @@ describe("the console's files and the admin switch", { timeout: 60_000 }, () => 
       }
       assert.equal((await fetch(`${gateway.url}/console/nothing.js`)).status, 404);
       assert.equal((await fetch(`${gateway.url}/console/`, { method: "POST" })).status, 405);
+    } finally {
+      await gateway.close();
+    }
+  });
+
+  test("with unlisted: allow, every spelling of /console/ and /admin/ is still the gateway's, never forwarded", async () => {
+    const gateway = await startGateway({ config: config({}, "allow"), args: ["--admin-key-file", "admin.key"] });
+    const adminKey = readFileSync(join(gateway.dir, "admin.key"), "utf8").trim();
+    try {
+      const { tag, headers } = newTag();
+      // Without a credential the pipeline would answer 401: a 200 page is the console's own answer.
+      for (const path of ["/CONSOLE/", "/%63onsole/app.js", "/v1/../console/style.css", "//console//"]) {
+        const res = await fetch(`${gateway.url}${path}`, { headers });
+        assert.equal(res.status, 200, path);
+        assert.match(res.headers.get("content-security-policy") ?? "", /default-src 'none'/, path);
+        await res.arrayBuffer();
+      }
+      for (const path of ["/ADMIN/v1/config", "/%61dmin/v1/config", "/Admin/V1/config", "/v1/%2E%2E/admin/v1/config"]) {
+        const res = await fetch(`${gateway.url}${path}`, { headers: { ...headers, authorization: `Bearer ${adminKey}` } });
+        assert.equal(res.status, 200, path);
+        assert.equal(((await res.json()) as { server: { admin: { enabled: boolean } } }).server.admin.enabled, true, path);
+      }
+      await assertNotForwarded(upstream, tag);
     } finally {
       await gateway.close();
     }
