@@ -40,6 +40,7 @@ export {
   ForbiddenError,
   HeadersTooLargeError,
   IdentityUnavailableError,
+  InvalidParameterError,
   JsonTooDeepError,
   MethodNotAllowedError,
   NotFoundError,

@@ -30,11 +30,12 @@ export interface ErrorResponse {
  * {@link TollgateError}.
  */
 export const ERRORS = {
-  BadRequestError: { status: 400, type: "invalid_request_error", codes: ["invalid_request", "invalid_path", "invalid_body", "duplicate_host", "malformed_request"] },
+  BadRequestError: { status: 400, type: "invalid_request_error", codes: ["invalid_request", "invalid_path", "invalid_body", "duplicate_host", "malformed_request", "invalid_json"] },
+  InvalidParameterError: { status: 400, type: "invalid_request_error", codes: ["invalid_parameter"] },
   JsonTooDeepError: { status: 400, type: "invalid_request_error", codes: ["json_too_deep"] },
   AuthError: { status: 401, type: "authentication_error", codes: ["missing_credential", "invalid_token", "invalid_request"] },
-  ForbiddenError: { status: 403, type: "permission_error", codes: ["access_denied", "route_denied", "missing_scope"] },
-  NotFoundError: { status: 404, type: "not_found_error", codes: ["not_found", "model_not_found"] },
+  ForbiddenError: { status: 403, type: "permission_error", codes: ["access_denied", "route_denied", "missing_scope", "admin_required", "admin_unavailable"] },
+  NotFoundError: { status: 404, type: "not_found_error", codes: ["not_found", "model_not_found", "key_not_found"] },
   RouteNotFoundError: { status: 404, type: "not_found_error", codes: ["route_not_found"] },
   MethodNotAllowedError: { status: 405, type: "invalid_request_error", codes: ["method_not_allowed"] },
   RequestTimeoutError: { status: 408, type: "invalid_request_error", codes: ["request_timeout"] },
@@ -145,7 +146,7 @@ export class BadRequestError extends TollgateError {
 export class InvalidParameterError extends TollgateError {
   readonly param: string;
   constructor(param: string, message: string) {
-    super(400, "invalid_request_error", "invalid_parameter", message);
+    super(...refusal("InvalidParameterError", "invalid_parameter"), message);
     this.param = param;
   }
 }

@@ -6,6 +6,7 @@ import { ERRORS, TollgateError, toErrorResponse } from "../../src/core/errors.js
 /** One refusal of each class, made as the code that raises it does. */
 const SAMPLES: Record<Exclude<keyof typeof ERRORS, "InternalError">, () => TollgateError> = {
   BadRequestError: () => new tollgate.BadRequestError("Invalid request path", "invalid_path"),
+  InvalidParameterError: () => new tollgate.InvalidParameterError("expires_in", "expires_in must be a duration such as 30d"),
   JsonTooDeepError: () => new tollgate.JsonTooDeepError(64),
   AuthError: () => new tollgate.AuthError("invalid_token", "Invalid token"),
   ForbiddenError: () => new tollgate.ForbiddenError("Access denied", "route_denied"),
@@ -39,6 +40,8 @@ describe("errors as a table", () => {
       assert.equal(status, row.status, name);
       assert.equal(body.error.type, row.type, name);
       assert.ok((row.codes as readonly string[]).includes(body.error.code), `${name}: ${body.error.code} is not in its row`);
+      // Only a refusal about one field names it (OpenAI's `param`).
+      assert.equal(body.error.param, err instanceof tollgate.InvalidParameterError ? err.param : null, name);
     }
   });
 
