@@ -14,7 +14,7 @@ import { createKeysApi } from "./keys.js";
 import { OPENAPI_DOCUMENT } from "./openapi.js";
 import { createPolicyChecker } from "./policy-check.js";
 import { redactConfig } from "./redact.js";
-import { usageAnswer, type UsageSource } from "./usage.js";
+import { usageAnswer } from "./usage.js";
 
 /** What the admin API answers; the host (the gateway) writes it. */
 export interface AdminAnswer {
@@ -40,8 +40,6 @@ export interface AdminDeps {
   readonly store: RecordStore | undefined;
   /** The routes this generation declares (the route form of policy/check). */
   readonly catalog: Catalog;
-  /** Usage rows; default: the store's, when it keeps them. */
-  readonly usage?: UsageSource | undefined;
   readonly onProviderError?: PipelineOptions["onProviderError"];
   readonly onAuthenticated?: PipelineOptions["onAuthenticated"];
   readonly now?: (() => number) | undefined;
@@ -92,7 +90,6 @@ export function createAdminApi(deps: AdminDeps): AdminApi {
   const guard = createAdminGuard({ provider: deps.provider, when: config.server.admin.when, onProviderError: deps.onProviderError, onAuthenticated: deps.onAuthenticated });
   const keys = createKeysApi(store, now);
   const policy = createPolicyChecker(config, { catalog: deps.catalog, store });
-  const usage = deps.usage;
   const shownConfig = redactConfig(config);
   const consoleFiles = loadConsole();
 
@@ -129,7 +126,7 @@ export function createAdminApi(deps: AdminDeps): AdminApi {
     }
     if (first === "usage" && id === undefined) {
       allow("GET");
-      return json(200, await usageAnswer(usage, query, now()), user);
+      return json(200, await usageAnswer(store, query, now()), user);
     }
     if (first === "policy" && id === "check" && action === undefined) {
       allow("POST");

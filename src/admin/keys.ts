@@ -1,7 +1,7 @@
 import { InvalidParameterError, NotFoundError, StoreUnavailableError } from "../core/errors.js";
-import { apiKeyStatus, createApiKey, rotateApiKey, type ApiKeyStatus } from "../core/keys.js";
-import type { ApiKeyRecord, RecordStore } from "../core/stores/types.js";
-import { attributesField, durationField, integerParam, onlyFields, onlyParams, requiredString, type JsonObject } from "./input.js";
+import { ApiKeyInputError, apiKeyStatus, createApiKey, rotateApiKey, UnknownApiKeyError, type ApiKeyStatus } from "../core/keys.js";
+import type { ApiKeyRecord, KeyLimit, RecordStore } from "../core/stores/types.js";
+import { attributesField, durationField, integerParam, onlyFields, onlyParams, optionalString, requiredString, type JsonObject } from "./input.js";
 
 /**
  * The keys endpoints of the admin API (`/admin/v1/keys...`), over the same
@@ -22,6 +22,8 @@ export interface KeyView {
   expires_at: string | null;
   revoked_at: string | null;
   status: ApiKeyStatus;
+  /** Limits on top of the principal's quota (`[]`: none). */
+  limits: readonly KeyLimit[];
 }
 
 /** Most keys one page of `GET /admin/v1/keys` holds, and its default. */
@@ -35,12 +37,13 @@ export function keyView(record: ApiKeyRecord, now: number): KeyView {
     id: record.id,
     principal: record.principal,
     attributes: record.attributes,
-    name: null,
+    name: record.name ?? null,
     prefix: record.prefix,
     created_at: isoTime(record.createdAt),
     expires_at: record.expiresAt === undefined ? null : isoTime(record.expiresAt),
     revoked_at: record.revokedAt === undefined ? null : isoTime(record.revokedAt),
     status: apiKeyStatus(record, now),
+    limits: record.limits ?? [],
   };
 }
 
@@ -53,7 +56,7 @@ export function createKeysApi(store: RecordStore | undefined, now: () => number 
   }
 
   async function find(id: string): Promise<ApiKeyRecord> {
-    const record = (await records().listApiKeys()).find((r) => r.id === id);
+    const record = await records().getApiKey(id);
     if (!record) throw new NotFoundError(`No API key with id ${JSON.stringify(id)}`, "key_not_found");
     return record;
   }
@@ -61,13 +64,16 @@ export function createKeysApi(store: RecordStore | undefined, now: () => number 
   return {
     /** POST /admin/v1/keys: 201 with the key's secret, the only time it is shown. */
     async create(body: JsonObject) {
-      onlyFields(body, ["principal", "attributes", "expires_in"]);
+      onlyFields(body, ["principal", "attributes", "name", "expires_in", "limits"]);
       // Every field is checked before the store is touched: nothing half-created.
       const principal = requiredString(body, "principal");
       const attributes = attributesField(body);
+      const name = optionalString(body, "name");
       const expiresIn = durationField(body, "expires_in");
+      const limits = body.limits === undefined || body.limits === null ? undefined : body.limits;
+      if (limits !== undefined && !Array.isArray(limits)) throw new InvalidParameterError("limits", "limits must be a list such as [{\"spend\": 25, \"period\": \"month\"}]");
       const at = now();
-      const { key, record } = await createApiKey(records(), { principal, attributes, expiresAt: expiresIn === undefined ? undefined : at + expiresIn, now: at });
+      const { key, record } = await createApiKey(records(), { principal, attributes, name, limits, expiresAt: expiresIn === undefined ? undefined : at + expiresIn, now: at }).catch(inputError);
       return { ...keyView(record, at), key };
     },
 
@@ -77,15 +83,10 @@ export function createKeysApi(store: RecordStore | undefined, now: () => number 
       const limit = integerParam(query, "limit", 1, MAX_PAGE, DEFAULT_PAGE);
       const principal = query.get("principal");
       const after = query.get("after");
-      let all = (await records().listApiKeys()).reverse();
-      if (principal !== null) all = all.filter((r) => r.principal === principal);
-      if (after !== null) {
-        const index = all.findIndex((r) => r.id === after);
-        if (index === -1) throw new InvalidParameterError("after", `after must be the id of a key in the list; ${JSON.stringify(after)} is not`);
-        all = all.slice(index + 1);
-      }
+      if (after !== null && !(await records().getApiKey(after))) throw new InvalidParameterError("after", `after must be the id of a key in the list; ${JSON.stringify(after)} is not`);
+      const page = await records().pageApiKeys({ principal: principal ?? undefined, limit, after: after ?? undefined });
       const at = now();
-      return { object: "list", data: all.slice(0, limit).map((r) => keyView(r, at)), has_more: all.length > limit };
+      return { object: "list", data: page.keys.map((r) => keyView(r, at)), has_more: page.hasMore };
     },
 
     /** GET /admin/v1/keys/{id}. */
@@ -101,8 +102,8 @@ export function createKeysApi(store: RecordStore | undefined, now: () => number 
       if (record.revokedAt !== undefined) throw new InvalidParameterError("id", `API key ${id} is revoked and cannot be rotated`);
       const at = now();
       const rotated = await rotateApiKey(records(), id, { graceMs, now: at }).catch((err: unknown) => {
-        if (err instanceof Error && /no such key/.test(err.message)) throw new NotFoundError(`No API key with id ${JSON.stringify(id)}`, "key_not_found");
-        throw err;
+        if (err instanceof UnknownApiKeyError) throw new NotFoundError(`No API key with id ${JSON.stringify(id)}`, "key_not_found");
+        return inputError(err);
       });
       return { ...keyView(rotated.record, at), key: rotated.key };
     },
@@ -117,6 +118,12 @@ export function createKeysApi(store: RecordStore | undefined, now: () => number 
 }
 
 export type KeysApi = ReturnType<typeof createKeysApi>;
+
+/** A field core/keys.ts refused (`limits[0].period`): 400 naming it. */
+function inputError(err: unknown): never {
+  if (err instanceof ApiKeyInputError) throw new InvalidParameterError(err.param, err.message);
+  throw err;
+}
 
 function isoTime(ms: number): string {
   return new Date(ms).toISOString();

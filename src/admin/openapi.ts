@@ -27,6 +27,7 @@ const KEY_PROPERTIES = {
   expires_at: { type: ["string", "null"], format: "date-time", description: "null: never expires" },
   revoked_at: { type: ["string", "null"], format: "date-time" },
   status: { enum: ["active", "revoked", "expired"] },
+  limits: { type: "array", items: ref("Limit"), description: "limits of this key on top of its principal's quota" },
 };
 const KEY_FIELDS = Object.keys(KEY_PROPERTIES);
 
@@ -125,6 +126,19 @@ export const OPENAPI_DOCUMENT = Object.freeze({
         required: [...KEY_FIELDS, "key"],
         properties: { ...KEY_PROPERTIES, key: { type: "string", pattern: "^tg_", description: "the secret: shown here only" } },
       },
+      Limit: {
+        type: "object",
+        additionalProperties: false,
+        required: ["period"],
+        minProperties: 2,
+        maxProperties: 2,
+        properties: {
+          requests: { type: "integer", minimum: 0 },
+          tokens: { type: "integer", minimum: 0 },
+          spend: { type: "number", minimum: 0, description: "in pricing.currency" },
+          period: { enum: ["second", "minute", "hour", "day", "month"] },
+        },
+      },
       KeyList: {
         type: "object",
         additionalProperties: false,
@@ -144,6 +158,8 @@ export const OPENAPI_DOCUMENT = Object.freeze({
         properties: {
           principal: { type: "string", minLength: 1 },
           attributes,
+          name: { type: "string", minLength: 1, maxLength: 200, description: "a label for humans" },
+          limits: { type: "array", items: ref("Limit") },
           expires_in: { type: "string", pattern: "^\\d+[smhdw]$", examples: ["30d"] },
         },
       },

@@ -1,33 +1,17 @@
 import { InvalidParameterError, StoreUnavailableError } from "../core/errors.js";
+import { USAGE_GROUPS, type RecordStore, type UsageGroup, type UsageRow } from "../core/stores/types.js";
 import { onlyParams, timeParam } from "./input.js";
-
-/** What `group_by` may name (DESIGN.md, "Admin API and console"). */
-export const USAGE_GROUPS = ["principal", "key", "model", "upstream", "day", "hour"] as const;
-export type UsageGroup = (typeof USAGE_GROUPS)[number];
 
 /** The default window: the last 24 hours. */
 const DAY_MS = 24 * 3600 * 1000;
 /** The longest window one query may span (a year of hourly rows per group is already a lot). */
 const MAX_WINDOW_MS = 400 * DAY_MS;
 
-/** One query of the usage table, as the record store answers it. */
-export interface UsageQuery {
-  groupBy: readonly UsageGroup[];
-  /** Inclusive, ms since the epoch. */
-  from: number;
-  /** Exclusive, ms since the epoch. */
-  to: number;
-  principal?: string | undefined;
-}
-
-/** Answers a {@link UsageQuery}: one row per group with each group field under its own name. */
-export type UsageSource = (query: UsageQuery) => Promise<readonly Record<string, unknown>[]>;
-
 /**
  * `GET /admin/v1/usage?group_by=principal,model&from=ISO&to=ISO[&principal=P]`:
  * `from` inclusive, `to` exclusive, both defaulting to the last 24 hours.
  */
-export async function usageAnswer(source: UsageSource | undefined, query: URLSearchParams, now: number): Promise<{ object: "list"; data: readonly Record<string, unknown>[]; from: string; to: string; group_by: readonly UsageGroup[] }> {
+export async function usageAnswer(store: RecordStore | undefined, query: URLSearchParams, now: number): Promise<{ object: "list"; data: readonly UsageRow[]; from: string; to: string; group_by: readonly UsageGroup[] }> {
   onlyParams(query, ["group_by", "from", "to", "principal"]);
   const groupBy = groupsOf(query.get("group_by"));
   const to = timeParam(query, "to") ?? now;
@@ -36,8 +20,8 @@ export async function usageAnswer(source: UsageSource | undefined, query: URLSea
   if (to - from > MAX_WINDOW_MS) throw new InvalidParameterError("from", "the window from..to may span at most 400 days");
   const principal = query.get("principal") ?? undefined;
   if (principal === "") throw new InvalidParameterError("principal", "principal must not be empty");
-  if (!source) throw new StoreUnavailableError("No record store is configured for usage");
-  const data = await source({ groupBy, from, to, principal });
+  if (!store) throw new StoreUnavailableError("No record store is configured for usage");
+  const data = await store.usage({ groupBy, from: new Date(from), to: new Date(to), principal });
   return { object: "list", data, from: new Date(from).toISOString(), to: new Date(to).toISOString(), group_by: groupBy };
 }
 

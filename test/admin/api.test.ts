@@ -3,6 +3,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
+import { openRecordStore } from "../../src/core/stores/index.js";
 import { linesContaining, startGateway, type GatewayProcess } from "../support/gateway.js";
 import { newTag, assertNotForwarded, assertForwarded } from "../support/forwarded.js";
 import { startUpstreamProcess, type UpstreamProcess } from "../support/upstream.js";
@@ -121,6 +122,66 @@ describe("the admin API", { timeout: 120_000 }, () => {
     assert.ok(listed.body.data.some((k: { id: string }) => k.id === created.body.id));
     assert.deepEqual(linesContaining(JSON.stringify(listed.body) + JSON.stringify(one.body), created.body.key), []);
     assert.deepEqual(linesContaining(JSON.stringify(listed.body), created.body.key.slice(12)), []);
+  });
+
+  test("a key's name and per-key limits are stored, shown by get and list, and checked field by field", async () => {
+    const created = await keys({ principal: "nina", name: "nina's laptop", limits: [{ spend: 25, period: "month" }, { requests: 10, period: "second" }] });
+    assert.equal(created.status, 201);
+    assert.equal(created.body.name, "nina's laptop");
+    assert.deepEqual(created.body.limits, [{ spend: 25, period: "month" }, { requests: 10, period: "second" }]);
+    const one = await call("GET", `/admin/v1/keys/${created.body.id}`, { template: "/admin/v1/keys/{id}" });
+    assert.equal(one.body.name, "nina's laptop");
+    assert.deepEqual(one.body.limits, created.body.limits);
+    const plain = await keys({ principal: "nina" });
+    assert.equal(plain.body.name, null);
+    assert.deepEqual(plain.body.limits, []);
+    for (const [limits, param] of [
+      [[{ spend: 25, period: "fortnight" }], "limits[0].period"],
+      [[{ requests: 1, period: "day" }, { spend: -1, period: "day" }], "limits[1].spend"],
+      [{ spend: 1, period: "day" }, "limits"],
+    ] as const) {
+      const refused = await keys({ principal: "nina", limits });
+      assert.equal(refused.status, 400, JSON.stringify(limits));
+      assert.equal(refused.body.error.param, param);
+    }
+    assert.equal((await keys({ principal: "nina", name: "" })).body.error.param, "name");
+    const listed = await call("GET", "/admin/v1/keys?principal=nina", { template: "/admin/v1/keys" });
+    assert.equal(listed.body.data.length, 2);
+  });
+
+  test("usage: rows grouped as asked over [from, to), each group field under its own name, filtered by principal", async () => {
+    // Usage as the gateway records it (hourly, additive), written straight into the gateway's store.
+    const store = await openRecordStore({ type: "sqlite", db_path: join(gateway.dir, "tollgate.db") });
+    const hour = Date.UTC(2026, 0, 15, 10);
+    try {
+      await store.recordUsage([
+        { hour, principal: "uma", keyId: "key_aaaa", model: "m1", upstream: "default", requests: 2, promptTokens: 10, completionTokens: 20, costNanos: 1_500_000_000 },
+        { hour: hour + 3600_000, principal: "uma", keyId: "key_aaaa", model: "m2", upstream: "default", requests: 1, promptTokens: 5, completionTokens: 5, costNanos: 250_000_000 },
+        { hour, principal: "walt", model: "m1", upstream: "default", requests: 4, promptTokens: 1, completionTokens: 1, costNanos: 0 },
+        { hour: hour + 24 * 3600_000, principal: "uma", keyId: "key_aaaa", model: "m1", upstream: "default", requests: 100, promptTokens: 0, completionTokens: 0, costNanos: 0 },
+      ]);
+    } finally {
+      await store.close();
+    }
+    const window = "from=2026-01-15T00:00:00Z&to=2026-01-16T00:00:00Z";
+    const byPrincipal = await call("GET", `/admin/v1/usage?group_by=principal&${window}`, { template: "/admin/v1/usage" });
+    assert.equal(byPrincipal.status, 200);
+    assert.deepEqual(byPrincipal.body.data, [
+      { principal: "uma", requests: 3, prompt_tokens: 15, completion_tokens: 25, cost: 1.75 },
+      { principal: "walt", requests: 4, prompt_tokens: 1, completion_tokens: 1, cost: 0 },
+    ]);
+    const byModel = await call("GET", `/admin/v1/usage?group_by=principal,model,key&principal=uma&${window}`, { template: "/admin/v1/usage" });
+    assert.deepEqual(byModel.body.data.map((r: Record<string, unknown>) => [r.principal, r.model, r.key, r.requests]), [["uma", "m1", "key_aaaa", 2], ["uma", "m2", "key_aaaa", 1]]);
+    const byHour = await call("GET", `/admin/v1/usage?group_by=hour,day&${window}`, { template: "/admin/v1/usage" });
+    assert.deepEqual(byHour.body.data.map((r: Record<string, unknown>) => [r.day, r.hour, r.requests]), [["2026-01-15", "2026-01-15T10:00:00.000Z", 6], ["2026-01-15", "2026-01-15T11:00:00.000Z", 1]]);
+    // `to` is exclusive: the next day's hundred requests are not in the window.
+    const later = await call("GET", `/admin/v1/usage?group_by=day&from=2026-01-15T00:00:00Z&to=2026-01-17T00:00:00Z`, { template: "/admin/v1/usage" });
+    assert.deepEqual(later.body.data.map((r: Record<string, unknown>) => [r.day, r.requests]), [["2026-01-15", 7], ["2026-01-16", 100]]);
+    // The default window is the last 24 hours: none of this.
+    const recent = await call("GET", "/admin/v1/usage", { template: "/admin/v1/usage" });
+    assert.ok(recent.body.data.every((r: { principal: string }) => r.principal !== "uma"));
+    assert.deepEqual(recent.body.group_by, ["principal"]);
+    assert.equal(Date.parse(recent.body.to) - Date.parse(recent.body.from), 24 * 3600 * 1000);
   });
 
   test("the list is newest first, filtered by principal, in pages joined by `after`", async () => {
@@ -303,7 +364,7 @@ describe("the admin API", { timeout: 120_000 }, () => {
       "/admin/v1/policy/check",
       "/admin/v1/usage",
     ]);
-    for (const expected of ["POST /admin/v1/keys 201", "GET /admin/v1/keys 200", "GET /admin/v1/keys/{id} 200", "POST /admin/v1/keys/{id}/rotate 200", "DELETE /admin/v1/keys/{id} 200", "POST /admin/v1/policy/check 200", "GET /admin/v1/config 200", "GET /admin/v1/keys 401", "GET /admin/v1/keys 403", "POST /admin/v1/keys 400"]) {
+    for (const expected of ["POST /admin/v1/keys 201", "GET /admin/v1/keys 200", "GET /admin/v1/keys/{id} 200", "POST /admin/v1/keys/{id}/rotate 200", "DELETE /admin/v1/keys/{id} 200", "POST /admin/v1/policy/check 200", "GET /admin/v1/config 200", "GET /admin/v1/usage 200", "GET /admin/v1/keys 401", "GET /admin/v1/keys 403", "POST /admin/v1/keys 400"]) {
       assert.ok(checked.has(expected), `no test checked ${expected} against the document`);
     }
   });
