@@ -43,6 +43,8 @@ async function attempt(action) {
 }
 
 function show(page) {
+  // A secret is shown once: leaving the page forgets it.
+  hideSecret();
   for (const section of document.querySelectorAll("main > section")) section.hidden = section.id !== `page-${page}`;
   for (const button of document.querySelectorAll("#nav button[data-page]")) button.classList.toggle("current", button.dataset.page === page);
   const load = { keys: loadKeys, usage: loadUsage, config: loadConfig, health: loadHealth }[page];
@@ -54,8 +56,6 @@ function signOut(reason) {
   $("admin-key").value = "";
   $("nav").hidden = true;
   $("keys-table").tBodies[0].replaceChildren();
-  $("new-secret").textContent = "";
-  $("secret-panel").hidden = true;
   show("sign-in");
   if (reason) say(reason, "error");
 }
@@ -128,6 +128,11 @@ async function loadKeys(more = false) {
   body.append(...page.data.map(keyRow));
   keysAfter = page.data.length ? page.data[page.data.length - 1].id : null;
   $("keys-more").hidden = !page.has_more;
+}
+
+function hideSecret() {
+  $("new-secret").textContent = "";
+  $("secret-panel").hidden = true;
 }
 
 function showSecret(title, secret) {
@@ -299,10 +304,7 @@ $("copy-secret").addEventListener("click", () =>
     say("Copied.");
   }),
 );
-$("hide-secret").addEventListener("click", () => {
-  $("new-secret").textContent = "";
-  $("secret-panel").hidden = true;
-});
+$("hide-secret").addEventListener("click", hideSecret);
 $("usage-form").addEventListener("submit", (event) => {
   event.preventDefault();
   void attempt(loadUsage);
