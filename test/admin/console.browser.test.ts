@@ -5,7 +5,6 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import OpenAI from "openai";
 import { chromium, type BrowserContext, type Page } from "playwright-core";
-import { openRecordStore } from "../../src/core/stores/index.js";
 import { REPO, startGateway, type GatewayProcess } from "../support/gateway.js";
 import { eventually } from "../support/eventually.js";
 import { startUpstreamProcess, type UpstreamProcess } from "../support/upstream.js";
@@ -40,6 +39,8 @@ describe("the web console in chromium", { timeout: 180_000 }, () => {
         server: { auth: { provider_config: { type: "api_key" } } },
         upstream: { url: upstream.url },
         storage: { type: "sqlite", db_path: "./tollgate.db" },
+        // Priced, so that the chart's cost total is the recorder's, not a zero.
+        pricing: { currency: "USD", models: { "*": { input: 2500, output: 10000 } } },
       },
       args: ["--admin-key-file", "admin.key"],
     });
@@ -101,24 +102,6 @@ describe("the web console in chromium", { timeout: 180_000 }, () => {
       promptTokens += answer.usage?.prompt_tokens ?? 0;
       completionTokens += answer.usage?.completion_tokens ?? 0;
     }
-    // The gateway's usage recorder writes them (at most 1 s behind). Until the recorder is on main, this
-    // test writes the three requests' hourly row into the gateway's store itself, as the recorder would
-    // (additive, priced per million tokens): only when, 2 s on, the store holds none of them.
-    const recorded = async () => {
-      const res = await fetch(`${gateway.url}/admin/v1/usage?group_by=principal&principal=browser-user`, { headers: { authorization: `Bearer ${adminKey}` } });
-      return ((await res.json()) as { data: { requests: number }[] }).data.reduce((n, r) => n + r.requests, 0);
-    };
-    await new Promise((resolve) => setTimeout(resolve, 2000));
-    if ((await recorded()) === 0) {
-      const store = await openRecordStore({ type: "sqlite", db_path: join(gateway.dir, "tollgate.db") });
-      try {
-        const hour = Math.floor(Date.now() / 3_600_000) * 3_600_000;
-        await store.recordUsage([{ hour, principal: "browser-user", keyId: keyId!, model: "demo-model", upstream: "default", requests: 3, promptTokens, completionTokens, costNanos: promptTokens * 2500 + completionTokens * 10_000 }]);
-      } finally {
-        await store.close();
-      }
-    }
-
     await page.click("#nav button[data-page=usage]");
     // Shown once: leaving the page forgot the secret.
     assert.equal(await page.locator("#new-secret").textContent(), "");
@@ -134,7 +117,10 @@ describe("the web console in chromium", { timeout: 180_000 }, () => {
       { timeoutMs: 10_000, intervalMs: 300 },
     );
     assert.equal(await page.locator('#chart-model g.bar[data-label="demo-model"]').getAttribute("data-requests"), "3");
-    assert.ok(Number.isFinite(Number(await page.textContent("#total-cost"))), "the total cost is shown");
+    assert.equal(Number(await page.textContent("#total-prompt")), promptTokens, "the prompt tokens the client was told");
+    assert.equal(Number(await page.textContent("#total-completion")), completionTokens, "the completion tokens the client was told");
+    const cost = (promptTokens * 2500 + completionTokens * 10000) / 1e6;
+    assert.equal(Number(await page.textContent("#total-cost")), Math.round(cost * 10000) / 10000, "the cost priced from the recorded tokens");
     await shot("usage");
 
     await page.click("#nav button[data-page=policy]");
