@@ -1,6 +1,5 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { randomUUID } from "node:crypto";
 import { writeFileSync } from "node:fs";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
@@ -9,6 +8,7 @@ import { after, before, describe, test } from "node:test";
 import { SignJWT } from "jose";
 import { startCustomAuth } from "../support/custom-auth.js";
 import { eventually } from "../support/eventually.js";
+import { assertForwarded, assertNotForwarded, newTag, TAG_HEADER } from "../support/forwarded.js";
 import { distFile, startGateway } from "../support/gateway.js";
 import { CLIENT_ID, CLIENT_SECRET, OPAQUE_RESOURCE, startOidc, type OidcServer } from "../support/oidc.js";
 import { throwawayRedisOrSkip } from "../support/redis-server.js";
@@ -47,11 +47,6 @@ describe("identity providers and readiness tell the truth", { timeout: 240_000 }
     await idp?.close();
     await upstream?.close();
   });
-
-  /** Requests tagged `tag` that reached the upstream. */
-  async function forwarded(tag: string): Promise<number> {
-    return (await upstream.requests()).filter((r) => r.headers["x-test-tag"] === tag).length;
-  }
 
   const jwksGateway = (extra: Record<string, unknown> = {}) =>
     startGateway({
@@ -178,16 +173,18 @@ describe("identity providers and readiness tell the truth", { timeout: 240_000 }
       config: { server: { auth: { provider_config: { type: "custom", endpoint: auth.url, timeout_ms: 1000 } } }, upstream: { url: upstream.url } },
     });
     try {
-      const missing = await fetch(`${gateway.url}/v1/models`);
+      const { tag, headers } = newTag();
+      const missing = await fetch(`${gateway.url}/v1/models`, { headers });
       assert.equal(missing.status, 401);
       const text = await missing.text();
       assert.match(text, /Authentication required/);
       assert.ok(!text.includes(authPort) && !text.includes("127.0.0.1"), text);
       await auth.close();
-      const down = await fetch(`${gateway.url}/v1/models`, { headers: { authorization: "Bearer some-key" } });
+      const down = await fetch(`${gateway.url}/v1/models`, { headers: { ...headers, authorization: "Bearer some-key" } });
       assert.equal(down.status, 503);
       const downText = await down.text();
       assert.ok(!downText.includes(authPort) && !downText.includes("127.0.0.1"), downText);
+      await assertNotForwarded(upstream, tag);
     } finally {
       await gateway.close();
       await auth.close();
@@ -203,10 +200,10 @@ describe("identity providers and readiness tell the truth", { timeout: 240_000 }
       },
     });
     try {
-      const tag = randomUUID();
+      const { tag, headers } = newTag();
       const res = await fetch(`${gateway.url}/v1/chat/completions`, {
         method: "POST",
-        headers: { authorization: "Bearer opaque-token-5xx", "content-type": "application/json", "x-test-tag": tag },
+        headers: { ...headers, authorization: "Bearer opaque-token-5xx", "content-type": "application/json" },
         body: JSON.stringify({ model: "demo-small", messages: [{ role: "user", content: "hi" }] }),
       });
       assert.equal(res.status, 503);
@@ -214,7 +211,7 @@ describe("identity providers and readiness tell the truth", { timeout: 240_000 }
       assert.equal(body.error.code, "identity_provider_unavailable");
       assert.ok(!body.error.message.includes(new URL(endpoint.url).port));
       assert.equal(endpoint.calls.filter((c) => c.method === "POST").length, 1);
-      assert.equal(await forwarded(tag), 0);
+      await assertNotForwarded(upstream, tag);
     } finally {
       await gateway.close();
       await endpoint.close();
@@ -257,12 +254,15 @@ describe("identity providers and readiness tell the truth", { timeout: 240_000 }
     });
     try {
       const token = await idp.token(OPAQUE_RESOURCE);
-      const get = () => fetch(`${gateway.url}/v1/models`, { headers: { authorization: `Bearer ${token}` } });
-      assert.equal((await get()).status, 200);
+      const get = (tag: string) => fetch(`${gateway.url}/v1/models`, { headers: { authorization: `Bearer ${token}`, [TAG_HEADER]: tag } });
+      const [passed, revoked] = [newTag().tag, newTag().tag];
+      assert.equal((await get(passed)).status, 200);
+      await assertForwarded(upstream, passed);
       await idp.revoke(token);
-      const refused = await get();
+      const refused = await get(revoked);
       assert.equal(refused.status, 401);
       assert.equal(((await refused.json()) as { error: { message: string } }).error.message, "Token not active");
+      await assertNotForwarded(upstream, revoked);
     } finally {
       await gateway.close();
     }

@@ -1,11 +1,11 @@
 import assert from "node:assert/strict";
-import { randomUUID } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { startCustomAuth, type CustomAuthServer } from "../support/custom-auth.js";
+import { assertForwarded, assertNotForwarded, newTag, TAG_HEADER } from "../support/forwarded.js";
 import { startGateway, type GatewayProcess } from "../support/gateway.js";
 import { parsePrometheus } from "../support/prometheus.js";
 import { startUpstreamProcess, type UpstreamProcess } from "../support/upstream.js";
@@ -133,9 +133,9 @@ describe("limits", { timeout: 120_000 }, () => {
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
-  /** A request head with Host, the credential and a test id the upstream would record. */
-  function head(requestLine: string, id: string, headers: string[] = []): string {
-    return [requestLine, `Host: ${host}`, `Authorization: Bearer ${TOKEN}`, `X-Test-Id: ${id}`, ...headers, "", ""].join("\r\n");
+  /** A request head with Host, the credential and a tag the upstream would record (forwarded.ts). */
+  function head(requestLine: string, tag: string, headers: string[] = []): string {
+    return [requestLine, `Host: ${host}`, `Authorization: Bearer ${TOKEN}`, `${TAG_HEADER}: ${tag}`, ...headers, "", ""].join("\r\n");
   }
 
   function assertError(res: Exchange, status: number, code: string, type = "invalid_request_error"): void {
@@ -145,18 +145,11 @@ describe("limits", { timeout: 120_000 }, () => {
     assert.equal(body.error.type, type);
   }
 
-  /** Nothing with this test id reached the upstream (checked after the gateway answered, so a forward would have shown). */
-  async function assertNotForwarded(id: string): Promise<void> {
-    await new Promise((r) => setTimeout(r, 100));
-    const seen = (await upstream.requests()).filter((r) => r.headers["x-test-id"] === id);
-    assert.deepEqual(seen, [], "the request reached the upstream");
-  }
-
   const chat = (extra: Record<string, unknown> = {}) => JSON.stringify({ model: "demo-small", messages: [{ role: "user", content: "hi" }], ...extra });
 
   describe("body idle timeout", () => {
     test("an inference body that stops arriving: 408 request_timeout after body_idle_timeout_ms, nothing forwarded", async () => {
-      const id = randomUUID();
+      const id = newTag().tag;
       const body = chat();
       const started = Date.now();
       const res = await exchange(
@@ -168,18 +161,18 @@ describe("limits", { timeout: 120_000 }, () => {
       assert.equal(res.headers.connection, "close");
       const waited = Date.now() - started;
       assert.ok(waited >= IDLE_MS - 50 && waited < IDLE_MS + 3000, `answered after ${waited} ms`);
-      await assertNotForwarded(id);
+      await assertNotForwarded(upstream, id);
     });
 
     test("a streamed upload that stops arriving: 408, and the upstream request is aborted", async () => {
-      const id = randomUUID();
+      const id = newTag().tag;
       const res = await exchange(
         gateway.url,
         head("POST /v1/files HTTP/1.1", id, ["Content-Type: application/octet-stream", "Content-Length: 5000"]),
         (socket) => socket.write("x".repeat(1000)),
       );
       assertError(res, 408, "request_timeout");
-      const record = await upstream.waitForRequest((r) => r.headers["x-test-id"] === id && (r.aborted || r.completed), 5000);
+      const record = await upstream.waitForRequest((r) => r.headers[TAG_HEADER] === id && (r.aborted || r.completed), 5000);
       assert.equal(record.aborted, true, "the upstream request went on");
     });
 
@@ -198,7 +191,7 @@ describe("limits", { timeout: 120_000 }, () => {
     // An inference body is read whole by the gateway; an upload streams to the upstream as it comes.
     for (const [path, contentType] of [["/v1/chat/completions", "application/json"], ["/v1/files", "application/octet-stream"]]) {
       test(`a chunked body past the limit on ${path}: 413 request_too_large, read by the client still sending, then closed without a reset`, async () => {
-        const id = randomUUID();
+        const id = newTag().tag;
         const res = await exchange(
           gateway.url,
           head(`POST ${path} HTTP/1.1`, id, [`Content-Type: ${contentType}`, "Transfer-Encoding: chunked"]),
@@ -209,14 +202,16 @@ describe("limits", { timeout: 120_000 }, () => {
         assert.equal(res.headers.connection, "close");
         assert.equal(res.reset, false, "the connection was reset, not closed");
         // The upload's upstream request had started: it must have been aborted, never completed.
-        const seen = (await upstream.requests()).filter((r) => r.headers["x-test-id"] === id);
-        assert.ok(seen.every((r) => !r.completed), "the upstream completed the request");
-        if (path === "/v1/chat/completions") assert.deepEqual(seen, []);
+        if (path === "/v1/chat/completions") await assertNotForwarded(upstream, id);
+        else {
+          const seen = (await upstream.requests()).filter((r) => r.headers[TAG_HEADER] === id);
+          assert.ok(seen.every((r) => !r.completed), "the upstream completed the request");
+        }
       });
     }
 
     test("a declared Content-Length past the limit, the body still being sent: 413, no reset, nothing forwarded", async () => {
-      const id = randomUUID();
+      const id = newTag().tag;
       const total = 8 * 1024 * 1024;
       const res = await exchange(
         gateway.url,
@@ -226,25 +221,27 @@ describe("limits", { timeout: 120_000 }, () => {
       );
       assertError(res, 413, "request_too_large");
       assert.equal(res.reset, false, "the connection was reset, not closed");
-      await assertNotForwarded(id);
+      await assertNotForwarded(upstream, id);
     });
   });
 
   describe("header fields", () => {
-    /** `count` header fields in all: Host, Authorization, X-Test-Id, Connection and fillers. */
+    /** `count` header fields in all: Host, Authorization, X-Request-Id, Connection and fillers. */
     const fillers = (count: number) => Array.from({ length: count - 4 }, () => "x:1");
 
     test("100 header fields (the default max_header_count) pass; 101 get 431 headers_too_large, nothing forwarded", async () => {
-      const ok = await exchange(gateway.url, head("GET /v1/models HTTP/1.1", randomUUID(), [...fillers(100), "Connection: close"]));
+      const passed = newTag().tag;
+      const ok = await exchange(gateway.url, head("GET /v1/models HTTP/1.1", passed, [...fillers(100), "Connection: close"]));
       assert.equal(ok.status, 200, ok.body);
-      const id = randomUUID();
+      await assertForwarded(upstream, passed);
+      const id = newTag().tag;
       const res = await exchange(gateway.url, head("GET /v1/models HTTP/1.1", id, [...fillers(101), "Connection: close"]));
       assertError(res, 431, "headers_too_large");
-      await assertNotForwarded(id);
+      await assertNotForwarded(upstream, id);
     });
 
     test("2,001 header fields with Content-Length last: 431, never a silently shortened header list upstream", async () => {
-      const id = randomUUID();
+      const id = newTag().tag;
       const body = "x".repeat(MAX_BODY + 1);
       const res = await exchange(
         gateway.url,
@@ -252,20 +249,20 @@ describe("limits", { timeout: 120_000 }, () => {
         (socket) => socket.write(body),
       );
       assertError(res, 431, "headers_too_large");
-      await assertNotForwarded(id);
+      await assertNotForwarded(upstream, id);
     });
 
     test("two Host headers: 400 duplicate_host, nothing forwarded", async () => {
-      const id = randomUUID();
+      const id = newTag().tag;
       const res = await exchange(gateway.url, head("GET /v1/models HTTP/1.1", id, ["Host: upstream.internal", "Connection: close"]));
       assertError(res, 400, "duplicate_host");
-      await assertNotForwarded(id);
+      await assertNotForwarded(upstream, id);
     });
   });
 
   describe("JSON depth", () => {
     test("an inference body nested 10,000 deep with token budgets on: 400 json_too_deep, nothing forwarded", async () => {
-      const id = randomUUID();
+      const id = newTag().tag;
       const body = `{"model":"demo-small","stream":true,"messages":[{"role":"user","content":"hi"}],"metadata":${"[".repeat(10_000)}${"]".repeat(10_000)}}`;
       const res = await exchange(
         gateway.url,
@@ -273,7 +270,7 @@ describe("limits", { timeout: 120_000 }, () => {
         (socket) => socket.write(body),
       );
       assertError(res, 400, "json_too_deep");
-      await assertNotForwarded(id);
+      await assertNotForwarded(upstream, id);
     });
 
     test("brackets inside strings do not count, and 128 levels pass", async () => {
@@ -291,7 +288,7 @@ describe("limits", { timeout: 120_000 }, () => {
     test("bodies past max_buffered_bytes together: 503 overloaded with Retry-After, counted, nothing forwarded; the admitted one completes", async () => {
       const metricsBefore = parsePrometheus(await (await fetch(`${gateway.url}/metrics`)).text()).value("tollgate_overloaded_total");
       // A: 60 KiB declared, its last 40 bytes trickled one every 100 ms (within the idle timeout), so that the gateway holds its buffer.
-      const firstId = randomUUID();
+      const firstId = newTag().tag;
       const body = chat({ user: "x".repeat(60 * 1024 - chat().length - 11) });
       let sent = body.length - 40;
       let firstSocket: net.Socket | undefined;
@@ -311,7 +308,7 @@ describe("limits", { timeout: 120_000 }, () => {
       let refused: Exchange | undefined;
       const refusedIds: string[] = [];
       for (let attempt = 0; attempt < 50 && !refused; attempt++) {
-        const id = randomUUID();
+        const id = newTag().tag;
         const res = await exchange(
           gateway.url,
           head("POST /v1/chat/completions HTTP/1.1", id, ["Content-Type: application/json", `Content-Length: ${body.length}`, "Connection: close"]),
@@ -325,7 +322,7 @@ describe("limits", { timeout: 120_000 }, () => {
       assert.ok(refused, "no request was refused while the first held its buffer");
       assertError(refused, 503, "overloaded", "service_unavailable");
       assert.equal(refused.headers["retry-after"], "1");
-      for (const id of refusedIds) await assertNotForwarded(id);
+      for (const id of refusedIds) await assertNotForwarded(upstream, id);
       const metricsAfter = parsePrometheus(await (await fetch(`${gateway.url}/metrics`)).text()).value("tollgate_overloaded_total");
       assert.ok(metricsAfter >= metricsBefore + 1, `tollgate_overloaded_total went from ${metricsBefore} to ${metricsAfter}`);
       // A finishes and is served; its buffer is given back: the same body now passes.

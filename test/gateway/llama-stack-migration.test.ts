@@ -1,5 +1,4 @@
 import assert from "node:assert/strict";
-import { randomUUID } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -8,6 +7,7 @@ import LlamaStackClient, * as Llama from "llama-stack-client";
 import { parse } from "yaml";
 import { parseConfig } from "../../src/core/config/load.js";
 import { startCustomAuth, type CustomAuthServer } from "../support/custom-auth.js";
+import { assertForwarded, assertNotForwarded, newTag, TAG_HEADER } from "../support/forwarded.js";
 import { REPO, startGateway, type GatewayProcess } from "../support/gateway.js";
 import { startUpstreamProcess, type UpstreamProcess } from "../support/upstream.js";
 
@@ -42,8 +42,8 @@ describe("migrating from a Llama Stack 0.7 run.yaml", { timeout: 120_000 }, () =
     let auth: CustomAuthServer;
     let gateway: GatewayProcess;
     let dir: string;
-    const client = (who: keyof typeof TOKENS, testId: string = randomUUID()) =>
-      new LlamaStackClient({ baseURL: gateway.url, apiKey: TOKENS[who], maxRetries: 0, timeout: 10_000, defaultHeaders: { "x-test-id": testId } });
+    const client = (who: keyof typeof TOKENS, tag: string = newTag().tag) =>
+      new LlamaStackClient({ baseURL: gateway.url, apiKey: TOKENS[who], maxRetries: 0, timeout: 10_000, defaultHeaders: { [TAG_HEADER]: tag } });
 
     before(async () => {
       dir = mkdtempSync(join(tmpdir(), "tollgate-migration-"));
@@ -69,12 +69,14 @@ describe("migrating from a Llama Stack 0.7 run.yaml", { timeout: 120_000 }, () =
 
     test("an allowed call is served with the quota applied; a denied one is refused with the reference's message and never forwarded", async () => {
       const file = await client("alice").files.create({ file: await Llama.toFile(Buffer.from("notes"), "notes.txt"), purpose: "assistants" });
-      assert.equal((await client("alice").files.retrieve(file.id)).id, file.id);
+      const passed = newTag().tag;
+      assert.equal((await client("alice", passed).files.retrieve(file.id)).id, file.id);
+      await assertForwarded(upstream, passed);
       const res = await fetch(`${gateway.url}/v1/models`, { headers: { authorization: `Bearer ${TOKENS.alice}` } });
       assert.equal(res.status, 200);
       assert.match(res.headers.get("ratelimit-policy") ?? "", /1000/);
 
-      const testId = randomUUID();
+      const testId = newTag().tag;
       await assert.rejects(client("bob", testId).files.retrieve(file.id), (err: unknown) => {
         assert.ok(err instanceof Llama.NotFoundError, String(err));
         return true;
@@ -84,8 +86,7 @@ describe("migrating from a Llama Stack 0.7 run.yaml", { timeout: 120_000 }, () =
         assert.equal((err.error as { error: { message: string } }).error.message, "Access denied: insufficient permissions for route /v1/batches");
         return true;
       });
-      const reached = (await upstream.requests()).filter((r) => r.headers["x-test-id"] === testId);
-      assert.deepEqual(reached, []);
+      await assertNotForwarded(upstream, testId);
     });
   });
 
@@ -113,17 +114,19 @@ describe("migrating from a Llama Stack 0.7 run.yaml", { timeout: 120_000 }, () =
     });
 
     test("serves every caller anonymously on the routes its rules permit, refuses the others with 403, never forwarded", async () => {
-      const client = new LlamaStackClient({ baseURL: gateway.url, maxRetries: 0, timeout: 10_000 });
+      const passed = newTag();
+      const client = new LlamaStackClient({ baseURL: gateway.url, maxRetries: 0, timeout: 10_000, defaultHeaders: passed.headers });
       assert.deepEqual((await client.models.list()).map((m) => m.id), ["demo-small", "demo-embed"]);
-      const testId = randomUUID();
+      await assertForwarded(upstream, passed.tag);
+      const { tag, headers } = newTag();
       const denied = await fetch(`${gateway.url}/v1/embeddings`, {
         method: "POST",
-        headers: { "content-type": "application/json", "x-test-id": testId },
+        headers: { ...headers, "content-type": "application/json" },
         body: JSON.stringify({ model: "demo-small", input: "hi" }),
       });
       assert.equal(denied.status, 403);
       assert.equal(((await denied.json()) as { error: { message: string } }).error.message, "Access denied: insufficient permissions for route /v1/embeddings");
-      assert.deepEqual((await upstream.requests()).filter((r) => r.headers["x-test-id"] === testId), []);
+      await assertNotForwarded(upstream, tag);
     });
   });
 });

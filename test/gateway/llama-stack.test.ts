@@ -1,9 +1,9 @@
 import assert from "node:assert/strict";
-import { randomUUID } from "node:crypto";
 import { after, before, describe, test } from "node:test";
 import LlamaStackClient, * as Llama from "llama-stack-client";
 import OpenAI, { toFile } from "openai";
 import { startCustomAuth, type CustomAuthServer } from "../support/custom-auth.js";
+import { assertForwarded, assertNotForwarded, newTag, TAG_HEADER } from "../support/forwarded.js";
 import { linesContaining, startGateway, type GatewayProcess } from "../support/gateway.js";
 import { startUpstreamProcess, type UpstreamProcess } from "../support/upstream.js";
 
@@ -67,16 +67,11 @@ describe("a Llama Stack client through Tollgate (issue 15)", { timeout: 120_000 
   let auth: CustomAuthServer;
   let gateway: GatewayProcess;
 
-  const llama = (who: Who, testId: string = randomUUID()) =>
-    new LlamaStackClient({ baseURL: gateway.url, apiKey: TOKENS[who], maxRetries: 0, timeout: 10_000, defaultHeaders: { "x-demo-wording": "llama_stack", "x-test-id": testId } });
-  const openai = (who: Who, testId: string = randomUUID()) =>
-    new OpenAI({ baseURL: `${gateway.url}/v1`, apiKey: TOKENS[who], maxRetries: 0, timeout: 10_000, defaultHeaders: { "x-demo-wording": "llama_stack", "x-test-id": testId } });
-
-  /** Proves that no request tagged `testId` reached the upstream. */
-  async function assertNotForwarded(testId: string): Promise<void> {
-    const reached = (await upstream.requests()).filter((r) => r.headers["x-test-id"] === testId);
-    assert.deepEqual(reached.map((r) => `${r.method} ${r.path}`), []);
-  }
+  /** Clients whose every request carries `tag` (forwarded.ts), so that a refusal can prove it never reached the upstream. */
+  const llama = (who: Who, tag: string = newTag().tag) =>
+    new LlamaStackClient({ baseURL: gateway.url, apiKey: TOKENS[who], maxRetries: 0, timeout: 10_000, defaultHeaders: { "x-demo-wording": "llama_stack", [TAG_HEADER]: tag } });
+  const openai = (who: Who, tag: string = newTag().tag) =>
+    new OpenAI({ baseURL: `${gateway.url}/v1`, apiKey: TOKENS[who], maxRetries: 0, timeout: 10_000, defaultHeaders: { "x-demo-wording": "llama_stack", [TAG_HEADER]: tag } });
 
   before(async () => {
     upstream = await startUpstreamProcess();
@@ -99,7 +94,7 @@ describe("a Llama Stack client through Tollgate (issue 15)", { timeout: 120_000 
   });
 
   test("a route_policy denial says 'Access denied: insufficient permissions for route <path>' (PermissionDeniedError) and is not forwarded", async () => {
-    for (const [client, id] of [[llama, randomUUID()], [openai, randomUUID()]] as const) {
+    for (const [client, id] of [[llama, newTag().tag], [openai, newTag().tag]] as const) {
       const seen = await refused(client("bob", id).embeddings.create({ model: "demo-small", input: "hi" }));
       assert.deepEqual(seen, {
         status: 403,
@@ -108,10 +103,12 @@ describe("a Llama Stack client through Tollgate (issue 15)", { timeout: 120_000 
         code: "route_denied",
         type: "permission_error",
       });
-      await assertNotForwarded(id);
+      await assertNotForwarded(upstream, id);
     }
-    // The admin passes the same route.
-    assert.equal((await llama("admin").embeddings.create({ model: "demo-small", input: "hi" })).data.length, 1);
+    // The admin passes the same route, and is found upstream by its tag.
+    const passed = newTag().tag;
+    assert.equal((await llama("admin", passed).embeddings.create({ model: "demo-small", input: "hi" })).data.length, 1);
+    await assertForwarded(upstream, passed);
   });
 
   test("a model the user may not read is refused exactly as a model that does not exist (NotFoundError, the reference's message)", async () => {
@@ -120,14 +117,16 @@ describe("a Llama Stack client through Tollgate (issue 15)", { timeout: 120_000 
       return client === llama ? llama("alice", testId).chat.completions.create({ model, messages }) : openai("alice", testId).chat.completions.create({ model, messages });
     };
     for (const client of [llama, openai]) {
-      const hiddenId = randomUUID();
+      const hiddenId = newTag().tag;
       const hidden = await refused(chat(client, "demo-embed", hiddenId));
-      await assertNotForwarded(hiddenId);
+      await assertNotForwarded(upstream, hiddenId);
       const missing = await refused(chat(client, "no-such-model"));
       assert.deepEqual(hidden, { ...missing, message: modelNotFound("demo-embed") });
       assert.deepEqual(missing, { status: 404, sdkError: "NotFoundError", message: modelNotFound("no-such-model"), code: "model_not_found", type: "not_found_error" });
       // The same for a retrieve.
-      const hiddenModel = await refused(client("alice").models.retrieve("demo-embed"));
+      const hiddenModelTag = newTag().tag;
+      const hiddenModel = await refused(client("alice", hiddenModelTag).models.retrieve("demo-embed"));
+      await assertNotForwarded(upstream, hiddenModelTag);
       const missingModel = await refused(client("alice").models.retrieve("no-such-model"));
       assert.deepEqual(hiddenModel, { ...missingModel, message: modelNotFound("demo-embed") });
     }
@@ -137,9 +136,9 @@ describe("a Llama Stack client through Tollgate (issue 15)", { timeout: 120_000 
     const file = await openai("alice").files.create({ file: await toFile(Buffer.from("private"), "a.txt"), purpose: "assistants" });
     const response = await llama("alice").responses.create({ model: "demo-small", input: "hello" });
     for (const client of [llama, openai]) {
-      const id = randomUUID();
+      const id = newTag().tag;
       assert.deepEqual(await refused(client("bob", id).files.retrieve(file.id)), { status: 404, sdkError: "NotFoundError", message: fileNotFound(file.id), code: "not_found", type: "not_found_error" });
-      await assertNotForwarded(id);
+      await assertNotForwarded(upstream, id);
       const missing = await refused(client("bob").files.retrieve("file-999999"));
       assert.deepEqual(missing, { status: 404, sdkError: "NotFoundError", message: fileNotFound("file-999999"), code: "not_found", type: "not_found_error" });
       assert.deepEqual(await refused(client("bob").responses.retrieve(response.id)), { ...missing, message: responseNotFound(response.id) });
@@ -151,10 +150,10 @@ describe("a Llama Stack client through Tollgate (issue 15)", { timeout: 120_000 
     const file = await openai("alice").files.create({ file: await toFile(Buffer.from("keep me"), "k.txt"), purpose: "assistants" });
     const response = await openai("alice").responses.create({ model: "demo-small", input: "keep" });
     for (const client of [llama, openai]) {
-      const id = randomUUID();
+      const id = newTag().tag;
       assert.deepEqual(await refused(client("bob", id).files.delete(file.id)), { status: 404, sdkError: "NotFoundError", message: fileNotFound(file.id), code: "not_found", type: "not_found_error" });
       assert.deepEqual(await refused(client("bob", id).responses.delete(response.id)), { status: 404, sdkError: "NotFoundError", message: responseNotFound(response.id), code: "not_found", type: "not_found_error" });
-      await assertNotForwarded(id);
+      await assertNotForwarded(upstream, id);
     }
     assert.equal((await llama("alice").files.retrieve(file.id)).id, file.id);
     assert.equal((await llama("alice").responses.retrieve(response.id)).id, response.id);
@@ -163,13 +162,13 @@ describe("a Llama Stack client through Tollgate (issue 15)", { timeout: 120_000 
   test("a registry-backed resource (vector store) keeps 403 PermissionDeniedError for a denied delete, and 404 for a denied read", async () => {
     const store = await llama("alice").vectorStores.create({ name: "alice's" });
     for (const client of [llama, openai]) {
-      const id = randomUUID();
+      const id = newTag().tag;
       const denied = await refused(client("bob", id).vectorStores.delete(store.id));
       assert.equal(denied.status, 403);
       assert.equal(denied.sdkError, "PermissionDeniedError");
       assert.equal(denied.code, "access_denied");
       assert.deepEqual(await refused(client("bob", id).vectorStores.retrieve(store.id)), { status: 404, sdkError: "NotFoundError", message: vectorStoreNotFound(store.id), code: "not_found", type: "not_found_error" });
-      await assertNotForwarded(id);
+      await assertNotForwarded(upstream, id);
     }
     assert.equal((await llama("alice").vectorStores.retrieve(store.id)).id, store.id);
   });
@@ -177,15 +176,17 @@ describe("a Llama Stack client through Tollgate (issue 15)", { timeout: 120_000 
   test("a malformed Authorization header gets exactly 'Invalid Authorization header format'; the detail is in WWW-Authenticate and the log, never the token", async () => {
     // Two tokens in one header: the SDKs send `Bearer <apiKey>` as given.
     const secret = "tok-secret-Hh4Jd8Qa";
+    const { tag, headers } = newTag();
     for (const client of [
-      new LlamaStackClient({ baseURL: gateway.url, apiKey: `${secret} extra`, maxRetries: 0 }),
-      new OpenAI({ baseURL: `${gateway.url}/v1`, apiKey: `${secret} extra`, maxRetries: 0 }),
+      new LlamaStackClient({ baseURL: gateway.url, apiKey: `${secret} extra`, maxRetries: 0, defaultHeaders: headers }),
+      new OpenAI({ baseURL: `${gateway.url}/v1`, apiKey: `${secret} extra`, maxRetries: 0, defaultHeaders: headers }),
     ]) {
       const seen = await refused(client.models.list());
       assert.deepEqual(seen, { status: 401, sdkError: "AuthenticationError", message: "Invalid Authorization header format", code: "invalid_request", type: "authentication_error" });
     }
-    const res = await fetch(`${gateway.url}/v1/models`, { headers: { authorization: `Basic ${secret}` } });
+    const res = await fetch(`${gateway.url}/v1/models`, { headers: { ...headers, authorization: `Basic ${secret}` } });
     assert.equal(res.status, 401);
+    await assertNotForwarded(upstream, tag);
     assert.equal(((await res.json()) as { error: { message: string } }).error.message, "Invalid Authorization header format");
     assert.equal(res.headers.get("www-authenticate"), `Bearer realm="tollgate", error="invalid_request", error_description="expected 'Bearer <token>'"`);
     await gateway.waitForLog((l) => l.msg === "credential refused" && l.detail === "exactly one bearer token is allowed");

@@ -1,29 +1,28 @@
 import assert from "node:assert/strict";
-import { randomUUID } from "node:crypto";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { after, before, describe, test } from "node:test";
 import { routeMatchPath } from "../../src/core/policy/routes.js";
 import { CATALOG_PRESETS, createCatalog, PRESET_NAMES, type Catalog, type CatalogEntry, type PresetName } from "../../src/gateway/catalog.js";
 import { startCustomAuth, type CustomAuthServer } from "../support/custom-auth.js";
+import { assertForwarded, assertNotForwarded, newTag, requestLog, type RecordingUpstream } from "../support/forwarded.js";
 import { startGateway, type GatewayProcess } from "../support/gateway.js";
 
 // Only declared routes are forwarded (DESIGN.md "Routes: only what is
 // declared is forwarded"; issue 14). A real gateway process per preset, in
-// front of an upstream that records the X-Request-Id of every request it
-// gets: each request below carries its own, so "never reached the upstream"
+// front of an upstream that records every request it gets: each request
+// below carries its own tag (forwarded.ts), so "never reached the upstream"
 // is read off what the upstream saw, and a check that let one through fails.
 
 const TOKEN = "tok-mallory-R2d7q";
 /** Mallory may read one model and nothing else: every check on anything else is a refusal. */
 const POLICY = { access_policy: [{ permit: { actions: ["read"], resource: "model::allowed-model" } }] };
 
-/** A plain upstream: answers every request 200 with an empty list (of every shape) and remembers the X-Request-Id of each. */
-async function startRecorder(): Promise<{ url: string; seen: Map<string, string>; close(): Promise<void> }> {
-  const seen = new Map<string, string>();
+/** A plain upstream: answers every request 200 with an empty list (of every shape) and records each. */
+async function startRecorder(): Promise<RecordingUpstream & { url: string; close(): Promise<void> }> {
+  const seen = requestLog();
   const server = http.createServer((req, res) => {
-    const id = req.headers["x-request-id"];
-    if (typeof id === "string") seen.set(id, `${req.method} ${req.url}`);
+    seen.record(req);
     req.resume();
     req.on("end", () => {
       res.writeHead(200, { "content-type": "application/json" });
@@ -34,7 +33,7 @@ async function startRecorder(): Promise<{ url: string; seen: Map<string, string>
   const { port } = server.address() as AddressInfo;
   return {
     url: `http://127.0.0.1:${port}`,
-    seen,
+    requests: seen.requests,
     close: () =>
       new Promise((resolve) => {
         server.close(() => resolve());
@@ -54,8 +53,7 @@ interface Sent {
 /** Sends `method path` byte for byte (no client-side normalisation), tagged with a new X-Request-Id. */
 function send(base: string, method: string, path: string, body?: string, credentials = true): Promise<Sent> {
   const url = new URL(base);
-  const requestId = randomUUID();
-  const headers: Record<string, string> = { "x-request-id": requestId };
+  const { tag: requestId, headers } = newTag();
   if (credentials) headers.authorization = `Bearer ${TOKEN}`;
   if (body !== undefined) {
     headers["content-type"] = "application/json";
@@ -205,9 +203,8 @@ describe("only declared routes are forwarded", { timeout: 300_000 }, () => {
     assert.ok(done.size > 5, `the ${preset} preset declares routes`);
     assert.deepEqual(failures, []);
     // Sanity of the recorder: what passed did reach it (else "never reached" below would prove nothing).
-    for (const [sent, what] of mustReach) assert.ok(upstream.seen.has(sent.requestId), `${what} did not reach the upstream`);
-    const leaked = mustNotReach.filter((s) => upstream.seen.has(s.requestId)).map((s) => upstream.seen.get(s.requestId));
-    assert.deepEqual(leaked, []);
+    for (const [sent] of mustReach) await assertForwarded(upstream, sent.requestId);
+    await assertNotForwarded(upstream, mustNotReach.map((s) => s.requestId));
   }
 
   /** Paths and methods next to a declared route that no entry declares. */
@@ -230,12 +227,12 @@ describe("only declared routes are forwarded", { timeout: 300_000 }, () => {
       assert.equal(anonymous.status, 401);
       const known = await send(gateway.url, "POST", "/reset_prefix_cache", "{}");
       assert.deepEqual([known.status, known.code], [404, "route_not_found"]);
-      assert.ok(!upstream.seen.has(anonymous.requestId) && !upstream.seen.has(known.requestId));
+      await assertNotForwarded(upstream, [anonymous.requestId, known.requestId]);
       // The gateway's own endpoints and public paths keep working.
       for (const path of ["/health", "/version", "/ready", "/metrics"]) assert.equal((await send(gateway.url, "GET", path, undefined, false)).status, 200, path);
       const pub = await send(gateway.url, "GET", "/v1/health", undefined, false);
       assert.equal(pub.status, 200);
-      assert.ok(upstream.seen.has(pub.requestId));
+      await assertForwarded(upstream, pub.requestId);
     } finally {
       await gateway.close();
     }
@@ -246,7 +243,7 @@ describe("only declared routes are forwarded", { timeout: 300_000 }, () => {
     try {
       const sent = await send(gateway.url, "POST", "/reset_prefix_cache", "{}");
       assert.equal(sent.status, 200);
-      assert.equal(upstream.seen.get(sent.requestId), "POST /reset_prefix_cache");
+      assert.deepEqual((await assertForwarded(upstream, sent.requestId)).map((r) => `${r.method} ${r.path}`), ["POST /reset_prefix_cache"]);
     } finally {
       await gateway.close();
     }
@@ -258,8 +255,8 @@ describe("only declared routes are forwarded", { timeout: 300_000 }, () => {
       const url = new URL(gateway.url);
       const options = (path: string) =>
         new Promise<{ status: number; allow: string | undefined; requestId: string }>((resolve, reject) => {
-          const requestId = randomUUID();
-          const req = http.request({ host: url.hostname, port: url.port, method: "OPTIONS", path, agent, headers: { authorization: `Bearer ${TOKEN}`, "x-request-id": requestId } }, (res) => {
+          const { tag: requestId, headers } = newTag();
+          const req = http.request({ host: url.hostname, port: url.port, method: "OPTIONS", path, agent, headers: { ...headers, authorization: `Bearer ${TOKEN}` } }, (res) => {
             res.resume();
             res.on("end", () => resolve({ status: res.statusCode ?? 0, allow: res.headers.allow, requestId }));
           });
@@ -273,7 +270,7 @@ describe("only declared routes are forwarded", { timeout: 300_000 }, () => {
       assert.deepEqual([chat.status, chat.allow], [204, "GET, HEAD, POST, OPTIONS"]);
       const unlisted = await options("/reset_prefix_cache");
       assert.equal(unlisted.status, 404);
-      for (const r of [files, chat, unlisted]) assert.ok(!upstream.seen.has(r.requestId), "an OPTIONS request reached the upstream");
+      await assertNotForwarded(upstream, [files, chat, unlisted].map((r) => r.requestId));
     } finally {
       await gateway.close();
     }

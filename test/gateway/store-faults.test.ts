@@ -11,6 +11,7 @@ import { createApiKey } from "../../src/core/keys.js";
 import { openPostgresRecordStore } from "../../src/core/stores/postgres.js";
 import { eventually } from "../support/eventually.js";
 import { canMakeDiskFaults, makeImmutable } from "../support/faulty-disk.js";
+import { assertForwarded, assertNotForwarded, newTag, requestLog } from "../support/forwarded.js";
 import { distFile, startGateway, type GatewayProcess } from "../support/gateway.js";
 import { scopedPostgres, type ScopedPostgres } from "../support/postgres.js";
 import { POSTGRES_URL, requireService } from "../support/services.js";
@@ -26,7 +27,6 @@ import { startUpstreamProcess, type UpstreamProcess } from "../support/upstream.
  */
 
 let upstream: UpstreamProcess;
-let serial = 0;
 
 before(async () => {
   upstream = await startUpstreamProcess();
@@ -37,11 +37,6 @@ after(async () => {
 
 const trusted = ["127.0.0.1/32", "::1/128"];
 const headerAuth = { type: "upstream_header", principal_header: "x-user", trusted_proxies: trusted };
-
-/** A unique tag the upstream records, so a test can tell whether *its* request reached it. */
-function tag(): string {
-  return `store-faults-${process.pid}-${++serial}`;
-}
 
 function as(user: string, extra: Record<string, string> = {}): Record<string, string> {
   return { "x-user": user, ...extra };
@@ -64,9 +59,9 @@ async function upload(gateway: GatewayProcess, user: string, headers: Record<str
   return { status: res.status, body: answer, retryAfter: res.headers.get("retry-after"), ms: Date.now() - started };
 }
 
-async function call(gateway: GatewayProcess, user: string, method: string, path: string) {
+async function call(gateway: GatewayProcess, user: string, method: string, path: string, headers: Record<string, string> = {}) {
   const started = Date.now();
-  const res = await fetch(`${gateway.url}${path}`, { method, headers: as(user) });
+  const res = await fetch(`${gateway.url}${path}`, { method, headers: as(user, headers) });
   const text = await res.text();
   let body: { data?: { id: string }[]; error?: { code: string } } = {};
   try {
@@ -83,19 +78,16 @@ async function upstreamFiles(): Promise<{ id: string; content?: string; filename
   return ((await res.json()) as { data: { id: string }[] }).data;
 }
 
-async function reachedUpstream(marker: string): Promise<boolean> {
-  return (await upstream.requests()).some((r) => r.headers["x-test-tag"] === marker);
-}
-
 /** What another tenant can do with `path`: list, get and delete must all fail to show or touch it. */
 async function assertHiddenFrom(gateway: GatewayProcess, user: string, collection: string, id: string): Promise<void> {
   const list = await call(gateway, user, "GET", `${collection}?limit=100`);
   assert.equal(list.status, 200);
   assert.ok(!list.body.data!.some((item) => item.id === id), `${user} sees ${id} in the list`);
-  assert.equal((await call(gateway, user, "GET", `${collection}/${id}`)).status, 404);
-  const removed = await call(gateway, user, "DELETE", `${collection}/${id}`);
+  const { tag, headers } = newTag();
+  assert.equal((await call(gateway, user, "GET", `${collection}/${id}`, headers)).status, 404);
+  const removed = await call(gateway, user, "DELETE", `${collection}/${id}`, headers);
   assert.ok(removed.status === 403 || removed.status === 404, `${user} DELETE answered ${removed.status}`);
-  assert.ok(!(await upstream.requests()).some((r) => r.method === "DELETE" && r.path === `${collection}/${id}`), "the delete reached the upstream");
+  await assertNotForwarded(upstream, tag);
 }
 
 describe("PostgreSQL record store behind a proxy", () => {
@@ -128,10 +120,10 @@ describe("PostgreSQL record store behind a proxy", () => {
   test("a file upload while the record store is down is refused with 503 store_unavailable and never reaches the upstream", async (t) => {
     if (!scoped) return t.skip("PostgreSQL is not reachable");
     const before = (await upstreamFiles()).length;
-    const marker = tag();
+    const { tag, headers } = newTag();
     proxy.cut();
     try {
-      const res = await upload(gateway, "alice", { "x-test-tag": marker });
+      const res = await upload(gateway, "alice", headers);
       assert.equal(res.status, 503);
       assert.deepEqual({ code: res.body.error?.code, type: res.body.error?.type }, { code: "store_unavailable", type: "service_unavailable" });
       assert.equal(res.retryAfter, "1");
@@ -139,7 +131,7 @@ describe("PostgreSQL record store behind a proxy", () => {
     } finally {
       proxy.resume();
     }
-    assert.equal(await reachedUpstream(marker), false, "the create reached the upstream");
+    await assertNotForwarded(upstream, tag);
     assert.equal((await upstreamFiles()).length, before, "a file was created upstream");
     assert.equal(gateway.child.exitCode, null);
   });
@@ -148,7 +140,8 @@ describe("PostgreSQL record store behind a proxy", () => {
     if (!scoped) return t.skip("PostgreSQL is not reachable");
     const known = new Set((await upstreamFiles()).map((f) => f.id));
     // The upstream holds its answer 1.5 s; the store goes away meanwhile, after the create was let through.
-    const answer = upload(gateway, "alice", { "x-demo-delay-ms": "1500" });
+    const { tag, headers } = newTag();
+    const answer = upload(gateway, "alice", { ...headers, "x-demo-delay-ms": "1500" });
     await new Promise((r) => setTimeout(r, 600));
     proxy.cut();
     let res: Awaited<typeof answer>;
@@ -163,6 +156,7 @@ describe("PostgreSQL record store behind a proxy", () => {
     assert.equal(res.body.id, undefined);
     const created = (await upstreamFiles()).find((f) => !known.has(f.id));
     assert.ok(created, "the upstream created the file");
+    await assertForwarded(upstream, tag);
     // Held pending by the gateway, then written once the store answers again.
     await eventually(() => ownerRow(created.id), (principal) => principal === "alice", { timeoutMs: 10_000 });
     await assertHiddenFrom(gateway, "bob", "/v1/files", created.id);
@@ -203,15 +197,16 @@ describe("PostgreSQL record store behind a proxy", () => {
 
   test("a stalled record store answers 503 store_unavailable within ~2 s on lookups, lists and creates, never 500", async (t) => {
     if (!scoped) return t.skip("PostgreSQL is not reachable");
-    const marker = tag();
+    const { tag, headers } = newTag();
     proxy.pause();
     let results: { status: number; code?: string; ms: number }[];
     try {
       results = await Promise.all([
-        call(gateway, "alice", "GET", "/v1/files/file-000001").then((r) => ({ status: r.status, code: r.body.error?.code, ms: r.ms })),
+        call(gateway, "alice", "GET", "/v1/files/file-000001", headers).then((r) => ({ status: r.status, code: r.body.error?.code, ms: r.ms })),
+        // A list is fetched before it is filtered by the store: it reaches the upstream, its answer never the client.
         call(gateway, "alice", "GET", "/v1/files").then((r) => ({ status: r.status, code: r.body.error?.code, ms: r.ms })),
-        call(gateway, "alice", "DELETE", "/v1/vector_stores/vs_000001").then((r) => ({ status: r.status, code: r.body.error?.code, ms: r.ms })),
-        upload(gateway, "alice", { "x-test-tag": marker }).then((r) => ({ status: r.status, code: r.body.error?.code, ms: r.ms })),
+        call(gateway, "alice", "DELETE", "/v1/vector_stores/vs_000001", headers).then((r) => ({ status: r.status, code: r.body.error?.code, ms: r.ms })),
+        upload(gateway, "alice", headers).then((r) => ({ status: r.status, code: r.body.error?.code, ms: r.ms })),
       ]);
     } finally {
       proxy.resume();
@@ -220,7 +215,7 @@ describe("PostgreSQL record store behind a proxy", () => {
       assert.deepEqual({ status: r.status, code: r.code }, { status: 503, code: "store_unavailable" });
       assert.ok(r.ms < 3500, `took ${r.ms} ms`);
     }
-    assert.equal(await reachedUpstream(marker), false);
+    await assertNotForwarded(upstream, tag);
     assert.equal((await call(gateway, "alice", "GET", "/v1/files")).status, 200);
   });
 });
@@ -239,14 +234,18 @@ test("API key lookups with the record store down answer 503 store_unavailable wi
   });
   try {
     const headers = { authorization: `Bearer ${key}` };
-    assert.equal((await fetch(`${gateway.url}/v1/models`, { headers })).status, 200);
+    const passed = newTag();
+    assert.equal((await fetch(`${gateway.url}/v1/models`, { headers: { ...headers, ...passed.headers } })).status, 200);
+    await assertForwarded(upstream, passed.tag);
     proxy.pause();
     const started = Date.now();
-    const res = await fetch(`${gateway.url}/v1/models`, { headers });
+    const refused = newTag();
+    const res = await fetch(`${gateway.url}/v1/models`, { headers: { ...headers, ...refused.headers } });
     const body = (await res.json()) as { error: { code: string } };
     proxy.resume();
     assert.deepEqual({ status: res.status, code: body.error.code }, { status: 503, code: "store_unavailable" });
     assert.ok(Date.now() - started < 3500);
+    await assertNotForwarded(upstream, refused.tag);
   } finally {
     await gateway.close();
     await proxy.close();
@@ -302,13 +301,13 @@ test("a SQLite record store made immutable under a running gateway: 503 store_un
     const ready = await fetch(`${gateway.url}/ready`);
     assert.equal(ready.status, 503);
     assert.ok(((await ready.json()) as { failing: string[] }).failing.includes("record_store"));
-    const marker = tag();
-    const refused = await upload(gateway, "alice", { "x-test-tag": marker }).catch((err) => {
+    const { tag, headers } = newTag();
+    const refused = await upload(gateway, "alice", headers).catch((err) => {
       throw new Error(`${String(err)} exit=${gateway.child.exitCode} signal=${gateway.child.signalCode}\n${gateway.stderr()}\n${gateway.stdout().slice(-3000)}`);
     });
     assert.equal(refused.status, 503);
     assert.equal(refused.body.error?.code, "store_unavailable");
-    assert.equal(await reachedUpstream(marker), false);
+    await assertNotForwarded(upstream, tag);
     // Before: the gateway died of SIGBUS on its next write, with no log line.
     assert.equal(gateway.child.signalCode, null, "the gateway died");
     undo();
@@ -327,12 +326,12 @@ describe("upstream answers that would leave a resource unowned (issue 19)", () =
   let fake: Server;
   let fakeUrl: string;
   let gateway: GatewayProcess;
-  const seen: string[] = [];
+  const seen = requestLog();
 
   before(async () => {
     // A misbehaving OpenAI-compatible server, speaking the real wire format.
     fake = createServer((req, res) => {
-      seen.push(`${req.method} ${req.url}`);
+      seen.record(req);
       req.resume();
       req.on("end", () => {
         if (req.method === "POST" && req.url === "/v1/vector_stores") {
@@ -379,17 +378,20 @@ describe("upstream answers that would leave a resource unowned (issue 19)", () =
   });
 
   test("an id that arrives after the first 64 KiB of a stream is still recorded: other tenants cannot read it", async () => {
+    const alices = newTag();
     const res = await fetch(`${gateway.url}/v1/responses`, {
       method: "POST",
-      headers: as("alice", { "content-type": "application/json" }),
+      headers: as("alice", { ...alices.headers, "content-type": "application/json" }),
       body: JSON.stringify({ model: "m", input: "hi", stream: true }),
     });
     const text = await res.text();
     assert.equal(res.status, 200);
     assert.match(text, /resp_late/);
     assert.ok(text.length > 70_000);
-    assert.equal((await call(gateway, "bob", "GET", "/v1/responses/resp_late")).status, 404);
-    assert.ok(!seen.includes("GET /v1/responses/resp_late"), "bob's read reached the upstream");
+    await assertForwarded(seen, alices.tag);
+    const bobs = newTag();
+    assert.equal((await call(gateway, "bob", "GET", "/v1/responses/resp_late", bobs.headers)).status, 404);
+    await assertNotForwarded(seen, bobs.tag);
     assert.equal((await call(gateway, "alice", "GET", "/v1/responses/resp_late")).status, 200);
   });
 });

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
+import type { IncomingMessage } from "node:http";
 import type { DemoRequest } from "./upstream.js";
 
 /**
@@ -18,9 +19,24 @@ import type { DemoRequest } from "./upstream.js";
 /** The header carrying the tag. */
 export const TAG_HEADER = "x-request-id";
 
-/** Something that can list what the upstream received (the demo upstream, as a process). */
+/** What a refusal check needs of a recorded request. */
+export type ForwardedRequest = Pick<DemoRequest, "method" | "path" | "headers">;
+
+/** Something that can list what the upstream received (the demo upstream as a process, or a test's own server with {@link requestLog}). */
 export interface RecordingUpstream {
-  requests(): Promise<DemoRequest[]>;
+  requests(): Promise<readonly ForwardedRequest[]>;
+}
+
+/**
+ * The record of a test's own upstream (a server that must answer in a way
+ * the demo upstream does not): call `record(req)` first thing in its handler.
+ */
+export function requestLog(): RecordingUpstream & { record(req: IncomingMessage): void } {
+  const seen: ForwardedRequest[] = [];
+  return {
+    record: (req) => void seen.push({ method: req.method ?? "", path: (req.url ?? "").split("?")[0]!, headers: req.headers }),
+    requests: () => Promise.resolve(seen),
+  };
 }
 
 /** A fresh tag, and the headers that carry it: `fetch(url, { headers: { ...tagged.headers, ... } })`. */
@@ -29,7 +45,7 @@ export function newTag(): { tag: string; headers: Record<string, string>; line: 
   return { tag, headers: { [TAG_HEADER]: tag }, line: `X-Request-Id: ${tag}` };
 }
 
-function carries(r: DemoRequest, tag: string): boolean {
+function carries(r: ForwardedRequest, tag: string): boolean {
   const value = r.headers[TAG_HEADER];
   return Array.isArray(value) ? value.includes(tag) : value === tag;
 }
@@ -42,19 +58,24 @@ function carries(r: DemoRequest, tag: string): boolean {
  */
 const SETTLE_MS = 100;
 
-/** Fails when the upstream recorded any request carrying `tag`. Call it after the client has its answer. */
-export async function assertNotForwarded(upstream: RecordingUpstream, tag: string): Promise<void> {
+/**
+ * Fails when the upstream recorded any request carrying `tag` (or one of
+ * `tags`: many refusals checked after one pause). Call it after the client
+ * has its answer.
+ */
+export async function assertNotForwarded(upstream: RecordingUpstream, tags: string | readonly string[]): Promise<void> {
+  const refused = new Set(typeof tags === "string" ? [tags] : tags);
   await new Promise((r) => setTimeout(r, SETTLE_MS));
-  const reached = (await upstream.requests()).filter((r) => carries(r, tag));
+  const reached = (await upstream.requests()).filter((r) => [...refused].some((tag) => carries(r, tag)));
   assert.deepEqual(
-    reached.map((r) => `${r.method} ${r.path}`),
+    reached.map((r) => `${r.method} ${r.path} (${TAG_HEADER}: ${String(r.headers[TAG_HEADER])})`),
     [],
-    `a refused request (${TAG_HEADER}: ${tag}) reached the upstream`,
+    "a refused request reached the upstream",
   );
 }
 
 /** The requests carrying `tag` the upstream recorded; fails when there is none (polls up to `timeoutMs`). */
-export async function assertForwarded(upstream: RecordingUpstream, tag: string, timeoutMs = 5000): Promise<DemoRequest[]> {
+export async function assertForwarded(upstream: RecordingUpstream, tag: string, timeoutMs = 5000): Promise<ForwardedRequest[]> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const reached = (await upstream.requests()).filter((r) => carries(r, tag));
