@@ -19,16 +19,22 @@ import { parseJsonWithin } from "./json.js";
  * A budget cannot be dodged (issue 19): tokens are charged the moment the
  * `usage` is read, not when the client has read the answer; a client that
  * leaves before it arrived does not stop the meter (the upstream's answer is
- * read on, within {@link DRAIN_MAX_BYTES} and {@link DRAIN_MAX_MS}); a
+ * read on, within {@link DRAIN_BOUNDS}); a
  * compressed answer is decompressed for the meter; a JSON answer of any size
  * is scanned as it streams. When no `usage` can be read the request is
  * charged an estimate ({@link UsageEstimate}), never nothing.
  */
 
-/** After the client left: at most this many more bytes of the upstream's answer are read for its `usage`. */
-export const DRAIN_MAX_BYTES = 8 * 1024 * 1024;
-/** After the client left: the upstream's answer is read for its `usage` for at most this long. */
-export const DRAIN_MAX_MS = 30_000;
+/** How much of an upstream's answer is still read for its `usage` after the client left. */
+export interface DrainBounds {
+  /** At most this many more bytes ({@link meterUsage}). */
+  readonly maxBytes: number;
+  /** For at most this long ({@link drainSignal}). */
+  readonly maxMs: number;
+}
+
+/** The gateway's bounds (docs/quotas.md): 8 MiB, 30 s. */
+export const DRAIN_BOUNDS: DrainBounds = { maxBytes: 8 * 1024 * 1024, maxMs: 30_000 };
 /** A server-sent event larger than this is not parsed (its `usage` is not read; the estimate is charged). */
 export const MAX_EVENT_BYTES = 1024 * 1024;
 /** A top-level JSON `usage` value larger than this is not parsed. */
@@ -142,15 +148,15 @@ function estimateOf(body: BufferedBody): UsageEstimate {
 
 /**
  * The signal for the upstream request of a metered inference answer: it
- * fires {@link DRAIN_MAX_MS} after `client`'s, not with it, so that the
- * answer can still be read for its `usage` after the client left
+ * fires `bounds.maxMs` after `client`'s, not with it, so that the answer
+ * can still be read for its `usage` after the client left
  * ({@link meterUsage}), and no longer.
  */
-export function drainSignal(client: AbortSignal): AbortSignal {
+export function drainSignal(client: AbortSignal, bounds: DrainBounds = DRAIN_BOUNDS): AbortSignal {
   const upstream = new AbortController();
   client.addEventListener(
     "abort",
-    () => setTimeout(() => upstream.abort(client.reason), DRAIN_MAX_MS).unref(),
+    () => setTimeout(() => upstream.abort(client.reason), bounds.maxMs).unref(),
     { once: true },
   );
   return upstream.signal;
@@ -168,6 +174,8 @@ export interface MeterOptions {
   readonly estimate: UsageEstimate | undefined;
   /** Charges tokens; called as each `usage` is read (with what it adds to the ones before), or once with the estimate. */
   readonly record: (tokens: TokenCount) => void;
+  /** Its `maxBytes` bounds what is read after the client left (the time is bounded by {@link drainSignal}); default {@link DRAIN_BOUNDS}. */
+  readonly drain?: DrainBounds;
 }
 
 /**
@@ -177,12 +185,12 @@ export interface MeterOptions {
  *
  * When the client goes away (the returned stream is destroyed) before the
  * `usage` was read, the upstream's answer is read on, at most
- * {@link DRAIN_MAX_BYTES} more (the time is bounded by {@link drainSignal}),
+ * `drain.maxBytes` more (the time is bounded by {@link drainSignal}),
  * and stopped once its `usage` is charged. An answer that ends, fails or is
  * cut without a readable `usage` is charged the estimate.
  */
 export function meterUsage(upstream: Readable, options: MeterOptions): Readable {
-  const { estimate, record } = options;
+  const { estimate, record, drain = DRAIN_BOUNDS } = options;
   const type = mediaType(options.contentType);
   const format = type === "text/event-stream" ? "sse" : type === "application/json" || type.endsWith("+json") ? "json" : undefined;
   if (!format && !estimate) return upstream;
@@ -235,7 +243,7 @@ export function meterUsage(upstream: Readable, options: MeterOptions): Readable 
     received += chunk.length;
     if (clientGone) {
       drained += chunk.length;
-      if (drained > DRAIN_MAX_BYTES) return void upstream.destroy();
+      if (drained > drain.maxBytes) return void upstream.destroy();
     }
     let forClient: Buffer | string = chunk;
     if (decoder) decoder.write(chunk);

@@ -1,11 +1,14 @@
 import assert from "node:assert/strict";
-import type { IncomingMessage } from "node:http";
+import { once } from "node:events";
+import http, { type IncomingMessage } from "node:http";
+import type { AddressInfo } from "node:net";
 import { PassThrough, Readable } from "node:stream";
 import { brotliCompressSync, deflateSync, gzipSync } from "node:zlib";
 import { text } from "node:stream/consumers";
 import { test } from "node:test";
+import { request } from "undici";
 import { scanJson } from "../../src/gateway/json.js";
-import { DRAIN_MAX_BYTES, meterUsage, prepareUsage, usageCount, usageTotal, type MeterOptions, type TokenCount } from "../../src/gateway/usage.js";
+import { drainSignal, meterUsage, prepareUsage, usageCount, usageTotal, type DrainBounds, type MeterOptions, type TokenCount } from "../../src/gateway/usage.js";
 
 async function run(chunks: (string | Buffer)[], contentType: string, strip: boolean, more: Partial<MeterOptions> = {}) {
   const recorded: number[] = [];
@@ -145,17 +148,91 @@ test("a client that leaves before the usage: the upstream is read on until the u
   assert.ok(upstream.destroyed, "the upstream is stopped once the usage is charged");
 });
 
-test("a client that leaves: past the byte bound the upstream is cut and the estimate charged", async () => {
+/**
+ * An upstream that streams content events and never ends (no usage, ever),
+ * `pad` bytes each, one every `everyMs`. Says how many bytes it had written
+ * and when, once the gateway side hung up.
+ */
+async function startEndlessUpstream(pad: number, everyMs: number) {
+  let hungUp: (at: { bytes: number; at: number }) => void;
+  const cut = new Promise<{ bytes: number; at: number }>((resolve) => (hungUp = resolve));
+  const server = http.createServer((req, res) => {
+    res.writeHead(200, { "content-type": "text/event-stream" });
+    let bytes = 0;
+    const event = content("x".repeat(pad));
+    const timer = setInterval(() => {
+      // Written whether or not the socket keeps up: the bytes the meter reads are what it bounds.
+      res.write(event);
+      bytes += Buffer.byteLength(event);
+    }, everyMs);
+    res.on("close", () => {
+      clearInterval(timer);
+      hungUp({ bytes, at: Date.now() });
+    });
+  });
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/v1/chat/completions`,
+    cut,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  };
+}
+
+/**
+ * What the gateway does with a metered streamed answer (server.ts): the
+ * upstream request under {@link drainSignal}, its body through
+ * {@link meterUsage}; the client reads a little and leaves.
+ */
+async function clientLeavesEndlessStream(bounds: DrainBounds, pad: number, everyMs: number) {
+  const upstream = await startEndlessUpstream(pad, everyMs);
   const recorded: number[] = [];
-  const upstream = new PassThrough();
-  const client = meterUsage(upstream, { contentType: "text/event-stream", contentEncoding: undefined, stripUsageChunk: true, estimate: { promptTokens: 1, maxTokens: 100 }, record: (n) => recorded.push(n.total) });
-  client.destroy();
-  await new Promise((resolve) => setImmediate(resolve));
-  const big = content("x".repeat(64 * 1024));
-  for (let sent = 0; sent <= DRAIN_MAX_BYTES && !upstream.destroyed; sent += big.length) upstream.write(big);
-  await new Promise((resolve) => setImmediate(resolve));
-  assert.ok(upstream.destroyed);
-  assert.deepEqual(recorded, [101]);
+  const client = new AbortController();
+  try {
+    const answer = await request(upstream.url, { method: "POST", body: "{}", signal: drainSignal(client.signal, bounds) });
+    const toClient = meterUsage(answer.body, {
+      contentType: "text/event-stream",
+      contentEncoding: undefined,
+      stripUsageChunk: true,
+      estimate: { promptTokens: 2, maxTokens: undefined },
+      record: (n) => recorded.push(n.total),
+      drain: bounds,
+    });
+    toClient.resume();
+    await once(toClient, "data");
+    const left = Date.now();
+    client.abort();
+    toClient.destroy();
+    const cut = await Promise.race([upstream.cut, new Promise<never>((_, reject) => setTimeout(() => reject(new Error("the upstream was never cut")), 10_000))]);
+    for (let waited = 0; recorded.length === 0 && waited < 1000; waited += 10) await new Promise((resolve) => setTimeout(resolve, 10));
+    return { recorded, afterMs: cut.at - left, bytes: cut.bytes };
+  } finally {
+    await upstream.close();
+  }
+}
+
+test("a client that leaves an endless stream: past the byte bound the upstream is cut and the estimate charged", async () => {
+  // 64 KiB events as fast as the timer goes: the byte bound (1 MiB) comes long before the time bound (60 s).
+  const { recorded, afterMs, bytes } = await clientLeavesEndlessStream({ maxBytes: 1024 * 1024, maxMs: 60_000 }, 64 * 1024, 1);
+  assert.ok(afterMs < 10_000, `cut after ${afterMs} ms`);
+  // What the upstream wrote is at least what was drained; a socket and stream buffers (a few MiB at most) lie between.
+  assert.ok(bytes > 1024 * 1024 && bytes < 16 * 1024 * 1024, `the upstream wrote ${bytes} bytes before it was cut`);
+  assert.equal(recorded.length, 1, `charged ${JSON.stringify(recorded)}`);
+  // The prompt estimate (2) plus one token per event read, and those were the 1 MiB's 16 at most: never nothing, never past the bound.
+  assert.ok(recorded[0]! > 2 && recorded[0]! <= 2 + 1 + 16, `charged ${recorded[0]}`);
+});
+
+test("a client that leaves an endless stream: past the time bound the upstream is cut and the estimate charged", async () => {
+  // Small events, slowly: the byte bound is never reached; the time bound (400 ms) cuts.
+  const { recorded, afterMs, bytes } = await clientLeavesEndlessStream({ maxBytes: 8 * 1024 * 1024, maxMs: 400 }, 10, 20);
+  assert.ok(afterMs >= 380 && afterMs < 3_000, `cut ${afterMs} ms after the client left`);
+  assert.ok(bytes < 1024 * 1024);
+  assert.equal(recorded.length, 1, `charged ${JSON.stringify(recorded)}`);
+  assert.ok(recorded[0]! > 2 + 10, `charged ${recorded[0]}: the prompt estimate plus the events read while draining`);
 });
 
 test("the estimate of a request: its body's bytes / 4, and max tokens times the choices asked for", async () => {
