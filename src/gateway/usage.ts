@@ -168,7 +168,7 @@ export interface MeterOptions {
   readonly contentType: string | undefined;
   /** The answer's Content-Encoding: gzip, deflate, br (zstd where the runtime has it) are decoded for the meter; another is not readable. */
   readonly contentEncoding: string | undefined;
-  /** Remove the usage-only chunk the gateway asked for (not in a compressed answer: its bytes pass untouched). */
+  /** Remove the usage-only chunk the gateway asked for (a compressed stream is decoded, stripped and encoded again in its coding). */
   readonly stripUsageChunk: boolean;
   /** Undefined for an answer that is not an inference one: then only a `usage` it carries is charged. */
   readonly estimate: UsageEstimate | undefined;
@@ -182,6 +182,10 @@ export interface MeterOptions {
  * Wraps an upstream answer: returns the body for the client (the same bytes,
  * an event stream event by event as each is complete, without the usage
  * chunk the gateway asked for) and charges its `usage` as soon as it is read.
+ * A compressed event stream that loses that chunk is decoded, stripped and
+ * encoded again in the same coding, flushed event by event, so that the
+ * client sees the same stream whether or not the upstream compressed it
+ * (the gateway asks for it uncompressed; not every server listens).
  *
  * When the client goes away (the returned stream is destroyed) before the
  * `usage` was read, the upstream's answer is read on, at most
@@ -196,6 +200,8 @@ export function meterUsage(upstream: Readable, options: MeterOptions): Readable 
   if (!format && !estimate) return upstream;
   // null: not encoded; undefined: an encoding the meter cannot read.
   const decoder = decoderFor(options.contentEncoding);
+  // Set when the client gets the stripped stream encoded again rather than the upstream's bytes.
+  const encoder = decoder && format === "sse" && options.stripUsageChunk ? encoderFor(options.contentEncoding) : undefined;
   let charged: TokenCount = { total: 0, prompt: 0, completion: 0 };
   let seen = false;
   const onUsage = (used: TokenCount) => {
@@ -210,7 +216,7 @@ export function meterUsage(upstream: Readable, options: MeterOptions): Readable 
       charged = used;
     }
   };
-  const scanner = !format || decoder === undefined ? undefined : format === "sse" ? sseScanner(options.stripUsageChunk && decoder === null, onUsage) : jsonScanner(onUsage);
+  const scanner = !format || decoder === undefined ? undefined : format === "sse" ? sseScanner(options.stripUsageChunk && (decoder === null || encoder !== undefined), onUsage) : jsonScanner(onUsage);
   let received = 0;
   let drained = 0;
   let ended = false;
@@ -228,10 +234,31 @@ export function meterUsage(upstream: Readable, options: MeterOptions): Readable 
   }
 
   if (decoder) {
-    decoder.on("data", (chunk: Buffer) => scanner!.push(chunk));
-    // A body that does not decode: its usage is unreadable, the estimate is charged.
-    decoder.on("error", () => undefined);
+    decoder.on("data", (chunk: Buffer) => {
+      const forClient = scanner!.push(chunk);
+      if (encoder && !clientGone && forClient.length > 0) {
+        encoder.write(forClient);
+        encoder.flush();
+      }
+    });
+    // A body that does not decode: its usage is unreadable, the estimate is charged; re-encoded, the client's copy ends there.
+    decoder.on("error", (err) => {
+      if (encoder && !clientGone) client.destroy(err);
+    });
   }
+  if (encoder) {
+    encoder.on("data", (chunk: Buffer) => {
+      if (!clientGone && !client.push(chunk)) upstream.pause();
+    });
+    encoder.on("end", () => {
+      if (!clientGone) client.push(null);
+    });
+    encoder.on("error", (err) => {
+      if (!clientGone) client.destroy(err);
+    });
+  }
+  /** Runs `then` once the decoder has given all it will (at once when it already failed). */
+  const afterDecoder = (then: () => void) => (decoder!.closed ? then() : decoder!.once("close", then));
 
   const client = new Readable({
     read() {
@@ -245,7 +272,8 @@ export function meterUsage(upstream: Readable, options: MeterOptions): Readable 
       drained += chunk.length;
       if (drained > drain.maxBytes) return void upstream.destroy();
     }
-    let forClient: Buffer | string = chunk;
+    // Re-encoded, the client's bytes come from the encoder.
+    let forClient: Buffer | string = encoder ? "" : chunk;
     if (decoder) decoder.write(chunk);
     else if (scanner) forClient = scanner.push(chunk);
     if (clientGone) {
@@ -264,9 +292,10 @@ export function meterUsage(upstream: Readable, options: MeterOptions): Readable 
       settle();
       return;
     }
-    if (!clientGone) client.push(null);
-    decoder.once("close", () => {
-      scanner!.end();
+    if (!clientGone && !encoder) client.push(null);
+    afterDecoder(() => {
+      const rest = scanner!.end();
+      if (encoder && !clientGone) encoder.end(rest);
       settle();
     });
     decoder.end();
@@ -278,11 +307,13 @@ export function meterUsage(upstream: Readable, options: MeterOptions): Readable 
     if (ended) return;
     // Cut (by the upstream, a bound, or the client's departure on a route without usage).
     decoder?.destroy();
+    encoder?.destroy();
     settle();
   });
   client.on("close", () => {
     if (ended || settled) return;
     clientGone = true;
+    encoder?.destroy();
     // Nothing to wait for: charged already, an answer that carries no usage, or one the meter cannot read.
     if (seen || !estimate || !scanner) upstream.destroy();
     else upstream.resume();
@@ -300,6 +331,16 @@ function decoderFor(encoding: string | undefined): Transform | null | undefined 
   if (name === "br") return zlib.createBrotliDecompress();
   // Node 22.15 and later.
   if (name === "zstd") return (zlib as { createZstdDecompress?: () => Transform }).createZstdDecompress?.();
+  return undefined;
+}
+
+/** The compressor for a Content-Encoding {@link decoderFor} reads; undefined for none. */
+function encoderFor(encoding: string | undefined): (Transform & zlib.Zlib) | undefined {
+  const name = (encoding ?? "").trim().toLowerCase();
+  if (name === "gzip" || name === "x-gzip") return zlib.createGzip();
+  if (name === "deflate") return zlib.createDeflate();
+  if (name === "br") return zlib.createBrotliCompress();
+  if (name === "zstd") return (zlib as { createZstdCompress?: () => Transform & zlib.Zlib }).createZstdCompress?.();
   return undefined;
 }
 

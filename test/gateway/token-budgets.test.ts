@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { brotliDecompressSync, gunzipSync, inflateSync } from "node:zlib";
 import { after, before, test } from "node:test";
 import OpenAI from "openai";
 import { request } from "undici";
@@ -118,6 +119,33 @@ test("compressed answers (gzip, deflate, br; JSON and streamed) are charged, and
     assert.equal(text, "You said: hello there");
     assert.deepEqual(await refusedOnceCharged(streamed), { status: 429, tokens: 6 }, `${encoding} stream`);
   }
+});
+
+test("the usage chunk the gateway asked for is removed from a compressed stream as from a plain one", async () => {
+  const decode: Record<string, (b: Buffer) => Buffer> = { identity: (b) => b, gzip: gunzipSync, deflate: inflateSync, br: brotliDecompressSync };
+  const seen: Record<string, string[]> = {};
+  for (const [encoding, decompress] of Object.entries(decode)) {
+    const principal = `stripped-${encoding}`;
+    // The client does not ask for usage: the gateway asks on its behalf.
+    const res = await request(`${gateway.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "x-user": principal, "content-type": "application/json", "accept-encoding": "gzip, deflate, br", ...(encoding === "identity" ? {} : { "x-demo-content-encoding": encoding }) },
+      body: JSON.stringify({ ...ask, stream: true }),
+    });
+    assert.equal(res.statusCode, 200);
+    assert.equal(res.headers["content-encoding"], encoding === "identity" ? undefined : encoding);
+    const events = decompress(Buffer.from(await res.body.arrayBuffer())).toString().split("\n\n").filter(Boolean);
+    // What the client sees of each event: its content, or that it reports usage.
+    seen[encoding] = events.map((e) => {
+      if (e === "data: [DONE]") return "[DONE]";
+      const chunk = JSON.parse(e.slice("data: ".length)) as { choices: { delta?: { content?: string } }[]; usage?: unknown };
+      return chunk.usage ? "usage" : (chunk.choices[0]?.delta?.content ?? "");
+    });
+    assert.equal((await upstreamRequestOf(principal)).body.includes('"include_usage":true'), true, "the gateway asked for usage");
+    assert.deepEqual(await refusedOnceCharged(principal), { status: 429, tokens: 6 }, encoding);
+  }
+  assert.ok(!seen.identity!.includes("usage") && seen.identity!.at(-1) === "[DONE]", JSON.stringify(seen.identity));
+  for (const encoding of ["gzip", "deflate", "br"]) assert.deepEqual(seen[encoding], seen.identity, `${encoding}: the client sees what a plain stream shows`);
 });
 
 test("an answer in an encoding the gateway cannot decode is charged the estimate", async () => {

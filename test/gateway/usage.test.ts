@@ -3,8 +3,8 @@ import { once } from "node:events";
 import http, { type IncomingMessage } from "node:http";
 import type { AddressInfo } from "node:net";
 import { PassThrough, Readable } from "node:stream";
-import { brotliCompressSync, deflateSync, gzipSync } from "node:zlib";
-import { text } from "node:stream/consumers";
+import { brotliCompressSync, brotliDecompressSync, createGunzip, createGzip, deflateSync, gunzipSync, gzipSync, inflateSync } from "node:zlib";
+import { buffer } from "node:stream/consumers";
 import { test } from "node:test";
 import { request } from "undici";
 import { scanJson } from "../../src/gateway/json.js";
@@ -13,10 +13,10 @@ import { drainSignal, meterUsage, prepareUsage, usageCount, usageTotal, type Dra
 async function run(chunks: (string | Buffer)[], contentType: string, strip: boolean, more: Partial<MeterOptions> = {}) {
   const recorded: number[] = [];
   const body = Readable.from(chunks.map((c) => Buffer.from(c)));
-  const out = await text(meterUsage(body, { contentType, contentEncoding: undefined, stripUsageChunk: strip, estimate: undefined, record: (n) => recorded.push(n.total), ...more }));
+  const bytes = await buffer(meterUsage(body, { contentType, contentEncoding: undefined, stripUsageChunk: strip, estimate: undefined, record: (n) => recorded.push(n.total), ...more }));
   // A decompressed copy is read to its end after the client's bytes (zlib works off the main thread).
   for (let waited = 0; recorded.length === 0 && waited < 1000; waited += 10) await new Promise((resolve) => setTimeout(resolve, 10));
-  return { out, recorded };
+  return { out: bytes.toString(), bytes, recorded };
 }
 
 const content = (word: string) => `data: ${JSON.stringify({ choices: [{ index: 0, delta: { content: word } }], usage: null })}\n\n`;
@@ -102,17 +102,37 @@ test("JSON: a 20 MiB answer is counted from the usage after its content", async 
   assert.deepEqual(recorded, [42]);
 });
 
-test("compressed answers are decoded for the meter and passed to the client untouched", async () => {
+test("compressed answers are decoded for the meter and passed to the client untouched, unless their usage chunk goes", async () => {
   const body = JSON.stringify({ usage: { total_tokens: 9 } });
   const sse = content("a") + usageChunk + "data: [DONE]\n\n";
-  for (const [encoding, compress] of [["gzip", gzipSync], ["deflate", deflateSync], ["br", brotliCompressSync]] as const) {
+  const codings = [["gzip", gzipSync, gunzipSync], ["deflate", deflateSync, inflateSync], ["br", brotliCompressSync, brotliDecompressSync]] as const;
+  for (const [encoding, compress, decompress] of codings) {
     const json = await run([compress(body)], "application/json", false, { contentEncoding: encoding });
     assert.deepEqual(json.recorded, [9], encoding);
     const stream = compress(sse);
-    const events = await run([stream.subarray(0, 5), stream.subarray(5)], "text/event-stream", true, { contentEncoding: encoding });
-    assert.deepEqual(events.recorded, [7], encoding);
-    assert.equal(events.out, stream.toString(), "the compressed bytes pass as they came");
+    const kept = await run([stream.subarray(0, 5), stream.subarray(5)], "text/event-stream", false, { contentEncoding: encoding });
+    assert.deepEqual(kept.recorded, [7], encoding);
+    assert.deepEqual(kept.bytes, stream, "the compressed bytes pass as they came");
+    // The chunk the gateway asked for: removed, as from a plain stream, and the rest encoded again in the same coding.
+    const stripped = await run([stream.subarray(0, 5), stream.subarray(5)], "text/event-stream", true, { contentEncoding: encoding });
+    assert.deepEqual(stripped.recorded, [7], encoding);
+    assert.equal(decompress(stripped.bytes).toString(), content("a") + "data: [DONE]\n\n", encoding);
   }
+});
+
+test("a compressed stream whose usage chunk goes still reaches the client event by event", async () => {
+  const upstream = new PassThrough();
+  const gzip = createGzip();
+  gzip.pipe(upstream);
+  const client = meterUsage(upstream, { contentType: "text/event-stream", contentEncoding: "gzip", stripUsageChunk: true, estimate: undefined, record: () => {} });
+  const unzipped = client.pipe(createGunzip());
+  gzip.write(content("first"));
+  gzip.flush();
+  // The upstream has not ended: the first event must be readable already.
+  const [first] = (await once(unzipped, "data")) as [Buffer];
+  assert.equal(first.toString(), content("first"));
+  gzip.end(usageChunk + "data: [DONE]\n\n");
+  assert.equal((await buffer(unzipped)).toString(), "data: [DONE]\n\n");
 });
 
 test("an answer without a readable usage is charged the estimate: max tokens plus prompt, else what was streamed", async () => {
