@@ -7,6 +7,7 @@ import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { distFile, linesContaining, startGateway } from "../support/gateway.js";
 import { storageBackends } from "../support/record-stores.js";
+import { assertForwarded, assertNotForwarded, newTag } from "../support/forwarded.js";
 import { startUpstreamProcess, type UpstreamProcess } from "../support/upstream.js";
 
 // Keys managed with the CLI while a gateway process runs on the same store:
@@ -51,7 +52,7 @@ describe("keys managed by the CLI while the gateway runs", { timeout: 120_000 },
         const created = await tollgateCli(["keys", "create", "--config", configFile, "--principal", "carol", "--attr", "roles=user"]);
         assert.equal(created.code, 0, created.stderr);
         const key = created.stdout.trim();
-        const call = () => fetch(`${gateway.url}/api/version`, { headers: { authorization: `Bearer ${key}`, "x-demo-echo": "1" } });
+        const call = (headers: Record<string, string> = {}) => fetch(`${gateway.url}/api/version`, { headers: { ...headers, authorization: `Bearer ${key}`, "x-demo-echo": "1" } });
 
         const ok = await call();
         assert.equal(ok.status, 200);
@@ -64,11 +65,13 @@ describe("keys managed by the CLI while the gateway runs", { timeout: 120_000 },
         const revoked = await tollgateCli(["keys", "revoke", "--config", configFile, key]);
         assert.equal(revoked.code, 0, revoked.stderr);
         await sleep(1000);
-        const refused = await call();
+        const { tag, headers } = newTag();
+        const refused = await call(headers);
         assert.equal(refused.status, 401);
         assert.deepEqual(await refused.json(), {
           error: { message: "Invalid API key", type: "authentication_error", code: "invalid_token", param: null },
         });
+        await assertNotForwarded(upstream, tag);
         assert.equal(await gateway.stop(), 0);
         assert.deepEqual(linesContaining(gateway.stdout() + gateway.stderr(), key), []);
       } finally {
@@ -84,20 +87,20 @@ describe("keys managed by the CLI while the gateway runs", { timeout: 120_000 },
       const configFile = join(dir, `${backend.name}-rotate.yaml`);
       writeFileSync(configFile, JSON.stringify(config));
       const gateway = await startGateway({ config });
-      let tag = 0;
-      /** GET /v1/models with `key`, tagged so the upstream's log shows whether it was forwarded. */
+      /** GET /v1/models with `key`, tagged so that the upstream's record shows whether it was forwarded. */
       const call = async (key: string) => {
-        const id = `rotate-${backend.name}-${++tag}`;
-        const res = await fetch(`${gateway.url}/v1/models`, { headers: { authorization: `Bearer ${key}`, "x-test-call": id } });
+        const { tag, headers } = newTag();
+        const res = await fetch(`${gateway.url}/v1/models`, { headers: { ...headers, authorization: `Bearer ${key}` } });
         const body = (await res.json()) as { error?: { message: string; code: string } };
-        const forwarded = (await upstream.requests()).filter((r) => r.headers["x-test-call"] === id);
-        return { status: res.status, body, forwarded: forwarded.map((r) => r.headers["x-tollgate-principal"]) };
+        return { status: res.status, body, tag };
       };
+      /** Who the upstream was told made a call that passed. */
+      const principalOf = async (sent: { tag: string }) => (await assertForwarded(upstream, sent.tag)).map((r) => r.headers["x-tollgate-principal"]);
       try {
         const created = await tollgateCli(["keys", "create", "--config", configFile, "--principal", "rita"]);
         assert.equal(created.code, 0, created.stderr);
         const oldKey = created.stdout.trim();
-        assert.deepEqual((await call(oldKey)).forwarded, ["rita"]);
+        assert.deepEqual(await principalOf(await call(oldKey)), ["rita"]);
         const listed = JSON.parse((await tollgateCli(["keys", "list", "--config", configFile, "--json"])).stdout) as { id: string; principal: string }[];
         const id = listed.find((k) => k.principal === "rita")!.id;
 
@@ -109,23 +112,28 @@ describe("keys managed by the CLI while the gateway runs", { timeout: 120_000 },
         assert.match(rotated.stderr, new RegExp(`rotated API key ${id} \\(principal rita\\)`));
         const rotatedAt = Date.now();
 
-        assert.deepEqual(await call(newKey), { status: 200, body: (await call(newKey)).body, forwarded: ["rita"] });
-        assert.deepEqual((await call(oldKey)).forwarded, ["rita"]);
+        const fresh = await call(newKey);
+        assert.equal(fresh.status, 200);
+        assert.deepEqual(await principalOf(fresh), ["rita"]);
+        assert.deepEqual(await principalOf(await call(oldKey)), ["rita"]);
         // The grace (3 s) plus the gateway's lookup cache (under a second).
         await sleep(Math.max(0, rotatedAt + 4000 - Date.now()));
-        assert.deepEqual(await call(oldKey), {
-          status: 401,
-          body: { error: { message: "API key has expired", type: "authentication_error", code: "invalid_token", param: null } },
-          forwarded: [],
-        });
-        assert.deepEqual((await call(newKey)).forwarded, ["rita"]);
+        const expired = await call(oldKey);
+        assert.deepEqual(
+          { status: expired.status, body: expired.body },
+          { status: 401, body: { error: { message: "API key has expired", type: "authentication_error", code: "invalid_token", param: null } } },
+        );
+        await assertNotForwarded(upstream, expired.tag);
+        assert.deepEqual(await principalOf(await call(newKey)), ["rita"]);
 
         // Without --grace the secret it replaces stops within a second.
         const again = await tollgateCli(["keys", "rotate", "--config", configFile, id]);
         assert.equal(again.code, 0, again.stderr);
         await sleep(1000);
-        assert.equal((await call(newKey)).status, 401);
-        assert.deepEqual((await call(again.stdout.trim())).forwarded, ["rita"]);
+        const replaced = await call(newKey);
+        assert.equal(replaced.status, 401);
+        await assertNotForwarded(upstream, replaced.tag);
+        assert.deepEqual(await principalOf(await call(again.stdout.trim())), ["rita"]);
         assert.equal(await gateway.stop(), 0);
         for (const secret of [oldKey, newKey, again.stdout.trim()]) assert.deepEqual(linesContaining(gateway.stdout() + gateway.stderr(), secret), []);
       } finally {

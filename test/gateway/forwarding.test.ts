@@ -3,6 +3,7 @@ import { after, before, describe, test } from "node:test";
 import { VERSION } from "../../src/version.js";
 import { startCustomAuth, type CustomAuthServer } from "../support/custom-auth.js";
 import { linesContaining, rawRequest, startGateway, type GatewayProcess } from "../support/gateway.js";
+import { assertForwarded, assertNotForwarded, newTag } from "../support/forwarded.js";
 import { startUpstreamProcess, type UpstreamProcess } from "../support/upstream.js";
 
 // What reaches the upstream. The gateway's upstream.url points at the demo
@@ -184,8 +185,10 @@ describe("forwarding", { timeout: 120_000 }, () => {
   });
 
   test("a public path is forwarded without authentication and without a principal", { timeout: 10_000 }, async () => {
-    const res = await fetch(`${gateway.url}/v1/health`, { headers: { "x-tollgate-principal": "mallory" } });
+    const { tag, headers } = newTag();
+    const res = await fetch(`${gateway.url}/v1/health`, { headers: { ...headers, "x-tollgate-principal": "mallory" } });
     assert.equal(res.status, 200);
+    await assertForwarded(upstream, tag);
     const seen = (await res.json()) as Echo;
     assert.equal(seen.path, "/echo/base/v1/health");
     assert.equal(seen.headers["x-tollgate-principal"], undefined);
@@ -209,8 +212,10 @@ describe("forwarding", { timeout: 120_000 }, () => {
   });
 
   test("a path that merely ends in /health is not public", { timeout: 10_000 }, async () => {
-    const res = await fetch(`${gateway.url}/x/health`);
+    const { tag, headers } = newTag();
+    const res = await fetch(`${gateway.url}/x/health`, { headers });
     assert.equal(res.status, 401);
+    await assertNotForwarded(upstream, tag);
     assert.equal(((await res.json()) as { error: { code: string } }).error.code, "missing_credential");
   });
 
@@ -225,8 +230,10 @@ describe("forwarding", { timeout: 120_000 }, () => {
   });
 
   test("with upstream_header, a request without the identity header is refused with 401", { timeout: 10_000 }, async () => {
-    const res = await fetch(`${proxied.url}/v1/models/demo-small`);
+    const { tag, headers } = newTag();
+    const res = await fetch(`${proxied.url}/v1/models/demo-small`, { headers });
     assert.equal(res.status, 401);
+    await assertNotForwarded(upstream, tag);
     assert.equal(res.headers.get("www-authenticate"), 'Bearer realm="tollgate"');
     const body = (await res.json()) as { error: { message: string; type: string; code: string } };
     assert.equal(body.error.type, "authentication_error");

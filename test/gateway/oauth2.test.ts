@@ -3,6 +3,7 @@ import { after, before, describe, test } from "node:test";
 import OpenAI from "openai";
 import { linesContaining, startGateway, type GatewayProcess } from "../support/gateway.js";
 import { CLIENT_ID, CLIENT_SECRET, OPAQUE_RESOURCE, OTHER_RESOURCE, startOidc, type OidcServer } from "../support/oidc.js";
+import { assertForwarded, assertNotForwarded, newTag, TAG_HEADER } from "../support/forwarded.js";
 import { startUpstreamProcess, type UpstreamProcess } from "../support/upstream.js";
 
 // The OpenAI client, through a real gateway process, with oauth2_token
@@ -15,9 +16,10 @@ describe("the OpenAI client through the gateway with OAuth2 access tokens", { ti
   let introspectionGateway: GatewayProcess;
   const tokensUsed: string[] = [];
 
-  const client = (gateway: GatewayProcess, token: string) => {
+  /** An `openai` client whose requests carry `tag` (forwarded.ts): a refusal then proves it never reached the upstream. */
+  const client = (gateway: GatewayProcess, token: string, tag = newTag().tag) => {
     tokensUsed.push(token);
-    return new OpenAI({ baseURL: `${gateway.url}/v1`, apiKey: token, maxRetries: 0, timeout: 10_000 });
+    return new OpenAI({ baseURL: `${gateway.url}/v1`, apiKey: token, maxRetries: 0, timeout: 10_000, defaultHeaders: { [TAG_HEADER]: tag } });
   };
 
   before(async () => {
@@ -81,18 +83,22 @@ describe("the OpenAI client through the gateway with OAuth2 access tokens", { ti
   });
 
   test("a token for another audience is refused with 401 Invalid JWT token", async () => {
-    await assert.rejects(client(jwtGateway, await idp.token(OTHER_RESOURCE)).models.list(), (err: unknown) => {
+    const { tag } = newTag();
+    await assert.rejects(client(jwtGateway, await idp.token(OTHER_RESOURCE), tag).models.list(), (err: unknown) => {
       assert.ok(err instanceof OpenAI.AuthenticationError);
       assert.equal(err.status, 401);
       assert.equal(err.message, "401 Invalid JWT token");
       assert.equal(err.code, "invalid_token");
       return true;
     });
+    await assertNotForwarded(upstream, tag);
   });
 
   test("no token at all gets the issuer-naming message", async () => {
-    const res = await fetch(`${jwtGateway.url}/v1/models`);
+    const { tag, headers } = newTag();
+    const res = await fetch(`${jwtGateway.url}/v1/models`, { headers });
     assert.equal(res.status, 401);
+    await assertNotForwarded(upstream, tag);
     const body = (await res.json()) as { error: { message: string } };
     assert.equal(body.error.message, `Authentication required. Please provide a valid OAuth2 Bearer token from ${idp.issuer}`);
     assert.match(res.headers.get("www-authenticate") ?? "", /^Bearer/);
@@ -110,21 +116,25 @@ describe("the OpenAI client through the gateway with OAuth2 access tokens", { ti
   test("an opaque token is accepted through introspection, and refused once revoked", async () => {
     const token = await idp.token(OPAQUE_RESOURCE);
     const ids: string[] = [];
-    for await (const model of client(introspectionGateway, token).models.list()) ids.push(model.id);
+    const [accepted, revoked] = [newTag().tag, newTag().tag];
+    for await (const model of client(introspectionGateway, token, accepted).models.list()) ids.push(model.id);
     assert.equal(ids.length, 2);
+    await assertForwarded(upstream, accepted);
     await idp.revoke(token);
-    await assert.rejects(client(introspectionGateway, token).models.list(), (err: unknown) => {
+    await assert.rejects(client(introspectionGateway, token, revoked).models.list(), (err: unknown) => {
       assert.ok(err instanceof OpenAI.AuthenticationError);
       assert.equal(err.message, "401 Token not active");
       return true;
     });
+    await assertNotForwarded(upstream, revoked);
   });
 
   test("while the provider is down, introspection answers 503", async () => {
     const token = await idp.token(OPAQUE_RESOURCE);
+    const { tag } = newTag();
     await idp.stop();
     try {
-      await assert.rejects(client(introspectionGateway, token).models.list(), (err: unknown) => {
+      await assert.rejects(client(introspectionGateway, token, tag).models.list(), (err: unknown) => {
         assert.ok(err instanceof OpenAI.APIError);
         assert.equal(err.status, 503);
         return true;
@@ -132,6 +142,7 @@ describe("the OpenAI client through the gateway with OAuth2 access tokens", { ti
     } finally {
       await idp.restart();
     }
+    await assertNotForwarded(upstream, tag);
   });
 
   test("no token ever appears in either gateway's output", () => {
