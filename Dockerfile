@@ -22,6 +22,8 @@ COPY package.json package-lock.json ./
 RUN npm ci --ignore-scripts --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
+# The build copies the web console's files (src/console) into dist/console.
+COPY scripts/build-console.mjs ./scripts/
 RUN npm run build
 
 FROM ${NODE_IMAGE} AS deps

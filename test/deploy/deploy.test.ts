@@ -161,6 +161,15 @@ describe("the Dockerfile", () => {
     assert.match(healthcheck.args, /http:\/\/127\.0\.0\.1:8321\/health/);
   });
 
+  test("the stage that runs `npm run build` holds every file the build script names", () => {
+    const build = dockerfile.find((stage) => stage.instructions.some((i) => i.name === "RUN" && /npm run build/.test(i.args)))!;
+    const copied = build.instructions.filter((i) => i.name === "COPY" && copyParts(i.args).from === undefined).flatMap((i) => copyParts(i.args).sources.map((s) => s.replace(/\/$/, "")));
+    const script = (JSON.parse(read("package.json")) as { scripts: Record<string, string> }).scripts.build!;
+    const named = script.match(/[\w.-]+(?:\/[\w.-]+)*\.(?:json|mjs|js|ts)\b/g) ?? [];
+    assert.ok(named.length > 0, `no file found in the build script: ${script}`);
+    for (const file of named) assert.ok(copied.some((c) => file === c || file.startsWith(`${c}/`)), `the build script names ${file}, which the build stage never copies`);
+  });
+
   test("copies only files that exist and that .dockerignore lets into the build context", () => {
     const ignored = dockerignore();
     for (const stage of dockerfile) {
