@@ -26,14 +26,17 @@ export async function throwawayRedis(args: readonly string[] = []): Promise<Thro
   });
   if (!installed) return undefined;
   const port = await closedPort();
+  return redisProcess(port, ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", ...args]);
+}
+
+/** `redis-server ARGS` serving on `port` (which ARGS must name), started and stopped on demand. */
+export function redisProcess(port: number, args: readonly string[]): ThrowawayRedis {
   let child: ChildProcess | undefined;
   return {
     port,
     url: `redis://127.0.0.1:${port}`,
     async start() {
-      child = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", ...args], {
-        stdio: "ignore",
-      });
+      child = spawn("redis-server", [...args], { stdio: "ignore" });
       const deadline = Date.now() + 10_000;
       for (;;) {
         const up = await new Promise<boolean>((resolve) => {

@@ -196,6 +196,9 @@ export type QuotaStoreForm =
       password?: string | undefined;
       namespace?: string | undefined;
       command_timeout_ms: number;
+      // Llama Stack's kv_redis is one server, never a cluster or sentinel group.
+      cluster?: undefined;
+      sentinel?: undefined;
     };
 
 /** Resolves a quota `kvstore` reference against the top-level `storage.backends` (Llama Stack 0.7). */

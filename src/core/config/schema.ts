@@ -324,6 +324,34 @@ const authSchema = z
     return { ...auth, provider_config: legacy.data };
   });
 
+/** A Redis node of a cluster or sentinel group: `redis://host:port`, `rediss://` for TLS; its password goes in `password`. */
+const redisNode = z.string().refine((s) => {
+  try {
+    const u = new URL(s);
+    return (u.protocol === "redis:" || u.protocol === "rediss:") && u.hostname !== "" && !u.username && !u.password && (u.pathname === "" || u.pathname === "/") && !u.search;
+  } catch {
+    return false;
+  }
+}, "expected redis://host:port or rediss://host:port (no password or database in it: the password goes in password)");
+const redisNodes = z
+  .array(redisNode)
+  .min(1)
+  .refine((nodes) => new Set(nodes.map((n) => n.slice(0, n.indexOf(":")))).size === 1, "all nodes redis:// or all rediss://");
+
+const redisClusterSchema = z
+  .strictObject({
+    nodes: redisNodes.describe("some of the cluster's nodes (the others are discovered): [redis://10.0.0.1:6379, ...]"),
+  })
+  .describe("a Redis Cluster; each client's counters share one hash slot");
+
+const redisSentinelSchema = z
+  .strictObject({
+    name: z.string().min(1).describe("the master group's name in the sentinels' config (sentinel monitor <name> ...)"),
+    nodes: redisNodes.describe("the sentinels: [redis://10.0.0.1:26379, ...]"),
+    password: secretString.optional().describe("the sentinels' own password (requirepass of sentinel.conf), when they have one"),
+  })
+  .describe("Redis behind Sentinel: the current master is asked of the sentinels, again after a failover");
+
 const quotaPeriod = z.enum(PERIODS).describe("second, minute, hour, day or month (UTC calendar month)");
 const quotaNamespace = z.string().optional().describe("prefix of every quota key (Llama Stack's namespace)");
 
@@ -344,13 +372,19 @@ const quotaKvstoreSchema = z.discriminatedUnion("type", [
       url: z.string().regex(/^rediss?:\/\//, "expected a redis:// or rediss:// URL").optional().describe("redis://[:password@]host:port/db; rediss:// for TLS"),
       host: z.string().min(1).optional().describe("Llama Stack's form: Redis host (default localhost)"),
       port: z.number().int().min(1).max(65535).optional().describe("Llama Stack's form: Redis port (default 6379)"),
-      password: secretString.optional().describe("Redis password (AUTH), instead of putting it in the URL"),
+      password: secretString.optional().describe("Redis password (AUTH), instead of putting it in the URL; with cluster or sentinel, every node's"),
       namespace: quotaNamespace,
       command_timeout_ms: positiveMs.default(1000).describe("a Redis command slower than this counts as a store failure"),
+      cluster: redisClusterSchema.optional(),
+      sentinel: redisSentinelSchema.optional(),
     })
-    .refine((r) => r.url === undefined || (r.host === undefined && r.port === undefined), {
-      message: "use either url or host/port, not both",
-      path: ["url"],
+    .superRefine((r, ctx) => {
+      // One way to reach Redis: a URL, host/port, a cluster or a sentinel group.
+      const forms = (["url", "host", "port", "cluster", "sentinel"] as const).filter((k) => r[k] !== undefined);
+      const [first, second] = forms.filter((k) => k !== "port" || !forms.includes("host"));
+      if (second !== undefined) ctx.addIssue({ code: "custom", message: `use one of url, host/port, cluster or sentinel, not ${first} and ${second}`, path: [second] });
+      // A brace in the prefix would move the hash tag off the client: one check's keys on several slots (CROSSSLOT).
+      if (r.cluster && /[{}]/.test(r.namespace ?? "")) ctx.addIssue({ code: "custom", message: "no { or } in a cluster's namespace (the client's hash tag follows it)", path: ["namespace"] });
     }),
   // Llama Stack 0.7: {backend: kv_default, namespace: quota}, resolved against the top-level storage.backends.
   kvstoreReferenceSchema,

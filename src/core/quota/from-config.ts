@@ -112,9 +112,13 @@ export async function openQuotaStore(kvstore: QuotaConfig["kvstore"], log: Logge
   const connection = throttledWarn(log);
   return createRedisQuotaStore({
     location:
-      kvstore.url !== undefined
-        ? { url: kvstore.url, password }
-        : { host: kvstore.host ?? "localhost", port: kvstore.port ?? 6379, password },
+      kvstore.cluster
+        ? { cluster: kvstore.cluster, password }
+        : kvstore.sentinel
+          ? { sentinel: kvstore.sentinel, password }
+          : kvstore.url !== undefined
+            ? { url: kvstore.url, password }
+            : { host: kvstore.host ?? "localhost", port: kvstore.port ?? 6379, password },
     namespace: kvstore.namespace,
     commandTimeoutMs: kvstore.command_timeout_ms,
     onError: (err) => connection(err, "connection"),

@@ -214,7 +214,7 @@ test("invalid quota settings are refused with their place", () => {
   );
   assert.throws(
     () => parseConfig("server:\n  quota:\n    kvstore: {type: redis, url: 'redis://h', host: h}\n"),
-    /use either url or host\/port/,
+    /server\.quota\.kvstore\.host: use one of url, host\/port, cluster or sentinel, not url and host/,
   );
   assert.throws(() => parseConfig("server:\n  quota:\n    kvstore: {type: postgres}\n"), /server\.quota\.kvstore\.type/);
   assert.throws(() => parseConfig("server:\n  quota:\n    limits: [{requests: 1, tokens: 2, period: day}]\n"), /server\.quota\.limits/);

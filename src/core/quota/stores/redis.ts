@@ -1,4 +1,4 @@
-import { Redis, type RedisOptions } from "ioredis";
+import { Cluster, Redis, type RedisOptions } from "ioredis";
 import type { CounterCheck, HitResult, QuotaStore } from "../store.js";
 
 /**
@@ -10,6 +10,10 @@ import type { CounterCheck, HitResult, QuotaStore } from "../store.js";
  * Keys are `<namespace>{<client>}:<limit>:<window start>`; the braces are a
  * Redis Cluster hash tag, so one client's counters live in one slot and the
  * multi-key script stays valid on a cluster.
+ *
+ * The same on a Redis Cluster (every check's keys share the client's slot,
+ * so the script stays one atomic step on one master) and behind Sentinel
+ * (the master is asked of the sentinels, and again after a failover).
  *
  * A Redis that is down or slow must never hang a request: commands are not
  * queued while disconnected (they fail at once), each has a timeout, and the
@@ -48,10 +52,22 @@ redis.call('PEXPIREAT', KEYS[1], ARGV[2])
 return 1
 `;
 
-/** Where Redis is: a URL (`redis://`, `rediss://` for TLS, password in it) or Llama Stack's host/port form. */
+/** Where Redis is: a URL (`redis://`, `rediss://` for TLS, password in it), Llama Stack's host/port form, a Cluster or a Sentinel group. */
 export type RedisLocation =
   | { readonly url: string; readonly password?: string | undefined }
-  | { readonly host: string; readonly port: number; readonly password?: string | undefined };
+  | { readonly host: string; readonly port: number; readonly password?: string | undefined }
+  | {
+      /** Some of the cluster's nodes, `redis://host:port` (`rediss://` for TLS); the rest are discovered. */
+      readonly cluster: { readonly nodes: readonly string[] };
+      /** Every node's password. */
+      readonly password?: string | undefined;
+    }
+  | {
+      /** The master group `name` and its sentinels, `redis://host:port` (`rediss://`: TLS to the sentinels and the master). */
+      readonly sentinel: { readonly name: string; readonly nodes: readonly string[]; readonly password?: string | undefined };
+      /** The master's password. */
+      readonly password?: string | undefined;
+    };
 
 export interface RedisQuotaStoreOptions {
   readonly location: RedisLocation;
@@ -63,37 +79,33 @@ export interface RedisQuotaStoreOptions {
   readonly onError?: ((err: Error) => void) | undefined;
 }
 
-interface QuotaRedis extends Redis {
+interface QuotaCommands {
   tollgateHit(numKeys: number, ...args: (string | number)[]): Promise<number[]>;
   tollgateAdd(key: string, amount: number, expiresAt: number): Promise<number>;
 }
+type QuotaRedis = (Redis | Cluster) & QuotaCommands;
 
 /**
  * Connects to Redis (lazily: the first check connects) and returns the store.
  *
  * @example
  * const store = createRedisQuotaStore({ location: { url: "rediss://:secret@redis.internal:6380/0" } });
+ * const clustered = createRedisQuotaStore({ location: { cluster: { nodes: ["redis://10.0.0.1:6379"] }, password: "secret" } });
  */
 export function createRedisQuotaStore(options: RedisQuotaStoreOptions): QuotaStore {
   const { location, namespace = "tollgate:quota:", commandTimeoutMs = 1000 } = options;
-  const common: RedisOptions = {
-    lazyConnect: false,
-    // Fail fast while disconnected: a request must not wait for a Redis that is down.
-    enableOfflineQueue: false,
-    maxRetriesPerRequest: 0,
-    commandTimeout: commandTimeoutMs,
-    connectTimeout: Math.max(commandTimeoutMs, 2000),
-    // Keep trying to come back, at most every second.
-    retryStrategy: (times) => Math.min(50 * 2 ** Math.min(times, 5), 1000),
-    ...(location.password !== undefined ? { password: location.password } : {}),
-  };
-  const redis = (
-    "url" in location ? new Redis(location.url, common) : new Redis({ ...common, host: location.host, port: location.port })
-  ) as QuotaRedis;
+  const redis = connect(location, commandTimeoutMs);
   // ioredis emits 'error' on every failed reconnect; unhandled, an EventEmitter 'error' would end the process.
   redis.on("error", (err: Error) => options.onError?.(err));
   redis.defineCommand("tollgateHit", { lua: HIT_SCRIPT });
   redis.defineCommand("tollgateAdd", { numberOfKeys: 1, lua: ADD_SCRIPT });
+  /**
+   * A cluster retries a command through redirections and slot refreshes
+   * (a node down, a failover); however it goes, a check gives up after the
+   * command timeout, as on a single server.
+   */
+  const bounded = <T>(command: () => Promise<T>): Promise<T> =>
+    redis instanceof Cluster ? withDeadline(command(), commandTimeoutMs) : command();
 
   let closed = false;
 
@@ -134,7 +146,7 @@ export function createRedisQuotaStore(options: RedisQuotaStoreOptions): QuotaSto
       const keys = counters.map((c) => namespace + braced(c.key));
       const args: (string | number)[] = [];
       for (const c of counters) args.push(c.limit, c.consume ? "1" : "0", c.expiresAt);
-      const [admitted, ...counts] = await redis.tollgateHit(keys.length, ...keys, ...args);
+      const [admitted, ...counts] = await bounded(() => redis.tollgateHit(keys.length, ...keys, ...args));
       return { admitted: admitted === 1, counts: counts.map(Number) };
     },
     async ping() {
@@ -142,11 +154,13 @@ export function createRedisQuotaStore(options: RedisQuotaStoreOptions): QuotaSto
       // A write that expires by itself, not PING: a read-only replica, a
       // server over maxmemory (noeviction) or one refusing writes after a
       // failed save still answers PING, and /ready must say what writes meet.
-      await redis.set(`${namespace}{probe}:ready`, "1", "PX", 60_000);
+      // On a cluster, one probe per master: a master down leaves a share of the clients without counters.
+      const tags = redis instanceof Cluster ? probeTags(redis) : ["probe"];
+      await bounded(() => Promise.all(tags.map((tag) => redis.set(`${namespace}{${tag}}:ready`, "1", "PX", 60_000))));
     },
     async add(key, amount, expiresAt) {
       await ready();
-      if (amount > 0) await redis.tollgateAdd(namespace + braced(key), Math.trunc(amount), expiresAt);
+      if (amount > 0) await bounded(() => redis.tollgateAdd(namespace + braced(key), Math.trunc(amount), expiresAt));
     },
     async close() {
       if (closed) return;
@@ -164,4 +178,95 @@ export function createRedisQuotaStore(options: RedisQuotaStoreOptions): QuotaSto
 function braced(key: string): string {
   const colon = key.indexOf(":");
   return colon === -1 ? `{${key}}` : `{${key.slice(0, colon)}}${key.slice(colon)}`;
+}
+
+/** The client for `location`: one server, a cluster, or the master a sentinel group names. */
+function connect(location: RedisLocation, commandTimeoutMs: number): QuotaRedis {
+  const common: RedisOptions = {
+    lazyConnect: false,
+    // Fail fast while disconnected: a request must not wait for a Redis that is down.
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 0,
+    commandTimeout: commandTimeoutMs,
+    connectTimeout: Math.max(commandTimeoutMs, 2000),
+    // Keep trying to come back, at most every second.
+    retryStrategy: backoff,
+    ...(location.password !== undefined ? { password: location.password } : {}),
+  };
+  if ("url" in location) return new Redis(location.url, common) as QuotaRedis;
+  if ("host" in location) return new Redis({ ...common, host: location.host, port: location.port }) as QuotaRedis;
+  if ("cluster" in location) {
+    const nodes = location.cluster.nodes.map(nodeAddress);
+    const { retryStrategy: _perNode, enableOfflineQueue: _queue, ...redisOptions } = common;
+    return new Cluster(
+      nodes.map(({ host, port }) => ({ host, port })),
+      {
+        // Unlike one server's, the cluster's queue must stay on: its own ready check is sent while the
+        // discovered nodes are still connecting. Checks wait for "ready" in ready() and are bounded by a deadline.
+        enableOfflineQueue: true,
+        clusterRetryStrategy: backoff,
+        slotsRefreshTimeout: Math.max(commandTimeoutMs, 1000),
+        // Counters are read and written by one script, which runs on the slot's master.
+        scaleReads: "master",
+        redisOptions: { ...redisOptions, ...(nodes[0]?.tls ? { tls: {} } : {}) },
+      },
+    ) as QuotaRedis;
+  }
+  const { name, nodes, password } = location.sentinel;
+  const sentinels = nodes.map(nodeAddress);
+  const tls = sentinels[0]?.tls === true;
+  return new Redis({
+    ...common,
+    name,
+    sentinels: sentinels.map(({ host, port }) => ({ host, port })),
+    role: "master",
+    ...(password !== undefined ? { sentinelPassword: password } : {}),
+    sentinelCommandTimeout: commandTimeoutMs,
+    // Told of a failover by the sentinels (+switch-master), not only when the old master's connection drops.
+    failoverDetector: true,
+    ...(tls ? { tls: {}, sentinelTLS: {}, enableTLSForSentinelMode: true } : {}),
+  }) as QuotaRedis;
+}
+
+/** Reconnect delays: 100 ms, 200 ms, ... at most a second. */
+function backoff(times: number): number {
+  return Math.min(50 * 2 ** Math.min(times, 5), 1000);
+}
+
+/** `redis://10.0.0.1:6379` → host, port and whether TLS is on (`rediss://`). */
+function nodeAddress(url: string): { host: string; port: number; tls: boolean } {
+  const u = new URL(url);
+  return { host: u.hostname.replace(/^\[(.*)\]$/, "$1"), port: Number(u.port || 6379), tls: u.protocol === "rediss:" };
+}
+
+function withDeadline<T>(work: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`Redis did not answer within ${ms} ms`)), ms);
+  });
+  return Promise.race([work, late]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * A hash tag for each master the client knows of (`probe-17` lands in a slot
+ * of the first master, ...), so that /ready writes to every one of them.
+ */
+function probeTags(cluster: Cluster): string[] {
+  const masters = new Set(cluster.slots.map((owners) => owners[0]).filter((node) => node !== undefined));
+  const tags = new Map<string, string>();
+  for (let i = 0; tags.size < masters.size && i < 100_000; i++) {
+    const master = cluster.slots[keySlot(`probe-${i}`)]?.[0];
+    if (master !== undefined && !tags.has(master)) tags.set(master, `probe-${i}`);
+  }
+  return tags.size > 0 ? [...tags.values()] : ["probe"];
+}
+
+/** Redis Cluster's slot of a key without braces: CRC16 (XMODEM) mod 16384. */
+export function keySlot(key: string): number {
+  let crc = 0;
+  for (const byte of Buffer.from(key)) {
+    crc ^= byte << 8;
+    for (let bit = 0; bit < 8; bit++) crc = crc & 0x8000 ? ((crc << 1) ^ 0x1021) & 0xffff : (crc << 1) & 0xffff;
+  }
+  return crc % 16384;
 }
