@@ -328,14 +328,20 @@ export async function formField(body: BufferedBody, contentTypeHeader: string, n
   return typeof values[0] === "string" ? values[0] : undefined;
 }
 
+/** A rewritten body up to this size is joined into one buffer before it is forwarded: a copy this small costs less than a stream. */
+const JOIN_BELOW_BYTES = 64 * 1024;
+
 /**
  * The body to forward, as what it is: its bytes when it is in one part
- * (undici writes a buffer with the request head in one go), else a stream of
- * its parts, in order (a rewrite spliced around the client's bytes; never
- * copied into one buffer).
+ * (undici writes a buffer with the request head in one go); a small rewrite
+ * (the `stream_options` a usage meter adds to a chat request) joined into one
+ * buffer; a large one a stream of its parts, in order (spliced around the
+ * client's bytes, never copied: a 1 MB prompt is not held twice).
  */
 export function forwardedBody(body: BufferedBody): Buffer | Readable {
-  return body.parts.length === 1 ? body.parts[0]! : Readable.from(body.parts, { objectMode: false });
+  if (body.parts.length === 1) return body.parts[0]!;
+  if (body.length < JOIN_BELOW_BYTES) return Buffer.concat(body.parts, body.length);
+  return Readable.from(body.parts, { objectMode: false });
 }
 
 /**

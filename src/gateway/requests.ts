@@ -138,7 +138,7 @@ export function createRequests({ generations, metrics, log, bodyBudget, shutdown
     },
 
     sendError(req, res, state, err) {
-      const { status, headers: errorHeaders, body } = errorResponse(err, req.url);
+      const { status, headers: errorHeaders, body } = errorResponse(err);
       if (state && state.decision === undefined) {
         state.decision = decisionOf(err, status, state);
         if (state.decision === "429") metrics.quotaRejected();

@@ -5,35 +5,22 @@ import {
   HeadersTooLargeError,
   RequestTimeoutError,
   TollgateError,
-  UnsupportedMediaTypeError,
   toErrorResponse,
   type ErrorResponse,
 } from "../core/errors.js";
-import { canonicalTarget } from "../core/path.js";
 import { upstreamFailure } from "./forward.js";
 
 /**
  * The one place the gateway decides what an error looks like on the wire.
- * Tollgate's own errors pass through; errors Fastify or Node raise about a
- * malformed request become Tollgate errors with a safe message; everything
+ * Tollgate's own errors pass through; errors Node or undici raise about a
+ * malformed request or a failed upstream become Tollgate errors with a safe message; everything
  * else is a 500 that reveals nothing (see `toErrorResponse`).
  */
-export function gatewayError(err: unknown, rawUrl?: string): unknown {
+export function gatewayError(err: unknown): unknown {
   if (err instanceof TollgateError) return err;
   const code = (err as { code?: unknown } | null)?.code;
   const status = (err as { statusCode?: unknown } | null)?.statusCode;
   switch (code) {
-    case "FST_ERR_BAD_URL":
-    case "FST_ERR_MAX_PARAM_LENGTH":
-      // Same message as the pipeline's own path check, when that check has one.
-      try {
-        canonicalTarget(rawUrl ?? "");
-      } catch (pathError) {
-        if (pathError instanceof TollgateError) return pathError;
-      }
-      return new BadRequestError("Invalid request path", "invalid_path");
-    case "FST_ERR_CTP_INVALID_MEDIA_TYPE":
-      return new UnsupportedMediaTypeError();
     case "HPE_HEADER_OVERFLOW":
       return new HeadersTooLargeError();
     case "ERR_HTTP_REQUEST_TIMEOUT":
@@ -42,7 +29,7 @@ export function gatewayError(err: unknown, rawUrl?: string): unknown {
   // undici failing on the upstream's response body before anything was sent on.
   if (typeof code === "string" && code.startsWith("UND_ERR_")) return upstreamFailure(err);
   if (typeof code === "string" && code.startsWith("HPE_")) return new BadRequestError("Malformed HTTP request", "malformed_request");
-  // Any other client error Fastify raises (a 4xx with its own wording): keep the status, use our words.
+  // Any other client error with a status (a 4xx with its own wording): keep the status, use our words.
   if (typeof status === "number" && status >= 400 && status < 500) {
     return new TollgateError(status, "invalid_request_error", "invalid_request", STATUS_CODES[status] ?? "Bad request");
   }
@@ -50,8 +37,8 @@ export function gatewayError(err: unknown, rawUrl?: string): unknown {
 }
 
 /** The envelope for `err`, as {@link toErrorResponse} builds it after {@link gatewayError}. */
-export function errorResponse(err: unknown, rawUrl?: string): ErrorResponse {
-  return toErrorResponse(gatewayError(err, rawUrl));
+export function errorResponse(err: unknown): ErrorResponse {
+  return toErrorResponse(gatewayError(err));
 }
 
 /**

@@ -27,11 +27,12 @@ export interface ForwardedRequest {
 export function countForwarded(request: ForwardedRequest): ((tokens: TokenCount) => void) | undefined {
   const { recorder, pricing, user, model, upstream, recordSpend } = request;
   if (!user || (!recorder && !recordSpend)) return undefined;
-  const row = { principal: user.principal, keyId: user.apiKey?.id, model, upstream };
-  recorder?.record({ ...row, requests: 1, promptTokens: 0, completionTokens: 0, costNanos: 0 });
+  const { principal } = user;
+  const keyId = user.apiKey?.id;
+  recorder?.record({ principal, keyId, model, upstream, requests: 1, promptTokens: 0, completionTokens: 0, costNanos: 0 });
   return (tokens) => {
     const costNanos = pricing.costNanos(model, tokens.prompt, tokens.completion);
-    recorder?.record({ ...row, requests: 0, promptTokens: tokens.prompt, completionTokens: tokens.completion, costNanos });
+    recorder?.record({ principal, keyId, model, upstream, requests: 0, promptTokens: tokens.prompt, completionTokens: tokens.completion, costNanos });
     if (recordSpend && costNanos > 0) void recordSpend(costNanos);
   };
 }

@@ -367,7 +367,9 @@ function sseScanner(strip: boolean, onUsage: (tokens: TokenCount) => void): Scan
   let events = 0;
   /** Bytes passed on unparsed after an event over {@link MAX_EVENT_BYTES}. */
   let unparsed = 0;
-  const decoder = new TextDecoder();
+  /** True while nothing of an event is held (here or in the decoder): the last piece ended at an event's end. */
+  let atEventEnd = true;
+  let decoder: InstanceType<typeof TextDecoder> | undefined;
 
   /** The event as it should reach the client ("" to drop it); charges its usage. */
   function pass(event: string): string {
@@ -396,6 +398,14 @@ function sseScanner(strip: boolean, onUsage: (tokens: TokenCount) => void): Scan
         unparsed += chunk.length;
         return chunk;
       }
+      // The usual piece: whole events ending at `\n\n`, no `\r`, none with a usage (`"usage":null`, which OpenAI puts
+      // on every chunk once usage is asked for, is none). Passed on as it is, only its events counted: no text is
+      // decoded, split or joined (one such piece per token of every metered stream).
+      if (atEventEnd && endsAtEventEnd(chunk) && chunk.indexOf(CR) === -1 && !namesUsage(chunk)) {
+        events += dataEvents(chunk);
+        return chunk;
+      }
+      decoder ??= new TextDecoder();
       pending += decoder.decode(chunk, { stream: true });
       let out = "";
       let start = 0;
@@ -412,17 +422,60 @@ function sseScanner(strip: boolean, onUsage: (tokens: TokenCount) => void): Scan
         unparsed = Buffer.byteLength(pending);
         pending = "";
       }
+      // A piece ending in `\n\n` leaves nothing in the decoder (its last bytes are ASCII).
+      atEventEnd = pending === "" && endsAtEventEnd(chunk);
       return out;
     },
     end() {
       if (unparsed > 0) return "";
-      pending += decoder.decode();
+      if (decoder) pending += decoder.decode();
       const rest = pending === "" ? "" : pass(pending);
       pending = "";
       return rest;
     },
     streamedTokens: () => events + Math.ceil(unparsed / BYTES_PER_TOKEN),
   };
+}
+
+const LF = 0x0a;
+const CR = 0x0d;
+const USAGE_KEY = Buffer.from('"usage"');
+const DATA_FIELD = Buffer.from("data:");
+const DONE_DATA = Buffer.from("[DONE]");
+const BLANK_LINE = Buffer.from("\n\n");
+const NULL_LITERAL = Buffer.from("null");
+const SPACE = 0x20;
+
+/** True when `chunk` holds `"usage"` followed by anything but `: null` (spaces allowed): a usage, or text the slow path must read. */
+function namesUsage(chunk: Buffer): boolean {
+  for (let at = chunk.indexOf(USAGE_KEY); at !== -1; at = chunk.indexOf(USAGE_KEY, at + USAGE_KEY.length)) {
+    let i = at + USAGE_KEY.length;
+    while (chunk[i] === SPACE) i++;
+    if (chunk[i++] !== COLON) return true;
+    while (chunk[i] === SPACE) i++;
+    if (chunk.indexOf(NULL_LITERAL, i) !== i) return true;
+  }
+  return false;
+}
+
+function endsAtEventEnd(chunk: Buffer): boolean {
+  return chunk.length >= 2 && chunk[chunk.length - 1] === LF && chunk[chunk.length - 2] === LF;
+}
+
+/** Events in `chunk` (whole events, `\n\n`-separated) holding a `data:` field other than `[DONE]`: the sseScanner's count, read from the bytes. */
+function dataEvents(chunk: Buffer): number {
+  let count = 0;
+  for (let start = 0; start < chunk.length; ) {
+    let end = chunk.indexOf(BLANK_LINE, start);
+    if (end === -1) end = chunk.length;
+    const data = chunk.indexOf(DATA_FIELD, start);
+    if (data !== -1 && data < end) {
+      const done = chunk.indexOf(DONE_DATA, start);
+      if (done === -1 || done >= end) count++;
+    }
+    start = end + 2;
+  }
+  return count;
 }
 
 const QUOTE = 0x22;
@@ -437,14 +490,58 @@ const CLOSE_ARRAY = 0x5d;
 const MAX_KEY_BYTES = 32;
 
 /**
- * A JSON answer of any size: a byte-level scan (JSON's structure is ASCII;
+ * A JSON answer of any size. A small one (the usual chat completion) is held
+ * and parsed at its end; a larger one gets a byte-level scan (JSON's structure is ASCII;
  * UTF-8 never puts an ASCII byte inside a multi-byte character) that tracks
  * strings and nesting and keeps only the value of the top-level `usage`
  * key, parsed and charged as soon as it is complete. OpenAI-compatible
  * servers put `usage` last, but its place does not matter; nothing else of
- * the answer is held. The estimate is the answer's bytes / 4.
+ * a large answer is held. The estimate is the answer's bytes / 4.
  */
 function jsonScanner(onUsage: (tokens: TokenCount) => void): Scanner {
+  const scanner = jsonByteScanner(onUsage);
+  /** The answer so far while it is small: parsed once, natively, at its end. */
+  let held: Buffer[] | undefined = [];
+  let heldBytes = 0;
+  return {
+    push(chunk) {
+      if (held) {
+        heldBytes += chunk.length;
+        if (heldBytes <= WHOLE_JSON_BYTES) {
+          held.push(chunk);
+          return chunk;
+        }
+        // Too large to hold: scanned from its start, as it streams.
+        for (const piece of held) scanner.push(piece);
+        held = undefined;
+      }
+      return scanner.push(chunk);
+    },
+    end() {
+      if (held) {
+        // JSON.parse alone: only `usage` is read of what it returns, so its nesting does not matter (V8's parser does not recurse).
+        let json: unknown;
+        try {
+          json = JSON.parse(Buffer.concat(held, heldBytes).toString("utf8"));
+        } catch {
+          json = undefined;
+        }
+        // The top-level `usage` only, as the byte scan reads it.
+        const used = json && typeof json === "object" && !Array.isArray(json) ? usageCount((json as { usage?: unknown }).usage) : undefined;
+        if (used !== undefined) onUsage(used);
+        held = undefined;
+      }
+      return "";
+    },
+    streamedTokens: () => (held ? Math.ceil(heldBytes / BYTES_PER_TOKEN) : scanner.streamedTokens()),
+  };
+}
+
+/** A JSON answer up to this size is held and parsed whole at its end (one native parse); a larger one is scanned. */
+const WHOLE_JSON_BYTES = 64 * 1024;
+
+/** The byte scan of {@link jsonScanner} for an answer too large to hold. */
+function jsonByteScanner(onUsage: (tokens: TokenCount) => void): Scanner {
   let bytes = 0;
   let depth = 0;
   let topIsObject = false;

@@ -57,6 +57,32 @@ test("SSE: the usage chunk is counted and removed, even split across reads", asy
   assert.deepEqual(recorded, [7]);
 });
 
+test("SSE: whole events pass untouched and are counted the same, however the stream is cut into reads", async () => {
+  const plain = (word: string) => `data: ${JSON.stringify({ choices: [{ index: 0, delta: { content: word } }] })}\n\n`;
+  const spaced = `data: {"choices":[{"index":0,"delta":{"content":"é"}}],"usage" :  null}\n\n`;
+  const events = [plain("a"), content("b"), spaced, ": a comment\n\n", plain("ü€"), usageChunk, "data: [DONE]\n\n"];
+  const expected = events.filter((e) => e !== usageChunk).join("");
+  const whole = events.join("");
+  const bytes = Buffer.from(whole);
+  // One read per event (each passed on as it is), the whole stream in one read, 5-byte reads (every event
+  // split, multi-byte characters among them), and whole events after a read that ended mid-event.
+  const cut = [
+    events.map((e) => Buffer.from(e)),
+    [bytes],
+    Array.from({ length: Math.ceil(bytes.length / 5) }, (_, i) => bytes.subarray(i * 5, i * 5 + 5)),
+    [Buffer.from(events[0]!.slice(0, 9)), Buffer.from(events[0]!.slice(9) + events[1]), ...events.slice(2).map((e) => Buffer.from(e))],
+  ];
+  for (const reads of cut) {
+    const { out, recorded } = await run(reads, "text/event-stream", true);
+    assert.equal(out, expected, `${reads.length} reads`);
+    assert.deepEqual(recorded, [7], `${reads.length} reads`);
+    // Without a usage the estimate counts one token per data event (4 of them, [DONE] and the comment not counted).
+    const estimate = { promptTokens: 0, maxTokens: undefined };
+    const noUsage = reads === cut[0] ? events.filter((e) => e !== usageChunk).map((e) => Buffer.from(e)) : [Buffer.from(expected)];
+    assert.deepEqual((await run(noUsage, "text/event-stream", true, { estimate })).recorded, [4]);
+  }
+});
+
 test("SSE: a client that asked for usage keeps its chunk", async () => {
   const stream = content("a") + usageChunk + "data: [DONE]\n\n";
   const { out, recorded } = await run([stream], "text/event-stream; charset=utf-8", false);
@@ -85,6 +111,15 @@ test("JSON: only the top-level usage counts, wherever it is, whatever the chunki
   const { out, recorded } = await run(pieces, "application/json", false);
   assert.equal(out, body);
   assert.deepEqual(recorded, [5]);
+});
+
+test("JSON: a usage read while the answer was small still counts once the answer outgrows what is held", async () => {
+  const body = JSON.stringify({ usage: { total_tokens: 9 }, choices: [{ message: { content: "y".repeat(200 * 1024) } }] });
+  const pieces = [];
+  for (let i = 0; i < body.length; i += 10 * 1024) pieces.push(body.slice(i, i + 10 * 1024));
+  const { out, recorded } = await run(pieces, "application/json", false);
+  assert.equal(out, body);
+  assert.deepEqual(recorded, [9]);
 });
 
 test("JSON: an escaped key spelling usage is the usage key", async () => {

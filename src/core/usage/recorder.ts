@@ -49,6 +49,13 @@ export interface UsageRecorderOptions {
 /** A row being summed in memory. */
 type Row = { -readonly [K in keyof UsageDelta]: UsageDelta[K] };
 
+function addCounts(row: Row, more: UsageEntry): void {
+  row.requests += more.requests;
+  row.promptTokens += more.promptTokens;
+  row.completionTokens += more.completionTokens;
+  row.costNanos += more.costNanos;
+}
+
 /**
  * @example
  * const usage = createUsageRecorder({ store, log });
@@ -68,10 +75,7 @@ export function createUsageRecorder(options: UsageRecorderOptions): UsageRecorde
   function add(into: Map<string, Row>, id: string, row: Row): boolean {
     const held = into.get(id);
     if (held) {
-      held.requests += row.requests;
-      held.promptTokens += row.promptTokens;
-      held.completionTokens += row.completionTokens;
-      held.costNanos += row.costNanos;
+      addCounts(held, row);
       return true;
     }
     if (into.size >= maxPendingRows) return false;
@@ -119,6 +123,12 @@ export function createUsageRecorder(options: UsageRecorderOptions): UsageRecorde
       const at = now();
       const hour = at - (at % HOUR_MS);
       const id = `${hour}\u0000${entry.principal}\u0000${entry.keyId ?? ""}\u0000${entry.model ?? ""}\u0000${entry.upstream}`;
+      // The usual case, a row this hour already has: four additions, no allocation.
+      const held = rows.get(id);
+      if (held) {
+        addCounts(held, entry);
+        return;
+      }
       const row: Row = {
         hour,
         principal: entry.principal,
