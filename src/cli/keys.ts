@@ -1,9 +1,9 @@
 import type { Command } from "commander";
 import { defaultConfig, loadConfig } from "../core/config/load.js";
 import type { StorageConfig } from "../core/config/schema.js";
-import { API_KEY_PREFIX, apiKeyStatus, createApiKey, hashApiKey, parseAttributes, parseDuration, rotateApiKey } from "../core/keys.js";
+import { API_KEY_PREFIX, ApiKeyInputError, apiKeyStatus, checkLimits, createApiKey, hashApiKey, parseAttributes, parseDuration, rotateApiKey } from "../core/keys.js";
 import { openRecordStore } from "../core/stores/index.js";
-import type { ApiKeyRecord, RecordStore } from "../core/stores/types.js";
+import type { ApiKeyRecord, KeyLimit, RecordStore } from "../core/stores/types.js";
 
 // This module imports the stores, keys and config only, never the providers:
 // managing keys must work whatever state the gateway's code is in.
@@ -35,21 +35,31 @@ export function registerKeysCommands(program: Command): void {
       (pair: string, previous: string[] = []) => [...previous, pair],
     )
     .option("-e, --expires <duration>", "expire after this long: 45s, 15m, 12h, 30d, 2w (default: never)")
-    .action(async (opts: ConfigOption & { principal: string; attr?: string[]; expires?: string }) => {
+    .option("-n, --name <text>", "a name to tell the key by (shown by list and the admin API)")
+    .option(
+      "-l, --limit <kind=N/period>",
+      "a limit of this key on top of its principal's quota, repeatable: requests=100/minute, tokens=100000/day, spend=25/month",
+      (spec: string, previous: string[] = []) => [...previous, spec],
+    )
+    .action(async (opts: ConfigOption & { principal: string; attr?: string[]; expires?: string; name?: string; limit?: string[] }) => {
       // Validate every argument before touching the store.
       const now = Date.now();
       const attributes = parseAttributes(opts.attr ?? []);
       const expiresAt = opts.expires === undefined ? undefined : now + parseDuration(opts.expires);
       if (opts.principal.trim() === "") throw new Error("--principal must not be empty");
+      if (opts.name !== undefined && opts.name.trim() === "") throw new Error("--name must not be empty");
+      const limits = opts.limit === undefined ? undefined : parseLimitOptions(opts.limit);
       await withStore(opts, async (store) => {
-        const { key, record } = await createApiKey(store, { principal: opts.principal, attributes, expiresAt, now });
+        const { key, record } = await createApiKey(store, { principal: opts.principal, attributes, name: opts.name, limits, expiresAt, now });
         // The key alone on stdout, so `KEY=$(tollgate keys create ...)` captures exactly it.
         process.stdout.write(`${key}\n`);
         process.stderr.write(
           [
             `created API key ${record.id} (store this key now: it is not shown again)`,
             `  principal:  ${record.principal}`,
+            ...(record.name === undefined ? [] : [`  name:       ${record.name}`]),
             `  attributes: ${formatAttributes(record.attributes) || "(none)"}`,
+            ...(record.limits === undefined ? [] : [`  limits:     ${record.limits.map(limitText).join(", ")}`]),
             `  expires:    ${record.expiresAt === undefined ? "never" : isoTime(record.expiresAt)}`,
           ].join("\n") + "\n",
         );
@@ -146,12 +156,39 @@ function formatAttributes(attributes: ApiKeyRecord["attributes"]): string {
     .join(" ");
 }
 
+/** `--limit` options (`spend=25/month`) as per-key limits, checked as the admin API checks them; throws naming the option. */
+function parseLimitOptions(specs: readonly string[]): KeyLimit[] {
+  const limits = specs.map((spec) => {
+    const match = /^\s*(requests|tokens|spend)\s*=\s*([^/\s]+)\s*\/\s*([a-z]+)\s*$/.exec(spec);
+    if (!match) throw new Error(`--limit ${spec}: expected KIND=N/PERIOD, KIND one of requests, tokens, spend (e.g. spend=25/month)`);
+    const amount = Number(match[2]);
+    if (!Number.isFinite(amount)) throw new Error(`--limit ${spec}: ${match[2]} is not a number`);
+    return { [match[1]!]: amount, period: match[3] };
+  });
+  try {
+    return checkLimits(limits);
+  } catch (err) {
+    // `limits[1].period: ...` names the second --limit.
+    const index = err instanceof ApiKeyInputError ? /^limits\[(\d+)\]/.exec(err.param)?.[1] : undefined;
+    if (index === undefined) throw err;
+    throw new Error(`--limit ${specs[Number(index)]}: ${err instanceof Error ? err.message.replace(/^limits\[\d+\]\S*:\s*/, "") : String(err)}`);
+  }
+}
+
+/** A limit as `--limit` writes it: `spend=25/month`. */
+function limitText(limit: KeyLimit): string {
+  const [kind, value] = Object.entries(limit).find(([name]) => name !== "period")!;
+  return `${kind}=${value}/${limit.period}`;
+}
+
 function toJson(record: ApiKeyRecord, now: number) {
   return {
     id: record.id,
     prefix: record.prefix,
     principal: record.principal,
+    name: record.name ?? null,
     attributes: record.attributes,
+    limits: record.limits ?? [],
     created_at: isoTime(record.createdAt),
     expires_at: record.expiresAt === undefined ? null : isoTime(record.expiresAt),
     revoked_at: record.revokedAt === undefined ? null : isoTime(record.revokedAt),

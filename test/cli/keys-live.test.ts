@@ -142,4 +142,39 @@ describe("keys managed by the CLI while the gateway runs", { timeout: 120_000 },
       }
     });
   }
+  test("a key created with --name and --limit is held to its own limit by the running gateway, beside the principal's quota", { timeout: 60_000 }, async () => {
+    const storage = { type: "sqlite", db_path: join(dir, "limited-keys.db") };
+    const config = {
+      ...apiKeyConfig(storage),
+      server: { auth: { provider_config: { type: "api_key" } }, quota: { kvstore: { type: "sqlite", db_path: join(dir, "limited-quota.db") }, authenticated_max_requests: 1000, period: "day" } },
+    };
+    const configFile = join(dir, "limited.yaml");
+    writeFileSync(configFile, JSON.stringify(config));
+    const gateway = await startGateway({ config });
+    try {
+      const created = await tollgateCli(["keys", "create", "--config", configFile, "--principal", "dave", "--name", "ci-bot", "--limit", "requests=2/minute"]);
+      assert.equal(created.code, 0, created.stderr);
+      assert.match(created.stderr, /name: +ci-bot/);
+      assert.match(created.stderr, /limits: +requests=2\/minute/);
+      const key = created.stdout.trim();
+      const listed = await tollgateCli(["keys", "list", "--config", configFile, "--json"]);
+      // The gateway made the first admin key of this store when it started: the one asked for is the other.
+      const entry = (JSON.parse(listed.stdout) as { principal: string; name: string; limits: unknown[] }[]).find((k) => k.principal === "dave");
+      assert.deepEqual({ name: entry!.name, limits: entry!.limits }, { name: "ci-bot", limits: [{ requests: 2, period: "minute" }] });
+
+      const call = (headers: Record<string, string> = {}) => fetch(`${gateway.url}/api/version`, { headers: { ...headers, authorization: `Bearer ${key}`, "x-demo-echo": "1" } });
+      const passing = newTag();
+      const first = await call(passing.headers);
+      assert.equal(first.status, 200, await first.text());
+      assert.equal((await call()).status, 200);
+      await assertForwarded(upstream, passing.tag);
+      const { tag, headers } = newTag();
+      const refused = await call(headers);
+      assert.equal(refused.status, 429);
+      assert.ok(Number(refused.headers.get("retry-after")) > 0);
+      await assertNotForwarded(upstream, tag);
+    } finally {
+      await gateway.close();
+    }
+  });
 });

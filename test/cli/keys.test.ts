@@ -102,6 +102,25 @@ describe("tollgate keys create", { concurrency: true }, () => {
     assert.deepEqual(await storedKeys(storage), []);
   });
 
+  test("a bad --limit or an empty --name fails with exit 1, one line naming the option, and stores nothing", async () => {
+    const { file, storage } = sqliteConfig();
+    const cases: [string[], RegExp][] = [
+      [["--limit", "spend=25/week"], /^tollgate: --limit spend=25\/week: .*"month"/],
+      [["--limit", "requests=lots/day"], /^tollgate: --limit requests=lots\/day: lots is not a number/],
+      [["--limit", "requests=-1/day"], /^tollgate: --limit requests=-1\/day: /],
+      [["--limit", "requests=5/day", "--limit", "calls=5/day"], /^tollgate: --limit calls=5\/day: expected KIND=N\/PERIOD/],
+      [["--name", " "], /^tollgate: --name must not be empty/],
+    ];
+    for (const [args, reason] of cases) {
+      const run = await tollgate(["keys", "create", "--config", file, "--principal", "alice", ...args]);
+      assert.equal(run.code, 1, args.join(" "));
+      assert.equal(run.stdout, "");
+      assert.equal(lines(run.stderr).length, 1, run.stderr);
+      assert.match(run.stderr, reason);
+    }
+    assert.deepEqual(await storedKeys(storage), []);
+  });
+
   test("a bad --attr fails with exit 1 and one line saying why", async () => {
     const { file } = sqliteConfig();
     const run = await tollgate(["keys", "create", "--config", file, "--principal", "alice", "--attr", "roles"]);
@@ -175,7 +194,7 @@ describe("tollgate keys list", { concurrency: true }, () => {
     const store = await openRecordStore(storage);
     const past = Date.now() - 60_000;
     const expired = await createApiKey(store, { principal: "old", now: past, expiresAt: past + 1000 });
-    const active = await createApiKey(store, { principal: "new", attributes: { teams: ["a", "b"] } });
+    const active = await createApiKey(store, { principal: "new", attributes: { teams: ["a", "b"] }, name: "laptop", limits: [{ spend: 25, period: "month" }] });
     await store.close();
     const run = await tollgate(["keys", "list", "--config", file, "--json"]);
     assert.equal(run.code, 0, run.stderr);
@@ -185,7 +204,9 @@ describe("tollgate keys list", { concurrency: true }, () => {
         id: expired.record.id,
         prefix: expired.key.slice(0, 10),
         principal: "old",
+        name: null,
         attributes: {},
+        limits: [],
         created_at: new Date(past).toISOString(),
         expires_at: new Date(past + 1000).toISOString(),
         revoked_at: null,
@@ -195,7 +216,9 @@ describe("tollgate keys list", { concurrency: true }, () => {
         id: active.record.id,
         prefix: active.key.slice(0, 10),
         principal: "new",
+        name: "laptop",
         attributes: { teams: ["a", "b"] },
+        limits: [{ spend: 25, period: "month" }],
         created_at: new Date(active.record.createdAt).toISOString(),
         expires_at: null,
         revoked_at: null,
