@@ -1,6 +1,6 @@
 import { checkConfigFiles } from "../core/config/files.js";
 import { defaultConfig, loadConfig } from "../core/config/load.js";
-import type { Config } from "../core/config/schema.js";
+import { upstreamsOf, type Config } from "../core/config/schema.js";
 import { createLogger, type Logger } from "../core/log.js";
 import { openRecordStore } from "../core/stores/index.js";
 import type { RecordStore } from "../core/stores/types.js";
@@ -76,7 +76,7 @@ export async function startServer(opts: ServeOptions, hooks: WorkerHooks = {}, l
       // Loaded only with --demo: a production gateway never loads the demo's code.
       const { startDemoUpstream } = await import("../demo/upstream.js");
       demo = await startDemoUpstream({ host: "127.0.0.1", port: 0, chunkDelayMs: DEMO_CHUNK_DELAY_MS });
-      config = { ...config, upstream: { ...config.upstream, url: demo.url } };
+      config = withDemoUpstream(config, demo.url);
       log.info({ url: demo.url }, "demo upstream started");
     }
     const providerType = config.server.auth?.provider_config?.type;
@@ -92,7 +92,7 @@ export async function startServer(opts: ServeOptions, hooks: WorkerHooks = {}, l
     }
     gateway = await createGateway({ config, log, store, source, renderMetrics: hooks.renderMetrics });
     const { url } = await gateway.listen();
-    log.info({ url, upstream: withoutCredentials(config.upstream.url), auth: providerType ?? "off", quota: config.server.quota?.kvstore.type ?? "off", version: VERSION }, "listening");
+    log.info({ url, upstream: upstreamsOf(config).map((upstream) => withoutCredentials(upstream.url)).join(", "), auth: providerType ?? "off", quota: config.server.quota?.kvstore.type ?? "off", version: VERSION }, "listening");
 
     // After listening, so that a start-up failure (port in use) never swallows the only copy of a key.
     if (!hooks.skipFirstKey && store) await issueFirstAdminKey(config, store, { url, adminKeyFile: opts.adminKeyFile, log });
@@ -107,7 +107,7 @@ export async function startServer(opts: ServeOptions, hooks: WorkerHooks = {}, l
         // Refused (and logged as such), rather than a "reloaded" that changed nothing.
         if (opts.config === undefined) throw new Error("running on the embedded default config: there is no file to re-read");
         let next = serveConfig(opts);
-        if (demoUrl) next = { ...next, upstream: { ...next.upstream, url: demoUrl } };
+        if (demoUrl) next = withDemoUpstream(next, demoUrl);
         await running.reload(next);
       },
       async close() {
@@ -136,6 +136,12 @@ export function serveConfig(opts: ServeOptions): Config {
     ...config,
     server: { ...config.server, port: opts.port ?? config.server.port, host: opts.host ?? config.server.host },
   };
+}
+
+/** `--demo`: every upstream is the demo upstream (one `upstream:`, or each of `upstreams:`). */
+function withDemoUpstream(config: Config, url: string): Config {
+  if (config.upstreams !== undefined) return { ...config, upstreams: config.upstreams.map((upstream) => ({ ...upstream, url })) };
+  return { ...config, upstream: { ...config.upstream!, url } };
 }
 
 /** The upstream URL for a log line: without user:password, should it carry any. */

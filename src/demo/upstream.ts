@@ -69,6 +69,8 @@ export interface DemoUpstreamOptions {
   host?: string;
   /** Pause between SSE events when the request does not say (`x-demo-chunk-delay-ms`); default 0. */
   chunkDelayMs?: number;
+  /** The models it lists and serves (`GET /v1/models`); default {@link DEMO_MODELS}. Several started with different lists stand for several model servers. */
+  models?: readonly string[];
 }
 
 export interface DemoUpstream {
@@ -189,7 +191,7 @@ function llamaStackNotFound(kind: "models" | "files" | "vector_stores" | "respon
 
 /** Starts the demo upstream; see the module comment for what it serves. */
 export async function startDemoUpstream(options: DemoUpstreamOptions = {}): Promise<DemoUpstream> {
-  const { port = 0, host = "127.0.0.1", chunkDelayMs = 0 } = options;
+  const { port = 0, host = "127.0.0.1", chunkDelayMs = 0, models = DEMO_MODELS } = options;
   const requests: DemoRequest[] = [];
   let nextId = 1;
   let sequence = 0;
@@ -246,19 +248,19 @@ export async function startDemoUpstream(options: DemoUpstreamOptions = {}): Prom
       return;
     }
     if (method === "GET" && path === "/v1/models") {
-      sendJson(res, 200, { object: "list", data: DEMO_MODELS.map(model) });
+      sendJson(res, 200, { object: "list", data: models.map(model) });
       return;
     }
     if (method === "GET" && path.startsWith("/v1/models/")) {
       const id = decodeURIComponent(path.slice("/v1/models/".length));
-      if ((DEMO_MODELS as readonly string[]).includes(id)) sendJson(res, 200, model(id));
+      if (models.includes(id)) sendJson(res, 200, model(id));
       else if (llamaStackWording(req)) sendError(res, 404, llamaStackNotFound("models", id), "model_not_found", "not_found_error");
       else sendError(res, 404, `The model '${id}' does not exist`, "model_not_found");
       return;
     }
     if (method === "POST" && path === "/v1/chat/completions" && llamaStackWording(req)) {
       const requested = parseJsonBody(record.body)?.model;
-      if (typeof requested === "string" && !(DEMO_MODELS as readonly string[]).includes(requested)) {
+      if (typeof requested === "string" && !models.includes(requested)) {
         sendError(res, 404, llamaStackNotFound("models", requested), "model_not_found", "not_found_error");
         return;
       }
@@ -524,7 +526,7 @@ export async function startDemoUpstream(options: DemoUpstreamOptions = {}): Prom
 }
 
 /**
- * `node dist/demo/upstream.js [--port N] [--host H] [--chunk-delay-ms N]`:
+ * `node dist/demo/upstream.js [--port N] [--host H] [--chunk-delay-ms N] [--models a,b]`:
  * prints the base URL alone on the first line of stdout once it listens;
  * exits 0 on SIGTERM / SIGINT.
  */
@@ -535,12 +537,14 @@ export async function main(argv: readonly string[] = process.argv.slice(2)): Pro
       port: { type: "string", default: "0" },
       host: { type: "string", default: "127.0.0.1" },
       "chunk-delay-ms": { type: "string", default: "0" },
+      models: { type: "string" },
     },
   });
   const upstream = await startDemoUpstream({
     port: Number(values.port),
     host: values.host,
     chunkDelayMs: Number(values["chunk-delay-ms"]),
+    ...(values.models !== undefined ? { models: values.models.split(",").filter((m) => m !== "") } : {}),
   });
   process.stdout.write(`${upstream.url}\n`);
   const stop = () => {

@@ -1,6 +1,7 @@
+import { readFileSync } from "node:fs";
 import type { Readable } from "node:stream";
 import { Agent, type Dispatcher } from "undici";
-import type { Config } from "../core/config/schema.js";
+import type { UpstreamConfig } from "../core/config/schema.js";
 import { TollgateError, UpstreamError, UpstreamTimeoutError } from "../core/errors.js";
 
 /** One request to send upstream; headers already filtered (see `upstreamRequestHeaders`). */
@@ -69,24 +70,39 @@ export function upstreamPath(basePath: string, path: string, query: string): str
   return `${base}${path}${query === "" ? "" : `?${query}`}`;
 }
 
+/** The settings of one upstream a forwarder needs. */
+export type ForwarderSettings = Pick<UpstreamConfig, "url" | "connect_timeout_ms" | "response_timeout_ms" | "idle_timeout_ms"> &
+  Partial<Pick<UpstreamConfig, "verify_tls" | "tls_cafile">>;
+
 /**
  * Creates the forwarder for `upstream` (see {@link Forwarder}). Timeouts come
  * from the config: `connect_timeout_ms` (TCP/TLS connect, then 502),
  * `response_timeout_ms` (response headers, then 504), `idle_timeout_ms`
- * (silence within a response body, then the body is cut).
+ * (silence within a response body, then the body is cut). For an https://
+ * upstream, `tls_cafile` names the CAs trusted (instead of the system's) and `verify_tls: false`
+ * turns verification off. Throws (naming the key) when `tls_cafile` cannot be read.
  *
  * @example
- * const forwarder = createForwarder(config.upstream);
+ * const forwarder = createForwarder(upstreamsOf(config)[0]);
  * const res = await forwarder.forward({ method: "GET", path: "/v1/models", query: "", headers: [], body: null, signal });
  */
-export function createForwarder(upstream: Config["upstream"]): Forwarder {
+export function createForwarder(upstream: ForwarderSettings): Forwarder {
   const url = new URL(upstream.url);
   const origin = url.origin;
   const basePath = url.pathname;
+  let ca: Buffer | undefined;
+  if (upstream.tls_cafile !== undefined) {
+    try {
+      ca = readFileSync(upstream.tls_cafile);
+    } catch (err) {
+      throw new Error(`tls_cafile: cannot read ${upstream.tls_cafile}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+    }
+  }
   const agent = new Agent({
     connectTimeout: upstream.connect_timeout_ms,
     headersTimeout: upstream.response_timeout_ms,
     bodyTimeout: upstream.idle_timeout_ms,
+    ...(ca !== undefined || upstream.verify_tls === false ? { connect: { ...(ca !== undefined ? { ca } : {}), rejectUnauthorized: upstream.verify_tls !== false } } : {}),
   });
 
   return {

@@ -1,5 +1,6 @@
 import { releaseAll, sameJson, SharedPart } from "../core/carry-over.js";
-import type { Config } from "../core/config/schema.js";
+import { upstreamsOf, type Config } from "../core/config/schema.js";
+import { ConfigError } from "../core/errors.js";
 import { createGeneration, type Generation, type GenerationObservers } from "../core/generation.js";
 import type { Logger } from "../core/log.js";
 import type { Pipeline } from "../core/pipeline.js";
@@ -7,9 +8,9 @@ import type { AuthProvider } from "../core/providers/types.js";
 import type { ResilientRecordStore } from "../core/stores/resilient.js";
 import { createAdminApi, type AdminApi } from "../admin/api.js";
 import { createCatalog, type Catalog } from "./catalog.js";
-import { createForwarder, type Forwarder } from "./forward.js";
 import type { OwnEndpoints } from "./own-endpoints.js";
 import { createResourceGuard, type ResourceGuard } from "./resources.js";
+import { createRouter, DEFAULT_HEALTH, Upstream, type HealthOptions, type Router } from "./upstreams.js";
 
 /**
  * The gateway's generations of the config: the core {@link Generation}
@@ -27,7 +28,8 @@ export interface GatewayGeneration {
   readonly guard: ResourceGuard;
   /** The routes this generation forwards (`server.resources`). */
   readonly catalog: Catalog;
-  readonly forwarder: Forwarder;
+  /** The upstreams and how a request's model picks one (upstreams.ts). */
+  readonly router: Router;
   /** `/admin/v1/...` and `/console/` (src/admin); undefined when `server.admin.enabled` is false. */
   readonly admin: AdminApi | undefined;
 }
@@ -60,6 +62,12 @@ export interface GenerationsOptions {
   readonly provider: AuthProvider | undefined;
   readonly own: OwnEndpoints;
   readonly observers: GenerationObservers;
+  /** Passive health of the upstreams (upstreams.ts); default 5 failures in a row, then skipped 10 s. */
+  readonly health?: HealthOptions | undefined;
+  /** Told of each upstream failure, by upstream name (a metric). */
+  readonly onUpstreamFailure?: ((name: string) => void) | undefined;
+  /** Names the config in errors. */
+  readonly source?: string | undefined;
 }
 
 /** Settings a reload cannot change: they belong to the listener, the process or the record store. */
@@ -77,7 +85,8 @@ const RESTART_KEYS: [string, (config: Config) => unknown][] = [
 /** What the swap keeps about each generation. */
 interface Held {
   readonly generation: GatewayGeneration;
-  readonly upstream: SharedPart<Forwarder>;
+  /** Each upstream, by name: carried over to the next generation when its settings did not change. */
+  readonly upstreams: ReadonlyMap<string, SharedPart<Upstream>>;
   inFlight: number;
   retired: boolean;
   /** Its parts have been released; never twice. */
@@ -103,31 +112,62 @@ export async function startGenerations(options: GenerationsOptions): Promise<Gen
       declared: config.server.resources.unlisted === "deny" ? (method, matchPath) => own.declares(catalog, method, matchPath) : undefined,
       observers: options.observers,
     });
-    let upstream: SharedPart<Forwarder>;
+    let upstreams: Map<string, SharedPart<Upstream>>;
     try {
-      upstream = previous && sameJson(previous.generation.config.upstream, config.upstream) ? previous.upstream.hold() : new SharedPart(createForwarder(config.upstream));
+      upstreams = holdUpstreams(config, previous);
     } catch (err) {
       await core.close();
       throw err;
     }
+    const router = createRouter([...upstreams.values()].map((part) => part.value), config.model_aliases);
     // Stage 6: the resource policy for what the catalog knows (resources.ts).
-    const guard = createResourceGuard({ pipeline: core.pipeline, catalog, store: options.store, log: log.child({ component: "resources" }) });
+    const guard = createResourceGuard({ pipeline: core.pipeline, catalog, store: options.store, log: log.child({ component: "resources" }), aliases: config.model_aliases });
     const { onProviderError, onAuthenticated } = options.observers;
     const providerType = config.server.auth?.provider_config?.type ?? "none";
     const admin = config.server.admin.enabled
       ? createAdminApi({ config, provider: core.provider, store: options.store, catalog, onProviderError, onAuthenticated: (outcome, seconds) => onAuthenticated?.(providerType, outcome, seconds) })
       : undefined;
-    const generation: GatewayGeneration = { config, core, pipeline: core.pipeline, guard, catalog, forwarder: upstream.value, admin };
-    const entry: Held = { generation, upstream, inFlight: 0, retired: false, released: undefined };
+    const generation: GatewayGeneration = { config, core, pipeline: core.pipeline, guard, catalog, router, admin };
+    const entry: Held = { generation, upstreams, inFlight: 0, retired: false, released: undefined };
     held.set(generation, entry);
     return entry;
+  }
+
+  /**
+   * The upstreams of `config`, in order: an upstream whose settings did not
+   * change is the previous generation's (its pool, requests in flight and
+   * health carry over); others are new. Throws a ConfigError naming the key
+   * an upstream cannot be built from (a CA file that cannot be read), having
+   * let go of what it held.
+   */
+  function holdUpstreams(config: Config, previous: Held | undefined): Map<string, SharedPart<Upstream>> {
+    const out = new Map<string, SharedPart<Upstream>>();
+    const list = upstreamsOf(config);
+    try {
+      list.forEach((settings, i) => {
+        const before = previous?.upstreams.get(settings.name);
+        if (before && sameJson(before.value.config, settings)) out.set(settings.name, before.hold());
+        else {
+          try {
+            out.set(settings.name, new SharedPart(new Upstream(settings, options.health ?? DEFAULT_HEALTH, options.onUpstreamFailure)));
+          } catch (err) {
+            const at = config.upstreams === undefined ? "upstream" : `upstreams[${i}]`;
+            throw new ConfigError(options.source ?? "config", [`${at}.${(err as Error).message}`]);
+          }
+        }
+      });
+    } catch (err) {
+      void releaseAll([...out.values()], log);
+      throw err;
+    }
+    return out;
   }
 
   /** Lets go of a generation's parts, closing those no other generation holds. */
   function release(entry: Held): Promise<void> {
     if (entry.released) return entry.released;
     held.delete(entry.generation);
-    const done = releaseAll([entry.upstream], log).then(() => entry.generation.core.close());
+    const done = releaseAll([...entry.upstreams.values()], log).then(() => entry.generation.core.close());
     entry.released = done;
     releases.add(done);
     void done.finally(() => releases.delete(done));

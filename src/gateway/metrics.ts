@@ -1,4 +1,4 @@
-import { collectDefaultMetrics, Counter, Histogram, Registry } from "prom-client";
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
 import type { ProviderObserver } from "../core/providers/types.js";
 
 /**
@@ -19,6 +19,10 @@ export interface GatewayMetrics {
   upstream(group: string, seconds: number): void;
   /** An upstream exchange that failed (502/504) or was cut. */
   upstreamError(kind: "unreachable" | "timeout" | "invalid"): void;
+  /** A failure of the upstream named `upstream` before its first response byte (connect error, reset, timeout, 502/503/504). */
+  upstreamFailure(upstream: string): void;
+  /** Where `tollgate_upstream_healthy` reads the upstreams of the current generation from (1: used, 0: skipped). */
+  watchUpstreams(read: () => readonly { readonly name: string; readonly usable: boolean }[]): void;
   /** A request the quota refused (429). */
   quotaRejected(): void;
   /** A quota store failure, and what was done about it (`refused` 503, or `admitted` when failing open). */
@@ -81,6 +85,25 @@ export function createMetrics(): GatewayMetrics {
     help: "Upstream exchanges that failed: unreachable (502), timeout (504), invalid answer (502)",
     labelNames: ["kind"] as const,
     registers,
+  });
+  const upstreamFailures = new Counter({
+    name: "tollgate_upstream_failures_total",
+    help: "Failures of an upstream before its first response byte (connect error, reset, timeout, 502/503/504), by upstream name",
+    labelNames: ["upstream"] as const,
+    registers,
+  });
+  let upstreamsNow: () => readonly { readonly name: string; readonly usable: boolean }[] = () => [];
+  new Gauge({
+    name: "tollgate_upstream_healthy",
+    help: "1 when the upstream is used, 0 while it is skipped after failures in a row (passive health), by upstream name",
+    labelNames: ["upstream"] as const,
+    registers,
+    // Across cluster workers: 0 when any worker skips it.
+    aggregator: "min",
+    collect() {
+      this.reset();
+      for (const { name, usable } of upstreamsNow()) this.labels(name).set(usable ? 1 : 0);
+    },
   });
   const quotaRejections = new Counter({
     name: "tollgate_quota_rejections_total",
@@ -161,6 +184,12 @@ export function createMetrics(): GatewayMetrics {
     },
     usageDropped(rows) {
       usageDrops.inc(rows);
+    },
+    upstreamFailure(upstream) {
+      upstreamFailures.labels(upstream).inc();
+    },
+    watchUpstreams(read) {
+      upstreamsNow = read;
     },
     overloaded() {
       overloads.inc();

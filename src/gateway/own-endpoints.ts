@@ -4,6 +4,7 @@ import type { Config } from "../core/config/schema.js";
 import type { Logger } from "../core/log.js";
 import { canonicalPath, canonicalTarget } from "../core/path.js";
 import { routeMatchPath } from "../core/policy/routes.js";
+import type { UpstreamReadiness } from "./upstreams.js";
 import type { CheckResult } from "../core/readiness.js";
 import { VERSION } from "../version.js";
 import type { Catalog } from "./catalog.js";
@@ -49,8 +50,11 @@ export interface OwnEndpoints {
   declares(catalog: Catalog, method: string, matchPath: string): boolean;
   /** The `Allow` header of an OPTIONS answer at `path`. */
   allowed(config: Config, catalog: Catalog, own: OwnEndpoint | undefined, path: string): string;
-  /** Answers GET/HEAD on an own endpoint; `ping` runs the readiness checks. */
-  answer(own: OwnEndpoint, ping: () => Promise<CheckResult[]>): Promise<OwnAnswer>;
+  /**
+   * Answers GET/HEAD on an own endpoint; `ping` runs the readiness checks;
+   * `upstreams`, with several upstreams, says which are skipped now (upstreams.ts).
+   */
+  answer(own: OwnEndpoint, ping: () => Promise<CheckResult[]>, upstreams?: () => UpstreamReadiness): Promise<OwnAnswer>;
 }
 
 export interface OwnEndpointsOptions {
@@ -95,14 +99,14 @@ export function createOwnEndpoints({ metrics, renderMetrics, metricsContentType,
           : catalog.methods(routeMatchPath(path));
       return [...declared, "OPTIONS"].join(", ");
     },
-    async answer(own, ping) {
+    async answer(own, ping, upstreams) {
       switch (own) {
         case "health":
           return { status: 200, body: { status: "OK" } };
         case "version":
           return { status: 200, body: { version: VERSION } };
         case "ready": {
-          const readiness = readinessAnswer(await ping(), log);
+          const readiness = readinessAnswer(await ping(), log, upstreams?.());
           return { status: readiness.ready ? 200 : 503, body: readiness.body };
         }
         case "metrics":
@@ -117,16 +121,24 @@ export function createOwnEndpoints({ metrics, renderMetrics, metricsContentType,
  * provider answers now (each provider says how, with a short cache). The
  * body names a failing check with a fixed reason word, never an address or
  * a driver's message: /ready is unauthenticated. The log line has the detail.
+ * With several upstreams, `upstreams` names each with `ok` or `skipped`
+ * (passive health), and the check `upstreams` fails when some configured
+ * model pattern has no usable upstream left.
  */
-function readinessAnswer(results: readonly CheckResult[], log: Logger): { ready: boolean; body: Record<string, unknown> } {
-  const failing = results.filter((result) => result.failure !== undefined);
-  const body: Record<string, unknown> = {
-    status: failing.length === 0 ? "ready" : "not ready",
-    checks: Object.fromEntries(results.map(({ name, failure }) => [name, failure?.reason ?? "ok"])),
-  };
+function readinessAnswer(results: readonly CheckResult[], log: Logger, upstreams?: UpstreamReadiness): { ready: boolean; body: Record<string, unknown> } {
+  const failing: string[] = results.filter((result) => result.failure !== undefined).map(({ name }) => name);
+  const checks: Record<string, string> = Object.fromEntries(results.map(({ name, failure }) => [name, failure?.reason ?? "ok"]));
+  if (upstreams) {
+    checks.upstreams = upstreams.ready ? "ok" : "unusable";
+    if (!upstreams.ready) failing.push("upstreams");
+  }
+  const body: Record<string, unknown> = { status: failing.length === 0 ? "ready" : "not ready", checks };
+  if (upstreams) body.upstreams = upstreams.upstreams;
   if (failing.length > 0) {
-    body.failing = failing.map(({ name }) => name);
-    log.warn({ failing: Object.fromEntries(failing.map(({ name, failure }) => [name, failure!.detail ?? failure!.reason])) }, "not ready");
+    body.failing = failing;
+    const details = results.filter(({ failure }) => failure !== undefined).map(({ name, failure }) => [name, failure!.detail ?? failure!.reason]);
+    if (upstreams && !upstreams.ready) details.push(["upstreams", `skipped: ${Object.keys(upstreams.upstreams).filter((name) => upstreams.upstreams[name] === "skipped").join(", ")}`]);
+    log.warn({ failing: Object.fromEntries(details) }, "not ready");
   }
   return { ready: failing.length === 0, body };
 }

@@ -4,16 +4,16 @@ import { errorMessage } from "../core/carry-over.js";
 import { MethodNotAllowedError, UpstreamError, UpstreamTimeoutError } from "../core/errors.js";
 import type { Logger } from "../core/log.js";
 import type { RequestContext } from "../core/pipeline.js";
-import { forwardedBody, hasBody, limitBody, withBodyLength, type BufferedBody } from "./request-body.js";
+import { forwardedBody, hasBody, jsonMember, limitBody, readJsonBody, withBodyLength, type BufferedBody } from "./request-body.js";
 import { discardBody, type UpstreamResponse } from "./forward.js";
 import { downstreamResponseHeaders, upstreamRequestHeaders } from "./headers.js";
 import { maskedAnswer } from "./mask.js";
 import { routeGroup, type GatewayMetrics } from "./metrics.js";
 import type { OwnEndpoints } from "./own-endpoints.js";
 import { sendJson, type GatewayRequestState, type ShutdownState } from "./requests.js";
-import type { GuardedRequest } from "./resources.js";
-import { drainSignal, meterUsage, prepareUsage, type UsagePlan } from "./usage.js";
-import { countForwarded, DEFAULT_UPSTREAM_NAME } from "./usage-counting.js";
+import { pickUpstream, servedModel, upstreamReadiness, type Upstream } from "./upstreams.js";
+import { drainSignal, isInference, meterUsage, prepareUsage, type UsagePlan } from "./usage.js";
+import { countForwarded } from "./usage-counting.js";
 import type { UsageRecorder } from "../core/usage/recorder.js";
 
 /**
@@ -59,7 +59,8 @@ export function createProxy({ own, metrics, log, proto, shutdown, usage: recorde
     }
     if (endpoint) {
       if (method === "GET" || method === "HEAD") {
-        const answer = await own.answer(endpoint, () => generation.core.ping());
+        const { router } = generation;
+        const answer = await own.answer(endpoint, () => generation.core.ping(), router.single ? undefined : () => upstreamReadiness(router));
         if (typeof answer.body === "object") sendJson(res, answer.status, { ...context.responseHeaders }, answer.body);
         else {
           const headers = { ...context.responseHeaders, "content-type": answer.contentType ?? "text/plain; charset=utf-8", "content-length": String(Buffer.byteLength(answer.body)) };
@@ -73,38 +74,104 @@ export function createProxy({ own, metrics, log, proto, shutdown, usage: recorde
 
     // The body limits of this request: its generation's, and its share of the buffer budget (requests.ts).
     const limits = state;
+    const { router } = generation;
     // Stage 6 before forwarding; authentication off: nothing to check.
     const { guard } = generation;
     const guarded = context.user ? await guard.before(raw, context, limits) : undefined;
+    let body = guarded?.body;
+    let model = guarded?.model;
+    if (!router.single && model === undefined && isInference(method, context.path)) {
+      // Nothing checked the model (authentication off), but it still picks the upstream and an alias still applies.
+      body ??= await readJsonBody(raw, limits);
+      const named = jsonMember(body, "model");
+      if (typeof named === "string") ({ body, model } = servedModel(body, ["model"], named, router.aliases));
+    }
     // Token and spend budgets (stage 5) and usage recording: a streamed completion is asked to report
     // usage (usage.ts); the answer must be readable, so it is asked for uncompressed.
     const metered = context.recordTokens || context.recordSpend || (recorder && context.user);
-    const usage = metered && method === "POST" ? await prepareUsage(raw, context.path, guarded?.body, limits) : undefined;
-    const forwardAs = usage ? ({ ...guarded, body: usage.body ?? guarded?.body, inspectResponse: true } as GuardedRequest) : guarded;
+    const usage = metered && method === "POST" ? await prepareUsage(raw, context.path, body, limits) : undefined;
+    const sent: Sent = { body: usage?.body ?? body, inspectResponse: usage !== undefined || guarded?.inspectResponse === true, path: guarded?.path ?? context.path };
+    // Where it goes: the one upstream, or those serving its model (404 model_not_found when none).
+    const candidates = router.single ? undefined : router.candidates(model ?? usage?.model);
     // Stage 7. An inference answer is read for its usage even after the client left (usage.ts): its upstream request outlives the client, within bounds.
     const asked = performance.now();
     // Only a budget needs it: usage recording alone counts the estimate of an answer the client left.
     const budgeted = context.recordTokens || context.recordSpend;
     const signal = usage?.estimate && budgeted ? drainSignal(state.signal) : state.signal;
-    const answer = await forward(raw, context, state, forwardAs, false, signal).catch((err: unknown) => {
-      if (state.clientLeft) return undefined;
-      if (err instanceof UpstreamError || err instanceof UpstreamTimeoutError) {
-        log.warn({ reqId: state.requestId, status: err.status, err: errorMessage(err.cause ?? err) }, "upstream request failed");
-      }
-      throw err;
-    });
-    if (!answer) {
+    const routed = await (candidates ? forwardRouted(raw, context, state, candidates, sent, signal) : forwardTo(router.upstreams[0]!, raw, context, state, sent, false, signal)).catch(
+      (err: unknown) => {
+        if (state.clientLeft) return undefined;
+        if (err instanceof UpstreamError || err instanceof UpstreamTimeoutError) {
+          log.warn({ reqId: state.requestId, status: err.status, err: errorMessage(err.cause ?? err) }, "upstream request failed");
+        }
+        throw err;
+      },
+    );
+    if (!routed) {
       // The client is gone; there is nobody to answer.
       res.destroy();
       return;
     }
+    const [upstream, answer] = routed;
     state.upstreamMs = performance.now() - asked;
     metrics.upstream(routeGroup(context.path), state.upstreamMs / 1000);
-    // Stage 6 after: the answer's resources (a created one's owner, a list's entries; more pages fetched bodiless).
-    const upstream = guarded ? await guard.after(guarded, context, answer, (query) => forward(raw, { ...context, query }, state, guarded, true)) : answer;
-    relay(res, state, upstream, usage);
+    // Stage 6 after: the answer's resources (a created one's owner, a list's entries; more pages fetched bodiless, of the same upstream).
+    const answered = guarded
+      ? await guard.after(guarded, context, answer, (query) => forwardTo(upstream, raw, { ...context, query }, state, sent, true).then(([, page]) => page))
+      : answer;
+    relay(res, state, upstream, answered, usage);
     // The buffered body has been sent: its memory no longer counts, however long the answer streams.
     state.bodyHold.release();
+  }
+
+  /**
+   * Sends the request to one of `candidates` (see upstreams.ts): the usable
+   * one with the fewest requests in flight. A failure before the first
+   * response byte (connect error, reset, timeout, 502/503/504) counts against
+   * that upstream's health and is retried once on another candidate, when
+   * the body can be sent again (none, or buffered; a body streamed from the
+   * client is gone). The last failure is what the client gets: an error
+   * (502/504), or the upstream's 502/503/504 answer. Resolves with the
+   * upstream that answered; its requests in flight count until the answer's
+   * body is closed.
+   */
+  async function forwardRouted(
+    raw: IncomingMessage,
+    context: RequestContext,
+    state: GatewayRequestState,
+    candidates: readonly Upstream[],
+    sent: Sent,
+    signal: AbortSignal,
+  ): Promise<[Upstream, UpstreamResponse]> {
+    const replayable = sent.body !== undefined || !hasBody(raw.headers);
+    let upstream = pickUpstream(candidates)!;
+    for (let attempt = 1; ; attempt++) {
+      const retry = attempt === 1 && replayable ? pickUpstream(candidates, upstream) : undefined;
+      upstream.inFlight++;
+      let answer: UpstreamResponse;
+      try {
+        [, answer] = await forwardTo(upstream, raw, context, state, sent, false, signal);
+      } catch (err) {
+        upstream.inFlight--;
+        if (!(err instanceof UpstreamError || err instanceof UpstreamTimeoutError) || signal.aborted) throw err;
+        upstream.failed();
+        if (!retry) throw err;
+        log.warn({ reqId: state.requestId, upstream: upstream.name, next: retry.name, err: errorMessage(err.cause ?? err) }, "upstream failed before answering: retried on another");
+        upstream = retry;
+        continue;
+      }
+      const held = upstream;
+      answer.body.once("close", () => held.inFlight--);
+      if (!RETRIED_STATUSES.has(answer.status)) {
+        upstream.succeeded();
+        return [upstream, answer];
+      }
+      upstream.failed();
+      if (!retry) return [upstream, answer];
+      log.warn({ reqId: state.requestId, upstream: upstream.name, next: retry.name, status: answer.status }, "upstream answered with a failure: retried on another");
+      discardBody(answer.body);
+      upstream = retry;
+    }
   }
 
   /**
@@ -115,11 +182,11 @@ export function createProxy({ own, metrics, log, proto, shutdown, usage: recorde
    * cut (its headers are gone, a status can no longer tell it) and the
    * upstream request is aborted.
    */
-  function relay(res: ServerResponse, state: GatewayRequestState, upstream: UpstreamResponse, usage?: UsagePlan): void {
+  function relay(res: ServerResponse, state: GatewayRequestState, target: Upstream, upstream: UpstreamResponse, usage?: UsagePlan): void {
     let headers = downstreamResponseHeaders(upstream.headers);
     let source = upstream.body;
     // An error answer may repeat the credential the gateway sent (mask.ts): never relay it.
-    const apiKey = state.generation.config.upstream.api_key;
+    const apiKey = target.config.api_key;
     if (apiKey && upstream.status >= 400) {
       const masked = maskedAnswer(headers, upstream.body, apiKey);
       if (!masked) {
@@ -156,7 +223,7 @@ export function createProxy({ own, metrics, log, proto, shutdown, usage: recorde
       pricing: state.generation.core.pricing,
       user: state.context?.user,
       model: usage?.model,
-      upstream: DEFAULT_UPSTREAM_NAME,
+      upstream: target.name,
       recordSpend: state.context?.recordSpend,
     });
     const body =
@@ -188,32 +255,55 @@ export function createProxy({ own, metrics, log, proto, shutdown, usage: recorde
   }
 
   /**
-   * `guarded`: what stage 6 read (its buffered body is forwarded instead of
-   * the stream; an answer it must inspect is asked for uncompressed).
-   * `bodyless`: a follow-up GET for the next page of a filtered list.
+   * Sends the request to `upstream` with its credential and principal
+   * header. `sent`: what stages 5 and 6 read (a buffered body is forwarded
+   * instead of the stream; an answer the gateway must inspect is asked for
+   * uncompressed). `bodyless`: a follow-up GET for the next page of a filtered list.
    */
-  function forward(raw: IncomingMessage, context: RequestContext, state: GatewayRequestState, guarded?: GuardedRequest, bodyless = false, signal = state.signal) {
-    const { config, forwarder } = state.generation;
+  async function forwardTo(
+    upstream: Upstream,
+    raw: IncomingMessage,
+    context: RequestContext,
+    state: GatewayRequestState,
+    sent: Sent,
+    bodyless = false,
+    signal = state.signal,
+  ): Promise<[Upstream, UpstreamResponse]> {
+    const { config } = upstream;
     let headers = upstreamRequestHeaders(raw.rawHeaders, {
-      apiKey: config.upstream.api_key,
-      principalHeader: config.upstream.principal_header,
+      apiKey: config.api_key,
+      principalHeader: config.principal_header,
       principal: context.user?.principal,
       requestId: state.requestId,
       forwarded: { remoteAddress: raw.socket.remoteAddress, proto, host: raw.headers.host },
     });
-    if (guarded?.inspectResponse) headers = identityEncoding(headers);
-    const buffered: BufferedBody | undefined = bodyless ? undefined : guarded?.body;
+    if (sent.inspectResponse) headers = identityEncoding(headers);
+    const buffered: BufferedBody | undefined = bodyless ? undefined : sent.body;
     if (buffered) headers = withBodyLength(headers, buffered.length);
-    return forwarder.forward({
+    const answer = await upstream.forwarder.forward({
       method: raw.method ?? "GET",
-      path: context.path,
+      path: bodyless ? context.path : sent.path,
       query: context.query,
       headers,
       body: bodyless ? null : buffered ? forwardedBody(buffered) : hasBody(raw.headers) ? limitBody(raw, state) : null,
       signal,
     });
+    return [upstream, answer];
   }
 }
+
+/** What is sent upstream besides the client's request line and headers. */
+interface Sent {
+  /** The buffered body to send instead of the client's stream (read by stage 5 or 6, perhaps rewritten). */
+  readonly body: BufferedBody | undefined;
+  /** The answer must be read (a list filtered, an id recorded, usage metered): asked for uncompressed. */
+  readonly inspectResponse: boolean;
+  /** The path to send (the client's, or a model alias's target). */
+  readonly path: string;
+}
+
+/** Answers that count as an upstream's failure before its first byte: retried once on another upstream. */
+const RETRIED_STATUSES: ReadonlySet<number> = new Set([502, 503, 504]);
 
 /** Request headers asking for an uncompressed answer: the gateway must read it (resources.ts). */
 function identityEncoding(headers: readonly string[]): string[] {

@@ -30,7 +30,7 @@ import { memberValue, scanJson, type JsonScan } from "./json.js";
  * over as `GuardedRequest.body`; a later stage takes that one (or reads the
  * body itself when it is undefined: the stream is then still unread) and
  * passes its rewrite on; `forward()` in proxy.ts sends the `body` of the
- * `GuardedRequest` it is given, with {@link withBodyLength} and
+ * `Sent` it is given (the guarded body, or its rewrite), with {@link withBodyLength} and
  * {@link forwardedBody}. A body never rewritten is forwarded byte for byte as the
  * client sent it.
  */
@@ -311,6 +311,19 @@ export function withJsonMember(body: BufferedBody, name: string, value: unknown)
       ? [bytes.subarray(0, span.start), Buffer.from(text, "utf8"), bytes.subarray(span.end)]
       : [bytes.subarray(0, scan.open), Buffer.from(`${JSON.stringify(name)}:${text}${scan.members.size > 0 ? "," : ""}`, "utf8"), bytes.subarray(scan.open)];
   return { parts, length: parts.reduce((sum, part) => sum + part.length, 0), json: undefined, contentType: body.contentType || "application/json" };
+}
+
+/**
+ * {@link withJsonMember}, then scanned again, so that later stages read the
+ * rewritten body as they would the client's (a model alias is rewritten
+ * before the quota stage adds `stream_options`). The same body when it is
+ * not a JSON object.
+ */
+export function withJsonMemberScanned(body: BufferedBody, name: string, value: unknown): BufferedBody {
+  const rewritten = withJsonMember(body, name, value);
+  if (rewritten === body) return body;
+  const bytes = Buffer.concat(rewritten.parts as Buffer[], rewritten.length);
+  return { parts: [bytes], length: bytes.length, json: scanJson(bytes), contentType: rewritten.contentType };
 }
 
 /** A string field of a multipart/form-data body (the `model` of audio and image uploads); undefined when absent. */

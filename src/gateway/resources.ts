@@ -13,6 +13,7 @@ import type { Catalog, CatalogMatch } from "./catalog.js";
 import { discardBody, type UpstreamResponse } from "./forward.js";
 import { jsonMember, readJsonBody, type BodyLimits, type BufferedBody } from "./request-body.js";
 import { memberValue, parseJsonWithin, scanJson } from "./json.js";
+import { servedModel } from "./upstreams.js";
 
 /**
  * Stage 6 in the gateway: the resource policy applied to real OpenAI-style
@@ -105,6 +106,10 @@ export interface GuardedRequest {
   readonly resourceId?: string | undefined;
   /** A stored answer (`store: true` on a chat completion): the type whose owner is recorded from the answer's id. */
   readonly stores?: string | undefined;
+  /** The model the request names, as served (an alias's target; upstreams.ts): what picks the upstream. */
+  readonly model?: string | undefined;
+  /** The path to forward when it is not the client's: a model read through an alias names the served model. */
+  readonly path?: string | undefined;
 }
 
 export interface ResourceGuardOptions {
@@ -113,6 +118,8 @@ export interface ResourceGuardOptions {
   /** Where owners are recorded (bounded calls, pending owners: stores/resilient.ts); without one every resource is unowned. */
   readonly store: ResilientRecordStore | undefined;
   readonly log: Logger;
+  /** `model_aliases`: a model named by an alias is checked and forwarded as its target. Default: none. */
+  readonly aliases?: Readonly<Record<string, string>> | undefined;
   readonly now?: () => number;
 }
 
@@ -127,7 +134,7 @@ export interface ResourceGuard {
 }
 
 /** Builds the guard; see the module comment. */
-export function createResourceGuard({ pipeline, catalog, store, log, now = Date.now }: ResourceGuardOptions): ResourceGuard {
+export function createResourceGuard({ pipeline, catalog, store, log, aliases = {}, now = Date.now }: ResourceGuardOptions): ResourceGuard {
   async function ownerOf(type: string, id: string): Promise<Owner | undefined> {
     return store ? await store.findOwner(type, id) : undefined;
   }
@@ -169,16 +176,25 @@ export function createResourceGuard({ pipeline, catalog, store, log, now = Date.
       if (!match || match.action === "forward") return undefined;
       const { entry } = match;
       const needsBody = match.bodyFields !== undefined || (entry.reads?.length ?? 0) > 0 || entry.stores !== undefined;
-      const body = needsBody ? await readJsonBody(raw, limits) : undefined;
+      let body = needsBody ? await readJsonBody(raw, limits) : undefined;
       const named = body ? bodyReader(body, String(raw.headers["content-type"] ?? "")) : undefined;
 
       let id = match.pathId;
+      // The model as served: an alias is replaced by its target before any check (a rule on the alias never matches).
+      let model: string | undefined;
+      let path: string | undefined;
       if (match.bodyFields !== undefined) {
         id = await named!(match.bodyFields);
         if (id === undefined && !(entry.optional && match.action !== "create" && match.action !== "delete")) {
           throw new BadRequestError(`Missing or invalid ${match.bodyFields[0]}: a string is required`, "invalid_request");
         }
+        if (id !== undefined && match.type === "model") ({ body, model: id } = servedModel(body!, match.bodyFields, id, aliases));
+      } else if (id !== undefined && match.type === "model" && Object.hasOwn(aliases, id) && context.path.endsWith(`/${id}`)) {
+        // GET /v1/models/{alias}: asked of the upstream serving the target, by the target's name.
+        path = `${context.path.slice(0, -id.length)}${aliases[id]}`;
+        id = aliases[id]!;
       }
+      if (match.type === "model") model = id;
       switch (match.action) {
         case "list":
           break;
@@ -197,10 +213,14 @@ export function createResourceGuard({ pipeline, catalog, store, log, now = Date.
       }
       // Other resources the body names: each is read (a response's model, a run's assistant, a copy's source).
       for (const read of entry.reads ?? []) {
-        const other = await named!([read.field]);
+        let other = await named!([read.field]);
         if (other === undefined) {
           if (read.optional) continue;
           throw new BadRequestError(`Missing or invalid ${read.field}: a string is required`, "invalid_request");
+        }
+        if (read.type === "model") {
+          ({ body, model: other } = servedModel(body!, [read.field], other, aliases));
+          model = other;
         }
         await check(context, read.type, "read", other);
       }
@@ -212,7 +232,7 @@ export function createResourceGuard({ pipeline, catalog, store, log, now = Date.
         stores = entry.stores;
       }
       const inspectResponse = match.action === "create" || match.action === "list" || match.action === "delete" || stores !== undefined;
-      return { match, body, inspectResponse, resourceId: id, stores };
+      return { match, body, inspectResponse, resourceId: id, stores, model, path };
     },
 
     async after(guarded, context, upstream, fetchPage) {

@@ -21,6 +21,7 @@ import { createMetricsServer, createOwnEndpoints, FORWARDED_METHODS } from "./ow
 import { createProxy } from "./proxy.js";
 import { createUsageRecorder } from "../core/usage/recorder.js";
 import { createRequests, type ShutdownState } from "./requests.js";
+import type { HealthOptions } from "./upstreams.js";
 import { writeClientError } from "./respond.js";
 
 
@@ -48,6 +49,8 @@ export interface GatewayOptions {
    * its supervisor for every worker's metrics, aggregated.
    */
   renderMetrics?: (() => Promise<string>) | undefined;
+  /** When an upstream is skipped and for how long (upstreams.ts): 5 failures in a row, 10 s. Not a config key; tests shorten it. */
+  upstreamHealth?: HealthOptions | undefined;
 }
 
 export interface Gateway {
@@ -108,6 +111,9 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     store,
     provider: options.provider,
     own,
+    health: options.upstreamHealth,
+    onUpstreamFailure: (name) => metrics.upstreamFailure(name),
+    source,
     observers: {
       provider: metrics.providers,
       onAuthenticated: (providerType, outcome, seconds) => metrics.authentication(providerType, outcome, seconds),
@@ -119,6 +125,8 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
     await closeAll([usage, options.provider, store], options.log);
     throw err;
   });
+  // tollgate_upstream_healthy shows the upstreams of the generation new requests start on.
+  metrics.watchUpstreams(() => generations.current.router.upstreams);
   // One budget for the process: every request's buffered body counts against it, whichever generation serves it.
   const bodyBudget = createBufferBudget(() => generations.current.config.server.max_buffered_bytes, () => metrics.overloaded());
 

@@ -3,8 +3,6 @@ import type { UsageRecorder } from "../core/usage/recorder.js";
 import type { Pricing } from "../core/usage/pricing.js";
 import type { TokenCount } from "./usage.js";
 
-/** The upstream's name in usage rows when the config has a single `upstream:`. */
-export const DEFAULT_UPSTREAM_NAME = "default";
 
 export interface ForwardedRequest {
   readonly recorder: UsageRecorder | undefined;
@@ -12,6 +10,7 @@ export interface ForwardedRequest {
   /** The authenticated caller: usage is counted per principal (no user: nothing is counted). */
   readonly user: User | undefined;
   readonly model: string | undefined;
+  /** The name of the upstream that answered (`default` with a single `upstream:`). */
   readonly upstream: string;
   /** Spend budgets of the caller (quota.ts), charged each answer's cost at once. */
   readonly recordSpend?: ((nanos: number) => Promise<void>) | undefined;

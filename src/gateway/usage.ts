@@ -114,7 +114,7 @@ function isStreamableInference(path: string): boolean {
 }
 
 /** The inference routes whose answers report `usage`: the streamable ones, Embeddings and the Responses API. */
-function isInference(method: string | undefined, path: string): boolean {
+export function isInference(method: string | undefined, path: string): boolean {
   return method === "POST" && (isStreamableInference(path) || path.endsWith("/embeddings") || path.endsWith("/responses"));
 }
 

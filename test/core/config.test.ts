@@ -24,37 +24,37 @@ const yaml = (...lines: string[]) => lines.join("\n") + "\n";
 describe("env substitution", () => {
   test("${env.NAME} is replaced by the variable's value", () => {
     const config = parseConfig(yaml("upstream:", "  url: ${env.UP}"), "t", { UP: "http://10.0.0.1:8000" });
-    assert.equal(config.upstream.url, "http://10.0.0.1:8000");
+    assert.equal(config.upstream!.url, "http://10.0.0.1:8000");
   });
 
   test("a reference inside a longer string is replaced in place", () => {
     const config = parseConfig(yaml("upstream:", "  url: http://${env.HOST}:${env.PORT}/base"), "t", { HOST: "h", PORT: "1" });
-    assert.equal(config.upstream.url, "http://h:1/base");
+    assert.equal(config.upstream!.url, "http://h:1/base");
   });
 
   test("${env.NAME:=default} uses the default when the variable is unset", () => {
     const config = parseConfig(yaml("upstream:", "  url: ${env.UP:=http://fallback:1}"), "t", {});
-    assert.equal(config.upstream.url, "http://fallback:1");
+    assert.equal(config.upstream!.url, "http://fallback:1");
   });
 
   test("${env.NAME:=default} uses the default when the variable is empty", () => {
     const config = parseConfig(yaml("upstream:", "  url: ${env.UP:=http://fallback:1}"), "t", { UP: "" });
-    assert.equal(config.upstream.url, "http://fallback:1");
+    assert.equal(config.upstream!.url, "http://fallback:1");
   });
 
   test("${env.NAME:=default} uses the variable when it is set", () => {
     const config = parseConfig(yaml("upstream:", "  url: ${env.UP:=http://fallback:1}"), "t", { UP: "http://set:2" });
-    assert.equal(config.upstream.url, "http://set:2");
+    assert.equal(config.upstream!.url, "http://set:2");
   });
 
   test("${env.NAME:+value} is the value when the variable is set and non-empty", () => {
     const config = parseConfig(yaml("upstream:", "  api_key: ${env.K:+from-plus}"), "t", { K: "anything" });
-    assert.equal(config.upstream.api_key, "from-plus");
+    assert.equal(config.upstream!.api_key, "from-plus");
   });
 
   test("${env.NAME:+value} is nothing when the variable is unset, so the key is absent", () => {
     const config = parseConfig(yaml("upstream:", "  api_key: ${env.K:+from-plus}"), "t", {});
-    assert.equal(config.upstream.api_key, undefined);
+    assert.equal(config.upstream!.api_key, undefined);
   });
 
   test("a value that is exactly one reference takes the type it expands to", () => {
@@ -90,12 +90,12 @@ describe("env substitution", () => {
   test("a substituted value is never re-read as YAML: string fields keep the exact text", () => {
     for (const text of ["0123", "0x1F", "true", "null", "~", "'quoted'", "a: b", "#x", "1e3", ".inf", "[a, b]", "  padded  ", "-"]) {
       const config = parseConfig(yaml("upstream:", "  api_key: ${env.SECRET}"), "t", { SECRET: text });
-      assert.equal(config.upstream.api_key, text, `\${env.SECRET} holding ${JSON.stringify(text)}`);
+      assert.equal(config.upstream!.api_key, text, `\${env.SECRET} holding ${JSON.stringify(text)}`);
     }
     // A default is part of the file's text, so only what YAML reads as plain text there.
     for (const text of ["0123", "0x1F", "true", "null", "~", "1e3", ".inf"]) {
       const withDefault = parseConfig(yaml("upstream:", `  api_key: \${env.UNSET:=${text}}`), "t", {});
-      assert.equal(withDefault.upstream.api_key, text, `default ${JSON.stringify(text)}`);
+      assert.equal(withDefault.upstream!.api_key, text, `default ${JSON.stringify(text)}`);
     }
   });
 
@@ -154,8 +154,8 @@ describe("unknown keys and type errors", () => {
       assert.match(issue!, /^upstream\.url: must not end in \/v1: clients already send \/v1\/\.\.\. paths/, url);
       assert.deepEqual(rest, []);
     }
-    assert.equal(parseConfig(yaml("upstream:", "  url: http://h:1/openai"), "t").upstream.url, "http://h:1/openai");
-    assert.equal(parseConfig(yaml("upstream:", "  url: http://h:1/v1beta"), "t").upstream.url, "http://h:1/v1beta");
+    assert.equal(parseConfig(yaml("upstream:", "  url: http://h:1/openai"), "t").upstream!.url, "http://h:1/openai");
+    assert.equal(parseConfig(yaml("upstream:", "  url: http://h:1/v1beta"), "t").upstream!.url, "http://h:1/v1beta");
   });
 
   test("server.resources.unlisted is deny by default, allow on request, nothing else", () => {
@@ -292,13 +292,13 @@ describe("the Llama Stack server section", () => {
 describe("defaultConfig", () => {
   test("without TOLLGATE_UPSTREAM it forwards to Ollama's default address with Tollgate's own API keys", () => {
     const config = defaultConfig({});
-    assert.equal(config.upstream.url, DEFAULT_UPSTREAM);
+    assert.equal(config.upstream!.url, DEFAULT_UPSTREAM);
     assert.deepEqual(config.server.auth?.provider_config, { type: "api_key", cache_ttl_ms: 500 });
     assert.deepEqual(config.storage, { type: "sqlite", db_path: "./data/tollgate.db" });
   });
 
   test("TOLLGATE_UPSTREAM sets the upstream", () => {
-    assert.equal(defaultConfig({ TOLLGATE_UPSTREAM: "http://10.0.0.5:8000" }).upstream.url, "http://10.0.0.5:8000");
+    assert.equal(defaultConfig({ TOLLGATE_UPSTREAM: "http://10.0.0.5:8000" }).upstream!.url, "http://10.0.0.5:8000");
   });
 });
 

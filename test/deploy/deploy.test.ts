@@ -326,7 +326,7 @@ describe("deploy/compose.yaml", () => {
     assert.equal(kvstore?.type, "redis");
     assert.equal(new URL(kvstore.type === "redis" ? kvstore.url! : "").hostname, "redis");
 
-    const upstream = new URL(config.upstream.url);
+    const upstream = new URL(config.upstream!.url);
     const command = service("upstream").command!;
     assert.equal(upstream.hostname, "upstream");
     assert.equal(upstream.port, command[command.indexOf("--port") + 1]);

@@ -521,20 +521,64 @@ const serverSchema = z.strictObject({
   tls: server.tls ?? (tls_certfile && tls_keyfile ? { cert_file: tls_certfile, key_file: tls_keyfile } : undefined),
 }));
 
-const upstreamSchema = z.strictObject({
+/** What one upstream is reached with: the keys `upstream:` and each entry of `upstreams:` share. */
+const upstreamSettings = {
   url: httpUrl
     .refine(
       (s) => !URL.canParse(s) || !/\/v1\/?$/i.test(new URL(s).pathname),
       "must not end in /v1: clients already send /v1/... paths, which the gateway forwards under this URL (give the server's root, e.g. http://127.0.0.1:8000)",
     )
-    .default(DEFAULT_UPSTREAM)
     .describe("base URL of the server to forward to (the client's path is appended; not ending in /v1)"),
   api_key: secretString.optional().describe("sent upstream as `Authorization: Bearer` instead of the client's credential"),
   principal_header: headerName.optional().describe("header that carries the authenticated principal upstream (unset: not sent)"),
   connect_timeout_ms: positiveMs.default(10_000).describe("connecting to the upstream (then 502)"),
   response_timeout_ms: positiveMs.default(600_000).describe("waiting for the upstream's response headers (then 504)"),
   idle_timeout_ms: positiveMs.default(600_000).describe("silence in the middle of a response body before it is cut"),
+  verify_tls: z.boolean().default(true).describe("verify an https:// upstream's TLS certificate"),
+  tls_cafile: z.string().min(1).optional().describe("PEM file of CA certificates to trust for an https:// upstream"),
+};
+
+const upstreamSchema = z.strictObject({
+  ...upstreamSettings,
+  url: upstreamSettings.url.default(DEFAULT_UPSTREAM),
 });
+
+/** The name a single `upstream:` goes by (usage rows, metrics, resources' owners). */
+export const DEFAULT_UPSTREAM_NAME = "default";
+
+/** A model pattern of `upstreams[].models`: a name, a glob (`llama-guard-*`), or `*` (every model no other upstream names). */
+const modelPattern = z.string().min(1, "expected a model name or glob such as llama-3.1-70b, llama-guard-* or *");
+
+const namedUpstreamSchema = z.strictObject({
+  name: z
+    .string()
+    .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/, "expected a name of letters, digits, '.', '_' or '-' (at most 63)")
+    .describe("the upstream's name, in usage rows, metrics and /ready (unique)"),
+  ...upstreamSettings,
+  models: z.array(modelPattern).min(1).describe('models it serves: names, globs (`llama-guard-*`), or "*" for every model no other upstream names'),
+});
+
+const upstreamsSchema = z
+  .array(namedUpstreamSchema)
+  .min(1)
+  .superRefine((list, ctx) => {
+    const seen = new Set<string>();
+    list.forEach((upstream, i) => {
+      if (seen.has(upstream.name)) ctx.addIssue({ code: "custom", message: `duplicate name ${JSON.stringify(upstream.name)}: names must be unique`, path: [i, "name"] });
+      seen.add(upstream.name);
+    });
+  })
+  .describe("several model servers, routed by the request's model (docs/upstreams.md); instead of `upstream`");
+
+const modelAliasesSchema = z
+  .record(z.string().min(1), z.string().min(1))
+  .superRefine((aliases, ctx) => {
+    for (const [alias, target] of Object.entries(aliases)) {
+      if (aliases[target] !== undefined) ctx.addIssue({ code: "custom", message: `the target ${JSON.stringify(target)} is itself an alias: aliases are not chained`, path: [alias] });
+    }
+  })
+  .default({})
+  .describe("the client's model name -> the served name, applied before policy (docs/upstreams.md)");
 
 const storageSchema = z.discriminatedUnion("type", [
   // Llama Stack 0.7's {backends: {...}, stores: {...}}: resolved to one of the two below (llama-stack.ts).
@@ -586,12 +630,19 @@ const loggingSchema = z.strictObject({
 export const configSchema = z
   .strictObject({
     server: serverSchema.default(serverSchema.parse({})),
-    upstream: upstreamSchema.default(upstreamSchema.parse({})),
+    upstream: upstreamSchema.optional().describe("the one server to forward to (default http://127.0.0.1:11434); or `upstreams`"),
+    upstreams: upstreamsSchema.optional(),
+    model_aliases: modelAliasesSchema,
     storage: storageSchema.default({ type: "sqlite", db_path: "./data/tollgate.db" }),
     metrics: metricsSchema.default(metricsSchema.parse({})).describe("Prometheus metrics (docs/operations.md)"),
     pricing: pricingSchema.default({ currency: "USD", models: {} }),
     usage: usageSchema.default({ enabled: true }),
     logging: loggingSchema.default({ level: "info" }),
+  })
+  .superRefine((config, ctx) => {
+    if (config.upstream !== undefined && config.upstreams !== undefined) {
+      ctx.addIssue({ code: "custom", message: "use either upstream (one server) or upstreams (several), not both", path: ["upstreams"] });
+    }
   })
   .transform(({ storage, ...config }, ctx) => {
     // Llama Stack's named backends become Tollgate's stores (llama-stack.ts).
@@ -602,7 +653,9 @@ export const configSchema = z
     const issues = [...(Array.isArray(record) ? record : []), ...(kvstore !== undefined && "message" in kvstore ? [kvstore] : [])];
     for (const issue of issues) ctx.addIssue({ code: "custom", message: issue.message, path: [...issue.path] });
     if (Array.isArray(record) || (kvstore !== undefined && "message" in kvstore)) return z.NEVER;
-    return { ...config, storage: record, server: { ...config.server, quota: quota && kvstore && { ...quota, kvstore } } };
+    // Neither form: the one default upstream (Ollama's address).
+    const upstream = config.upstream ?? (config.upstreams === undefined ? upstreamSchema.parse({}) : undefined);
+    return { ...config, upstream, storage: record, server: { ...config.server, quota: quota && kvstore && { ...quota, kvstore } } };
   });
 
 /** A validated configuration, defaults filled in. */
@@ -613,3 +666,14 @@ export type ProviderConfig = z.output<typeof providerConfigSchema>;
 export type StorageConfig = Config["storage"];
 export type QuotaConfig = NonNullable<Config["server"]["quota"]>;
 export type PricingConfig = Config["pricing"];
+/** One upstream's settings, named: an entry of `upstreams`, or the single `upstream` as {@link DEFAULT_UPSTREAM_NAME} serving every model. */
+export type UpstreamConfig = z.output<typeof namedUpstreamSchema>;
+
+/**
+ * The upstreams a config forwards to, in order: `upstreams`, or the single
+ * `upstream` as one named {@link DEFAULT_UPSTREAM_NAME} serving every model.
+ */
+export function upstreamsOf(config: Pick<Config, "upstream" | "upstreams">): readonly UpstreamConfig[] {
+  if (config.upstreams !== undefined) return config.upstreams;
+  return [{ name: DEFAULT_UPSTREAM_NAME, models: ["*"], ...(config.upstream ?? upstreamSchema.parse({})) }];
+}

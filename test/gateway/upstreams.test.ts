@@ -1,0 +1,249 @@
+import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
+import http from "node:http";
+import type { AddressInfo } from "node:net";
+import { after, before, describe, test } from "node:test";
+import { startGateway, type GatewayProcess } from "../support/gateway.js";
+import { startUpstreamProcess, type DemoRequest, type UpstreamProcess } from "../support/upstream.js";
+
+// Several upstreams routed by model (DESIGN.md "Several upstreams, routed by
+// model", docs/upstreams.md), end to end: real demo upstream processes, each
+// serving its own models, a gateway process in front; which upstream a
+// request reached is read from each upstream's own request log (every
+// request is tagged with its X-Request-Id).
+
+const KEY_A = "sk-upstream-a-Qw81nZ";
+const KEY_C = "sk-upstream-c-Lp27xV";
+const KEY_LEAKY = "sk-upstream-leaky-Hj55rT";
+
+const admin = { "x-user": "ada", "x-attrs": JSON.stringify({ roles: ["admin"] }) };
+const bob = { "x-user": "bob" };
+
+/** An upstream that repeats the Authorization it got in a 401 answer, as many do on a bad key. */
+function startLeakyUpstream(): Promise<{ url: string; close(): Promise<void> }> {
+  const server = http.createServer((req, res) => {
+    req.resume();
+    const text = JSON.stringify({ error: { message: `Incorrect API key provided: ${req.headers.authorization ?? ""}`, type: "invalid_request_error", code: "invalid_api_key" } });
+    res.writeHead(401, { "content-type": "application/json", "content-length": Buffer.byteLength(text) }).end(text);
+  });
+  return new Promise((resolve) =>
+    server.listen(0, "127.0.0.1", () =>
+      resolve({
+        url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+        close: () => new Promise<void>((done) => (server.closeAllConnections(), server.close(() => done()))),
+      }),
+    ),
+  );
+}
+
+/** Sends a chat completion naming `model`, tagged; resolves with the status, body and tag. */
+async function chat(gateway: GatewayProcess, model: string, headers: Record<string, string> = {}): Promise<{ status: number; body: string; tag: string }> {
+  const tag = `rt-${randomUUID()}`;
+  const res = await fetch(`${gateway.url}/v1/chat/completions`, {
+    method: "POST",
+    headers: { "content-type": "application/json", "x-request-id": tag, ...headers },
+    body: JSON.stringify({ model, messages: [{ role: "user", content: "hi" }] }),
+  });
+  return { status: res.status, body: await res.text(), tag };
+}
+
+/** The requests each upstream received carrying `tag`. */
+async function seenBy(upstreams: Record<string, UpstreamProcess>, tag: string): Promise<Record<string, DemoRequest[]>> {
+  const out: Record<string, DemoRequest[]> = {};
+  for (const [name, upstream] of Object.entries(upstreams)) out[name] = (await upstream.requests()).filter((r) => r.headers["x-request-id"] === tag);
+  return out;
+}
+
+/** The one upstream (by name) that received `tag`; fails when none or several did. */
+async function receiver(upstreams: Record<string, UpstreamProcess>, tag: string): Promise<string> {
+  const seen = await seenBy(upstreams, tag);
+  const names = Object.keys(seen).filter((name) => seen[name]!.length > 0);
+  assert.equal(names.length, 1, `expected one upstream to receive ${tag}, got ${JSON.stringify(names)}`);
+  return names[0]!;
+}
+
+describe("several upstreams, routed by model", { timeout: 120_000 }, () => {
+  let a: UpstreamProcess;
+  let b: UpstreamProcess;
+  let c: UpstreamProcess;
+  let leaky: Awaited<ReturnType<typeof startLeakyUpstream>>;
+  let gateway: GatewayProcess;
+  let open: GatewayProcess;
+  let upstreams: Record<string, UpstreamProcess>;
+
+  before(async () => {
+    [a, b, c, leaky] = await Promise.all([
+      startUpstreamProcess(["--models", "m-big,guard-1"]),
+      startUpstreamProcess(["--models", "m-small,m-other"]),
+      startUpstreamProcess(["--models", "m-big"]),
+      startLeakyUpstream(),
+    ]);
+    upstreams = { a, b, c };
+    [gateway, open] = await Promise.all([
+      startGateway({
+        config: {
+          server: {
+            auth: {
+              provider_config: { type: "upstream_header", principal_header: "x-user", attributes_header: "x-attrs", trusted_proxies: ["127.0.0.1"] },
+              access_policy: [
+                { permit: { actions: ["read"], resource: "model::*" }, when: "user with admin in roles", description: "admins use every model" },
+                { permit: { actions: ["read"], resource: "model::gpt-4o" }, description: "never matches: gpt-4o is checked as its target" },
+                { permit: { actions: ["read"], resource: "model::m-small" }, description: "everyone uses m-small" },
+              ],
+            },
+          },
+          upstreams: [
+            { name: "big-1", url: a.url, models: ["m-big", "guard-*"], api_key: KEY_A },
+            { name: "big-2", url: c.url, models: ["m-big"], api_key: KEY_C },
+            { name: "leaky", url: leaky.url, models: ["leaky-*"], api_key: KEY_LEAKY },
+            { name: "rest", url: b.url, models: ["*"] },
+          ],
+          model_aliases: { "gpt-4o": "m-big" },
+        },
+      }),
+      // Authentication off: nothing checks the model, it still picks the upstream. No "*": a model nobody serves is a 404.
+      startGateway({
+        config: {
+          upstreams: [
+            { name: "big", url: a.url, models: ["m-big"] },
+            { name: "small", url: b.url, models: ["m-small"] },
+          ],
+          model_aliases: { small: "m-small" },
+        },
+      }),
+    ]);
+  });
+
+  after(async () => {
+    await Promise.all([gateway?.close(), open?.close()]);
+    await Promise.all([a?.close(), b?.close(), c?.close(), leaky?.close()]);
+  });
+
+  test("a model named exactly goes to an upstream listing it; a glob matches; any other model goes to the \"*\" upstream", async () => {
+    const big = await chat(gateway, "m-big", admin);
+    assert.equal(big.status, 200, big.body);
+    assert.ok(["a", "c"].includes(await receiver(upstreams, big.tag)));
+
+    const guard = await chat(gateway, "guard-1", admin);
+    assert.equal(guard.status, 200, guard.body);
+    assert.equal(await receiver(upstreams, guard.tag), "a", "guard-* is big-1's only");
+
+    const small = await chat(gateway, "m-small", bob);
+    assert.equal(small.status, 200, small.body);
+    assert.equal(await receiver(upstreams, small.tag), "b", "no upstream names m-small: the \"*\" one");
+  });
+
+  test("an alias is checked and forwarded as its target: a rule on the alias never matches, the upstream is sent the served name", async () => {
+    const refused = await chat(gateway, "gpt-4o", bob);
+    assert.equal(refused.status, 404, "bob may read model::gpt-4o but not m-big: the request is checked as m-big");
+    assert.equal((JSON.parse(refused.body) as { error: { code: string } }).error.code, "model_not_found");
+    assert.deepEqual(Object.values(await seenBy(upstreams, refused.tag)).flat(), [], "a refused request reaches no upstream");
+
+    const allowed = await chat(gateway, "gpt-4o", admin);
+    assert.equal(allowed.status, 200, allowed.body);
+    const name = await receiver(upstreams, allowed.tag);
+    assert.ok(["a", "c"].includes(name), "gpt-4o is m-big: big-1 or big-2, never the \"*\" upstream");
+    const [sent] = (await seenBy(upstreams, allowed.tag))[name]!;
+    assert.equal((JSON.parse(sent!.body) as { model: string }).model, "m-big");
+  });
+
+  test("each upstream is sent its own api_key", async () => {
+    const seen = new Set<string>();
+    for (let i = 0; i < 6 && seen.size < 2; i++) {
+      const { status, tag } = await chat(gateway, "m-big", admin);
+      assert.equal(status, 200);
+      const name = await receiver(upstreams, tag);
+      const [sent] = (await seenBy(upstreams, tag))[name]!;
+      assert.equal(sent!.headers.authorization, `Bearer ${name === "a" ? KEY_A : KEY_C}`);
+      seen.add(name);
+    }
+  });
+
+  test("two slow requests for a model two upstreams serve go one to each (fewest in flight)", async () => {
+    const slow = { ...admin, "x-demo-delay-ms": "800" };
+    const [one, two] = await Promise.all([chat(gateway, "m-big", slow), chat(gateway, "m-big", slow)]);
+    assert.equal(one.status, 200);
+    assert.equal(two.status, 200);
+    assert.deepEqual([await receiver(upstreams, one.tag), await receiver(upstreams, two.tag)].sort(), ["a", "c"]);
+  });
+
+  test("an upstream's error answer repeating its api_key reaches the client masked", async () => {
+    const res = await chat(gateway, "leaky-1", admin);
+    assert.equal(res.status, 401);
+    assert.ok(!res.body.includes(KEY_LEAKY), res.body);
+    assert.equal((JSON.parse(res.body) as { error: { message: string } }).error.message, `Incorrect API key provided: Bearer ${"*".repeat(KEY_LEAKY.length)}`);
+  });
+
+  test("without a \"*\" upstream a model nobody serves is a 404 model_not_found, never forwarded; a request without a model is a 404 route_not_found", async () => {
+    const nope = await chat(open, "nope");
+    assert.equal(nope.status, 404, nope.body);
+    assert.equal((JSON.parse(nope.body) as { error: { code: string } }).error.code, "model_not_found");
+    assert.deepEqual(Object.values(await seenBy(upstreams, nope.tag)).flat(), []);
+
+    const files = await fetch(`${open.url}/v1/files`);
+    assert.equal(files.status, 404);
+    assert.equal(((await files.json()) as { error: { code: string } }).error.code, "route_not_found");
+  });
+
+  test("with authentication off the model still picks the upstream, and an alias still applies", async () => {
+    const small = await chat(open, "small");
+    assert.equal(small.status, 200, small.body);
+    assert.equal(await receiver(upstreams, small.tag), "b");
+    const [sent] = (await seenBy(upstreams, small.tag)).b!;
+    assert.equal((JSON.parse(sent!.body) as { model: string }).model, "m-small");
+
+    const big = await chat(open, "m-big");
+    assert.equal(big.status, 200, big.body);
+    assert.equal(await receiver(upstreams, big.tag), "a");
+  });
+});
+
+describe("failover between upstreams", { timeout: 120_000 }, () => {
+  let first: UpstreamProcess;
+  let second: UpstreamProcess;
+  let gateway: GatewayProcess;
+
+  before(async () => {
+    [first, second] = await Promise.all([startUpstreamProcess(["--models", "m"]), startUpstreamProcess(["--models", "m"])]);
+    gateway = await startGateway({
+      config: {
+        upstreams: [
+          { name: "first", url: first.url, models: ["m"], connect_timeout_ms: 1000 },
+          { name: "second", url: second.url, models: ["m"], connect_timeout_ms: 1000 },
+        ],
+      },
+    });
+  });
+
+  after(async () => {
+    await gateway?.close();
+    await Promise.all([first?.close(), second?.close()]);
+  });
+
+  test("an upstream answering 503 is retried once on the other; when both answer 503 the client gets 503", async () => {
+    const { status, tag } = await chat(gateway, "m", { "x-demo-status": "503" });
+    assert.equal(status, 503);
+    const seen = await seenBy({ first, second }, tag);
+    assert.equal(seen.first!.length, 1, "tried once on first");
+    assert.equal(seen.second!.length, 1, "retried once on second, never more");
+  });
+
+  test("an upstream killed mid-test: every request is answered by the other, retried once before the client sees anything", async () => {
+    const before = await chat(gateway, "m");
+    assert.equal(before.status, 200);
+    await first.close();
+    for (let i = 0; i < 6; i++) {
+      const { status, body, tag } = await chat(gateway, "m");
+      assert.equal(status, 200, body);
+      assert.equal((await seenBy({ second }, tag)).second!.length, 1);
+    }
+    await gateway.waitForLog((line) => line.msg === "upstream failed before answering: retried on another" && line.upstream === "first");
+  });
+
+  test("both upstreams down: the client gets 502", async () => {
+    await second.close();
+    const { status, body } = await chat(gateway, "m");
+    assert.equal(status, 502, body);
+    assert.equal((JSON.parse(body) as { error: { code: string } }).error.code, "bad_gateway");
+  });
+});
