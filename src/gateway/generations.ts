@@ -9,6 +9,7 @@ import type { ResilientRecordStore } from "../core/stores/resilient.js";
 import { createAdminApi, type AdminApi } from "../admin/api.js";
 import { createCatalog, type Catalog } from "./catalog.js";
 import type { OwnEndpoints } from "./own-endpoints.js";
+import { createModelLists, type ModelLists } from "./model-list.js";
 import { createResourceGuard, type ResourceGuard } from "./resources.js";
 import { createRouter, DEFAULT_HEALTH, Upstream, type HealthOptions, type Router } from "./upstreams.js";
 
@@ -30,6 +31,8 @@ export interface GatewayGeneration {
   readonly catalog: Catalog;
   /** The upstreams and how a request's model picks one (upstreams.ts). */
   readonly router: Router;
+  /** With several upstreams: GET /v1/models merged from all of them (model-list.ts). */
+  readonly models: ModelLists | undefined;
   /** `/admin/v1/...` and `/console/` (src/admin); undefined when `server.admin.enabled` is false. */
   readonly admin: AdminApi | undefined;
 }
@@ -120,14 +123,19 @@ export async function startGenerations(options: GenerationsOptions): Promise<Gen
       throw err;
     }
     const router = createRouter([...upstreams.values()].map((part) => part.value), config.model_aliases);
+    const models = router.single ? undefined : createModelLists(router.upstreams, log.child({ component: "upstreams" }));
     // Stage 6: the resource policy for what the catalog knows (resources.ts).
-    const guard = createResourceGuard({ pipeline: core.pipeline, catalog, store: options.store, log: log.child({ component: "resources" }), aliases: config.model_aliases });
+    const guard = createResourceGuard({ pipeline: core.pipeline, catalog, store: options.store, log: log.child({ component: "resources" }),
+      aliases: config.model_aliases,
+      // Several upstreams: a created resource remembers the one it was created through.
+      upstreams: router.single ? undefined : new Set(router.upstreams.map((upstream) => upstream.name)),
+    });
     const { onProviderError, onAuthenticated } = options.observers;
     const providerType = config.server.auth?.provider_config?.type ?? "none";
     const admin = config.server.admin.enabled
       ? createAdminApi({ config, provider: core.provider, store: options.store, catalog, onProviderError, onAuthenticated: (outcome, seconds) => onAuthenticated?.(providerType, outcome, seconds) })
       : undefined;
-    const generation: GatewayGeneration = { config, core, pipeline: core.pipeline, guard, catalog, router, admin };
+    const generation: GatewayGeneration = { config, core, pipeline: core.pipeline, guard, catalog, router, models, admin };
     const entry: Held = { generation, upstreams, inFlight: 0, retired: false, released: undefined };
     held.set(generation, entry);
     return entry;

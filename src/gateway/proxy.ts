@@ -11,6 +11,7 @@ import { maskedAnswer } from "./mask.js";
 import { routeGroup, type GatewayMetrics } from "./metrics.js";
 import type { OwnEndpoints } from "./own-endpoints.js";
 import { sendJson, type GatewayRequestState, type ShutdownState } from "./requests.js";
+import { isModelList, withAliases } from "./model-list.js";
 import { pickUpstream, servedModel, upstreamReadiness, type Upstream } from "./upstreams.js";
 import { drainSignal, isInference, meterUsage, prepareUsage, type UsagePlan } from "./usage.js";
 import { countForwarded } from "./usage-counting.js";
@@ -78,6 +79,13 @@ export function createProxy({ own, metrics, log, proto, shutdown, usage: recorde
     // Stage 6 before forwarding; authentication off: nothing to check.
     const { guard } = generation;
     const guarded = context.user ? await guard.before(raw, context, limits) : undefined;
+    if (generation.models && isModelList(method, context.path)) {
+      // Several upstreams: every one's list, merged; filtered by the policy as one upstream's would be; aliases of readable models added.
+      const merged = await generation.models.fetch(context.path);
+      const filtered = guarded ? await guard.after(guarded, context, merged, () => Promise.reject(new UpstreamError("A merged model list has no further pages"))) : merged;
+      relay(res, state, undefined, Object.keys(router.aliases).length > 0 ? await withAliases(filtered, router.aliases) : filtered);
+      return;
+    }
     let body = guarded?.body;
     let model = guarded?.model;
     if (!router.single && model === undefined && isInference(method, context.path)) {
@@ -91,8 +99,9 @@ export function createProxy({ own, metrics, log, proto, shutdown, usage: recorde
     const metered = context.recordTokens || context.recordSpend || (recorder && context.user);
     const usage = metered && method === "POST" ? await prepareUsage(raw, context.path, body, limits) : undefined;
     const sent: Sent = { body: usage?.body ?? body, inspectResponse: usage !== undefined || guarded?.inspectResponse === true, path: guarded?.path ?? context.path };
-    // Where it goes: the one upstream, or those serving its model (404 model_not_found when none).
-    const candidates = router.single ? undefined : router.candidates(model ?? usage?.model);
+    // Where it goes: the one upstream; the one a resource it names was created through; those serving its model (404 model_not_found when none).
+    const sticky = guarded?.upstream === undefined ? undefined : router.named(guarded.upstream);
+    const candidates = router.single ? undefined : sticky ? [sticky] : router.candidates(model ?? usage?.model);
     // Stage 7. An inference answer is read for its usage even after the client left (usage.ts): its upstream request outlives the client, within bounds.
     const asked = performance.now();
     // Only a budget needs it: usage recording alone counts the estimate of an answer the client left.
@@ -117,7 +126,7 @@ export function createProxy({ own, metrics, log, proto, shutdown, usage: recorde
     metrics.upstream(routeGroup(context.path), state.upstreamMs / 1000);
     // Stage 6 after: the answer's resources (a created one's owner, a list's entries; more pages fetched bodiless, of the same upstream).
     const answered = guarded
-      ? await guard.after(guarded, context, answer, (query) => forwardTo(upstream, raw, { ...context, query }, state, sent, true).then(([, page]) => page))
+      ? await guard.after(guarded, context, answer, (query) => forwardTo(upstream, raw, { ...context, query }, state, sent, true).then(([, page]) => page), upstream.name)
       : answer;
     relay(res, state, upstream, answered, usage);
     // The buffered body has been sent: its memory no longer counts, however long the answer streams.
@@ -182,11 +191,12 @@ export function createProxy({ own, metrics, log, proto, shutdown, usage: recorde
    * cut (its headers are gone, a status can no longer tell it) and the
    * upstream request is aborted.
    */
-  function relay(res: ServerResponse, state: GatewayRequestState, target: Upstream, upstream: UpstreamResponse, usage?: UsagePlan): void {
+  /** `target`: the upstream that answered; none for an answer of the gateway's making from several (a merged model list). */
+  function relay(res: ServerResponse, state: GatewayRequestState, target: Upstream | undefined, upstream: UpstreamResponse, usage?: UsagePlan): void {
     let headers = downstreamResponseHeaders(upstream.headers);
     let source = upstream.body;
     // An error answer may repeat the credential the gateway sent (mask.ts): never relay it.
-    const apiKey = target.config.api_key;
+    const apiKey = target?.config.api_key;
     if (apiKey && upstream.status >= 400) {
       const masked = maskedAnswer(headers, upstream.body, apiKey);
       if (!masked) {
@@ -223,7 +233,7 @@ export function createProxy({ own, metrics, log, proto, shutdown, usage: recorde
       pricing: state.generation.core.pricing,
       user: state.context?.user,
       model: usage?.model,
-      upstream: target.name,
+      upstream: target?.name ?? MERGED_UPSTREAM_NAME,
       recordSpend: state.context?.recordSpend,
     });
     const body =
@@ -301,6 +311,9 @@ interface Sent {
   /** The path to send (the client's, or a model alias's target). */
   readonly path: string;
 }
+
+/** The upstream a merged model list is counted under in usage rows: it came from every one. */
+const MERGED_UPSTREAM_NAME = "*";
 
 /** Answers that count as an upstream's failure before its first byte: retried once on another upstream. */
 const RETRIED_STATUSES: ReadonlySet<number> = new Set([502, 503, 504]);

@@ -110,6 +110,8 @@ export interface GuardedRequest {
   readonly model?: string | undefined;
   /** The path to forward when it is not the client's: a model read through an alias names the served model. */
   readonly path?: string | undefined;
+  /** The upstream the resource it names was created through (several upstreams): the request goes there. */
+  readonly upstream?: string | undefined;
 }
 
 export interface ResourceGuardOptions {
@@ -118,6 +120,12 @@ export interface ResourceGuardOptions {
   /** Where owners are recorded (bounded calls, pending owners: stores/resilient.ts); without one every resource is unowned. */
   readonly store: ResilientRecordStore | undefined;
   readonly log: Logger;
+  /**
+   * With several upstreams, their names: a resource created through one is
+   * recorded with its name, and a request on a resource whose upstream is
+   * gone is a 404. Undefined with one upstream: nothing is recorded or routed.
+   */
+  readonly upstreams?: ReadonlySet<string> | undefined;
   /** `model_aliases`: a model named by an alias is checked and forwarded as its target. Default: none. */
   readonly aliases?: Readonly<Record<string, string>> | undefined;
   readonly now?: () => number;
@@ -129,12 +137,12 @@ export type FetchPage = (query: string) => Promise<UpstreamResponse>;
 export interface ResourceGuard {
   /** Before forwarding: throws 404/403 when denied; undefined when the request touches no catalogued resource. */
   before(raw: IncomingMessage, context: RequestContext, limits: BodyLimits): Promise<GuardedRequest | undefined>;
-  /** After the upstream answered: records owners, filters lists; returns the answer to relay. */
-  after(guarded: GuardedRequest, context: RequestContext, upstream: UpstreamResponse, fetchPage: FetchPage): Promise<UpstreamResponse>;
+  /** After the upstream answered (`through`: its name, with several upstreams): records owners, filters lists; returns the answer to relay. */
+  after(guarded: GuardedRequest, context: RequestContext, upstream: UpstreamResponse, fetchPage: FetchPage, through?: string): Promise<UpstreamResponse>;
 }
 
 /** Builds the guard; see the module comment. */
-export function createResourceGuard({ pipeline, catalog, store, log, aliases = {}, now = Date.now }: ResourceGuardOptions): ResourceGuard {
+export function createResourceGuard({ pipeline, catalog, store, log, upstreams, aliases = {}, now = Date.now }: ResourceGuardOptions): ResourceGuard {
   async function ownerOf(type: string, id: string): Promise<Owner | undefined> {
     return store ? await store.findOwner(type, id) : undefined;
   }
@@ -163,10 +171,18 @@ export function createResourceGuard({ pipeline, catalog, store, log, aliases = {
     throw new ForbiddenError(`Access denied: you may not ${action} this ${type}`, "access_denied");
   }
 
-  /** Checks `action` on `type::id` against its recorded owner; throws 404/403 when denied. */
-  async function check(context: RequestContext, type: string, action: Action, id: string): Promise<void> {
+  /**
+   * Checks `action` on `type::id` against its recorded owner; throws 404/403
+   * when denied, and 404 when the upstream it was created through is gone.
+   * Resolves with that upstream's name (several upstreams only).
+   */
+  async function check(context: RequestContext, type: string, action: Action, id: string): Promise<string | undefined> {
     const owner = type === "model" ? await bodyOwnerOf(type, id) : await ownerOf(type, id);
     if (!pipeline.checkAccess(context, action, { key: resourceKey(type, id), owner }).allowed) deny(type, id, action);
+    const through = upstreams ? (owner as OwnerRecord | undefined)?.upstream : undefined;
+    // Removed by a reload: what it held is out of reach, as if it never existed.
+    if (through !== undefined && !upstreams!.has(through)) throw notFound(type, id);
+    return through;
   }
 
   return {
@@ -195,6 +211,8 @@ export function createResourceGuard({ pipeline, catalog, store, log, aliases = {
         id = aliases[id]!;
       }
       if (match.type === "model") model = id;
+      // The upstream a named resource lives on (several upstreams): the first the checks find.
+      let sticky: string | undefined;
       switch (match.action) {
         case "list":
           break;
@@ -208,7 +226,7 @@ export function createResourceGuard({ pipeline, catalog, store, log, aliases = {
           break;
         default:
           // A route without an identifier to check (a config route reading a fixed resource): only the route was declared.
-          if (id !== undefined) await check(context, match.type, match.action, id);
+          if (id !== undefined) sticky = await check(context, match.type, match.action, id);
           else if (match.bodyFields === undefined) return undefined;
       }
       // Other resources the body names: each is read (a response's model, a run's assistant, a copy's source).
@@ -222,7 +240,7 @@ export function createResourceGuard({ pipeline, catalog, store, log, aliases = {
           ({ body, model: other } = servedModel(body!, [read.field], other, aliases));
           model = other;
         }
-        await check(context, read.type, "read", other);
+        sticky ??= await check(context, read.type, "read", other);
       }
       // A chat completion kept by the upstream (`store: true`) is a create of a stored chat completion.
       let stores: string | undefined;
@@ -232,10 +250,12 @@ export function createResourceGuard({ pipeline, catalog, store, log, aliases = {
         stores = entry.stores;
       }
       const inspectResponse = match.action === "create" || match.action === "list" || match.action === "delete" || stores !== undefined;
-      return { match, body, inspectResponse, resourceId: id, stores, model, path };
+      return { match, body, inspectResponse, resourceId: id, stores, model, path, upstream: sticky };
     },
 
-    async after(guarded, context, upstream, fetchPage) {
+    async after(guarded, context, upstream, fetchPage, through) {
+      // One upstream: nothing to remember (upstreams.ts routes everything there).
+      if (!upstreams) through = undefined;
       const { match } = guarded;
       if (upstream.status < 200 || upstream.status >= 300) return upstream;
       const id = guarded.resourceId;
@@ -251,14 +271,14 @@ export function createResourceGuard({ pipeline, catalog, store, log, aliases = {
       if (match.action === "create") {
         // Named by the request (a pulled model): recorded unless it already has an owner, whose it stays.
         if (id !== undefined) {
-          if (match.entry.record !== false && !(await ownerOf(match.type, id))) await record(match, context, id);
+          if (match.entry.record !== false && !(await ownerOf(match.type, id))) await record(match, context, id, through);
           return upstream;
         }
-        return recordCreated(guarded, context, upstream);
+        return recordCreated(guarded, context, upstream, through);
       }
       if (match.action === "list") return filterList(guarded, context, upstream, fetchPage);
       if (guarded.stores !== undefined) {
-        return recordCreated({ ...guarded, match: { ...match, type: guarded.stores, responseField: "id" } }, context, upstream);
+        return recordCreated({ ...guarded, match: { ...match, type: guarded.stores, responseField: "id" } }, context, upstream, through);
       }
       return upstream;
     },
@@ -269,9 +289,16 @@ export function createResourceGuard({ pipeline, catalog, store, log, aliases = {
    * with 503 saying the resource was created (the store wrapper keeps the
    * owner pending and retries it, so the resource is never unowned).
    */
-  async function record(match: CatalogMatch, context: RequestContext, id: string): Promise<void> {
+  async function record(match: CatalogMatch, context: RequestContext, id: string, through: string | undefined): Promise<void> {
     if (!store || !context.user) return;
-    const owner: OwnerRecord = { type: match.type, id, principal: context.user.principal, attributes: context.user.attributes, createdAt: now() };
+    const owner: OwnerRecord = {
+      type: match.type,
+      id,
+      principal: context.user.principal,
+      attributes: context.user.attributes,
+      createdAt: now(),
+      ...(through !== undefined ? { upstream: through } : {}),
+    };
     const resource = resourceKey(match.type, id);
     modelOwners.delete(resource);
     try {
@@ -285,10 +312,10 @@ export function createResourceGuard({ pipeline, catalog, store, log, aliases = {
     log.info({ audit: true, event: "owner_recorded", principal: owner.principal, resource }, "resource owner recorded");
   }
 
-  async function recordCreated(guarded: GuardedRequest, context: RequestContext, upstream: UpstreamResponse): Promise<UpstreamResponse> {
+  async function recordCreated(guarded: GuardedRequest, context: RequestContext, upstream: UpstreamResponse, through: string | undefined): Promise<UpstreamResponse> {
     const field = guarded.match.responseField ?? "id";
     const type = String(upstream.headers["content-type"] ?? "");
-    if (type.startsWith("text/event-stream")) return { ...upstream, body: ownedStream(guarded.match, context, upstream.body, field) };
+    if (type.startsWith("text/event-stream")) return { ...upstream, body: ownedStream(guarded.match, context, upstream.body, field, through) };
     const bytes = await readAll(upstream.body);
     // An answer naming no id cannot be owned: the route's own id when it has
     // one, else refused rather than handed on as an unowned (open) resource.
@@ -297,7 +324,7 @@ export function createResourceGuard({ pipeline, catalog, store, log, aliases = {
       log.error({ resource_type: guarded.match.type }, "created resource has no id in the upstream's answer: refused with 502");
       throw new UpstreamError("Upstream created a resource without naming it");
     }
-    await record(guarded.match, context, id);
+    await record(guarded.match, context, id, through);
     return withBody(upstream, bytes);
   }
 
@@ -309,7 +336,7 @@ export function createResourceGuard({ pipeline, catalog, store, log, aliases = {
    * untouched. A failed write cuts the stream: the client never sees the id
    * of a resource whose owner is not in the store.
    */
-  function ownedStream(match: CatalogMatch, context: RequestContext, source: Readable, field: string): Readable {
+  function ownedStream(match: CatalogMatch, context: RequestContext, source: Readable, field: string, through: string | undefined): Readable {
     const scan = async function* (chunks: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
       // Bytes, not text: a character split across two chunks must reach the client intact.
       let partial: Buffer = Buffer.alloc(0);
@@ -328,7 +355,7 @@ export function createResourceGuard({ pipeline, catalog, store, log, aliases = {
           if (id === undefined) continue;
           found = true;
           if (lineStart > 0) yield partial.subarray(0, lineStart);
-          await record(match, context, id);
+          await record(match, context, id, through);
           yield partial.subarray(lineStart);
           break;
         }
@@ -344,7 +371,7 @@ export function createResourceGuard({ pipeline, catalog, store, log, aliases = {
         const id = eventId(partial, field);
         if (id !== undefined) {
           found = true;
-          await record(match, context, id);
+          await record(match, context, id, through);
         }
         yield partial;
       }

@@ -1,8 +1,11 @@
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
+import { writeFileSync } from "node:fs";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
+import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
+import { eventually } from "../support/eventually.js";
 import { startGateway, type GatewayProcess } from "../support/gateway.js";
 import { startUpstreamProcess, type DemoRequest, type UpstreamProcess } from "../support/upstream.js";
 
@@ -174,6 +177,22 @@ describe("several upstreams, routed by model", { timeout: 120_000 }, () => {
     assert.equal((JSON.parse(res.body) as { error: { message: string } }).error.message, `Incorrect API key provided: Bearer ${"*".repeat(KEY_LEAKY.length)}`);
   });
 
+  test("GET /v1/models merges every upstream's list (each model once), filtered by the policy; an alias is listed when its target is readable", async () => {
+    const list = async (who: Record<string, string>) => {
+      const res = await fetch(`${gateway.url}/v1/models`, { headers: who });
+      assert.equal(res.status, 200);
+      return ((await res.json()) as { data: { id: string }[] }).data.map((m) => m.id);
+    };
+    assert.deepEqual(await list(admin), ["m-big", "gpt-4o", "guard-1", "m-small", "m-other"]);
+    assert.deepEqual(await list(bob), ["m-small"], "bob reads m-small only; gpt-4o is m-big, which he may not read");
+  });
+
+  test("GET /v1/models/{id} asks the upstream serving the model", async () => {
+    const res = await fetch(`${gateway.url}/v1/models/guard-1`, { headers: admin });
+    assert.equal(res.status, 200, "only big-1 serves guard-1; the \"*\" upstream would answer 404");
+    assert.equal(((await res.json()) as { id: string }).id, "guard-1");
+  });
+
   test("without a \"*\" upstream a model nobody serves is a 404 model_not_found, never forwarded; a request without a model is a 404 route_not_found", async () => {
     const nope = await chat(open, "nope");
     assert.equal(nope.status, 404, nope.body);
@@ -245,5 +264,78 @@ describe("failover between upstreams", { timeout: 120_000 }, () => {
     const { status, body } = await chat(gateway, "m");
     assert.equal(status, 502, body);
     assert.equal((JSON.parse(body) as { error: { code: string } }).error.code, "bad_gateway");
+  });
+});
+
+describe("resources remember their upstream", { timeout: 120_000 }, () => {
+  let big: UpstreamProcess;
+  let rest: UpstreamProcess;
+  let gateway: GatewayProcess;
+
+  const auth = { provider_config: { type: "upstream_header", principal_header: "x-user", attributes_header: "x-attrs", trusted_proxies: ["127.0.0.1"] } };
+  const config = (upstreams: Record<string, unknown>[]) => ({ server: { auth }, upstreams });
+
+  before(async () => {
+    [big, rest] = await Promise.all([startUpstreamProcess(["--models", "m-big"]), startUpstreamProcess(["--models", "m-small"])]);
+    gateway = await startGateway({
+      config: config([
+        { name: "big", url: big.url, models: ["m-big"] },
+        { name: "rest", url: rest.url, models: ["*"] },
+      ]),
+    });
+  });
+
+  after(async () => {
+    await gateway?.close();
+    await Promise.all([big?.close(), rest?.close()]);
+  });
+
+  async function reload(upstreams: Record<string, unknown>[]): Promise<void> {
+    const seen = gateway.logLines().filter((l) => l.msg === "configuration reloaded").length;
+    writeFileSync(join(gateway.dir, "tollgate.yaml"), JSON.stringify(config(upstreams)));
+    gateway.child.kill("SIGHUP");
+    await eventually(async () => gateway.logLines().filter((l) => l.msg === "configuration reloaded").length, (n) => n > seen);
+  }
+
+  test("a response created through the upstream serving its model is read there, also after a reload reorders the upstreams; removed by a reload: 404", async () => {
+    const created = await fetch(`${gateway.url}/v1/responses`, {
+      method: "POST",
+      headers: { ...admin, "content-type": "application/json" },
+      body: JSON.stringify({ model: "m-big", input: "hello" }),
+    });
+    assert.equal(created.status, 200, await created.clone().text());
+    const { id } = (await created.json()) as { id: string };
+    const read = () => fetch(`${gateway.url}/v1/responses/${id}`, { headers: admin });
+    // Without a model, a request goes to the "*" upstream, which never saw this response: only the record sends it to big.
+    const first = await read();
+    assert.equal(first.status, 200, await first.text());
+
+    await reload([
+      { name: "rest", url: rest.url, models: ["*"] },
+      { name: "big", url: big.url, models: ["m-big", "m-huge"] },
+    ]);
+    assert.equal((await read()).status, 200, "still big's after a reload");
+
+    await reload([{ name: "rest", url: rest.url, models: ["*"] }, { name: "other", url: big.url, models: ["m-big"] }]);
+    const gone = await read();
+    assert.equal(gone.status, 404);
+    assert.equal(((await gone.json()) as { error: { code: string } }).error.code, "not_found");
+  });
+
+  test("usage rows carry the name of the upstream that answered", async () => {
+    for (const model of ["m-big", "m-small"]) {
+      const { status } = await chat(gateway, model, admin);
+      assert.equal(status, 200);
+    }
+    const rows = await eventually(
+      async () => {
+        const res = await fetch(`${gateway.url}/admin/v1/usage?group_by=upstream,model`, { headers: admin });
+        return ((await res.json()) as { data: { upstream: string; model: string | null; requests: number }[] }).data;
+      },
+      (data) => data.some((r) => r.model === "m-small"),
+    );
+    const byModel = Object.fromEntries(rows.filter((r) => r.model?.startsWith("m-")).map((r) => [r.model, r.upstream]));
+    assert.equal(byModel["m-small"], "rest");
+    assert.ok(["big", "other"].includes(byModel["m-big"]!), JSON.stringify(rows));
   });
 });

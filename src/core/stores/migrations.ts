@@ -102,6 +102,13 @@ export const MIGRATIONS: readonly Migration[] = [
       CREATE INDEX IF NOT EXISTS tollgate_usage_principal ON tollgate_usage (principal, hour);`,
     ),
   },
+  {
+    version: 6,
+    // NULL for owners recorded before: routed as any request without a model.
+    description: "the upstream a resource was created through (upstreams:)",
+    sqlite: (db) => addSqliteColumns(db, "tollgate_owners", [["upstream", "TEXT"]]),
+    postgres: "ALTER TABLE tollgate_owners ADD COLUMN IF NOT EXISTS upstream TEXT",
+  },
 ];
 
 /** The version a store is at once every step has run. */

@@ -9,5 +9,6 @@ export function ownerFromRow(row: Readonly<Record<string, unknown>>): OwnerRecor
     principal: String(row.principal),
     attributes: decodeAttributes(String(row.attributes)),
     createdAt: Number(row.created_at),
+    ...(row.upstream === null || row.upstream === undefined ? {} : { upstream: String(row.upstream) }),
   };
 }

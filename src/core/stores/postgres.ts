@@ -32,7 +32,7 @@ const QUERY_TIMEOUT_MS = 2000;
  */
 const FIRST_KEY_LOCK_KEY = "8390043843661231206";
 
-const OWNER_COLUMNS = "type, id, principal, attributes, created_at";
+const OWNER_COLUMNS = "type, id, principal, attributes, created_at, upstream";
 
 const COLUMNS = API_KEY_COLUMNS;
 const COLUMN_PLACEHOLDERS = COLUMNS.split(",").map((_, i) => `$${i + 1}`).join(", ");
@@ -178,9 +178,9 @@ export async function openPostgresRecordStore(url: string): Promise<RecordStore>
     },
     async putOwner(record) {
       await query(
-        "INSERT INTO tollgate_owners (type, id, principal, attributes, created_at) VALUES ($1, $2, $3, $4, $5) " +
-          "ON CONFLICT (type, id) DO UPDATE SET principal = EXCLUDED.principal, attributes = EXCLUDED.attributes, created_at = EXCLUDED.created_at",
-        [record.type, record.id, record.principal, JSON.stringify(record.attributes), record.createdAt],
+        "INSERT INTO tollgate_owners (type, id, principal, attributes, created_at, upstream) VALUES ($1, $2, $3, $4, $5, $6) " +
+          "ON CONFLICT (type, id) DO UPDATE SET principal = EXCLUDED.principal, attributes = EXCLUDED.attributes, created_at = EXCLUDED.created_at, upstream = EXCLUDED.upstream",
+        [record.type, record.id, record.principal, JSON.stringify(record.attributes), record.createdAt, record.upstream ?? null],
       );
     },
     async findOwner(type, id) {

@@ -104,10 +104,10 @@ export async function openSqliteRecordStore(dbPath: string, options: SqliteRecor
   );
 
   const putOwner = db.prepare(
-    "INSERT INTO tollgate_owners (type, id, principal, attributes, created_at) VALUES (?, ?, ?, ?, ?) " +
-      "ON CONFLICT (type, id) DO UPDATE SET principal = excluded.principal, attributes = excluded.attributes, created_at = excluded.created_at",
+    "INSERT INTO tollgate_owners (type, id, principal, attributes, created_at, upstream) VALUES (?, ?, ?, ?, ?, ?) " +
+      "ON CONFLICT (type, id) DO UPDATE SET principal = excluded.principal, attributes = excluded.attributes, created_at = excluded.created_at, upstream = excluded.upstream",
   );
-  const ownerById = db.prepare("SELECT type, id, principal, attributes, created_at FROM tollgate_owners WHERE type = ? AND id = ?");
+  const ownerById = db.prepare("SELECT type, id, principal, attributes, created_at, upstream FROM tollgate_owners WHERE type = ? AND id = ?");
   const deleteOwner = db.prepare("DELETE FROM tollgate_owners WHERE type = ? AND id = ?");
   const probe = db.prepare("INSERT INTO tollgate_probe (id, at) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at");
 
@@ -195,7 +195,7 @@ export async function openSqliteRecordStore(dbPath: string, options: SqliteRecor
     },
     async putOwner(record) {
       open();
-      putOwner.run(record.type, record.id, record.principal, JSON.stringify(record.attributes), record.createdAt);
+      putOwner.run(record.type, record.id, record.principal, JSON.stringify(record.attributes), record.createdAt, record.upstream ?? null);
     },
     async findOwner(type, id) {
       open();

@@ -125,6 +125,12 @@ export interface OwnerRecord {
   readonly attributes: Readonly<Record<string, readonly string[]>>;
   /** Milliseconds since the epoch. */
   readonly createdAt: number;
+  /**
+   * The name of the upstream it was created through (`upstreams:`): later
+   * requests on it go there. Absent for resources recorded before, or
+   * created without a recorded upstream (then routed as any request without a model).
+   */
+  readonly upstream?: string | undefined;
 }
 
 export interface RecordStore {

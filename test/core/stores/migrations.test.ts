@@ -76,6 +76,12 @@ async function assertKept(store: RecordStore): Promise<void> {
   // The new columns are there and work on the old rows.
   assert.equal((await store.pageApiKeys({ limit: 1 })).keys[0]?.id, "key_0000000000000003");
   await store.recordUsage([{ hour: 0, principal: "alice", upstream: "default", requests: 1, promptTokens: 0, completionTokens: 0, costNanos: 0 }]);
+  // Step 6: an owner remembers the upstream its resource was created through; the old owners have none.
+  const routed: OwnerRecord = { type: "file", id: "file-new", principal: "alice", attributes: {}, createdAt: 1_800_000_000_000, upstream: "vllm-big" };
+  await store.putOwner(routed);
+  assert.deepEqual(await store.findOwner("file", "file-new"), routed);
+  assert.deepEqual((await store.findOwners("file", ["file-new", "file-abc"])).get("file-new"), routed);
+  assert.equal((await store.findOwner("file", "file-abc"))?.upstream, undefined);
 }
 
 async function sqliteFrom(sql: string): Promise<string> {
