@@ -20,7 +20,8 @@
 //   1 direct to the upstream (reference)
 //   2 bare Node reverse proxy (bench/bare-proxy.mjs: node:http + undici, no checks): the limit a Node gateway can approach
 //   3 Tollgate, api_key auth
-//   4 Tollgate, oauth2_token JWT + 100-rule access policy + SQLite quota (4b: the same, JWT cache off; 4n: the same, usage recording off)
+//   4 Tollgate, oauth2_token JWT + 100-rule access policy + SQLite quota (4b: the same, JWT cache off; 4n: the same, usage recording off;
+//     4r: the same routing by model across two upstreams, `upstreams:` with two entries serving the model, issue 18)
 //   5 Tollgate, the same with the quota in Redis (skipped with a note when Redis does not answer)
 //   6 Express + jose + express-rate-limit + http-proxy-middleware, same checks (bench/express-stack.mjs)
 //   7 nginx, plain reverse proxy (skipped with a note when nginx is not installed; BENCH_INSTALL_NGINX=1 installs it)
@@ -207,13 +208,19 @@ const round2 = (x) => Math.round(x * 100) / 100;
 async function startTollgate(
   name,
   serverLines,
-  { extra = [`storage: {type: sqlite, db_path: "${join(work, `${name}-records.db`)}"}`], workers = 1, logLevel = "warn", stdoutFile } = {},
+  {
+    extra = [`storage: {type: sqlite, db_path: "${join(work, `${name}-records.db`)}"}`],
+    workers = 1,
+    logLevel = "warn",
+    stdoutFile,
+    upstreamLines = [`upstream: {url: "${upstream}"}`],
+  } = {},
 ) {
   const port = await freePort();
   const file = join(work, `${name}.yaml`);
   writeFileSync(
     file,
-    ["server:", `  port: ${port}`, ...serverLines, `upstream: {url: "${upstream}"}`, ...extra, `logging: {level: ${logLevel}}`].join("\n"),
+    ["server:", `  port: ${port}`, ...serverLines, ...upstreamLines, ...extra, `logging: {level: ${logLevel}}`].join("\n"),
   );
   const child = startNode([cli, "serve", "--config", file, ...(workers > 1 ? ["--workers", String(workers)] : [])], name, { workers, stdoutFile });
   const url = `http://127.0.0.1:${port}`;
@@ -312,6 +319,19 @@ try {
       extra: [`storage: {type: sqlite, db_path: "${join(work, "jwt-policy-sqlite-no-usage-records.db")}"}`, "usage: {enabled: false}"],
     });
     add({ id: "4n", name: "Tollgate as 4, usage recording off", url: gw.url, headers: bearer, pid: gw.pid, stream: true, tollgate: true });
+  }
+  if (want("4r")) {
+    // Scenario 4's gateway with `upstreams:`: the model picks two upstreams, the one with fewer requests in flight
+    // takes each request. Both entries are the bench's demo upstream (two pools, two names), so that the machine
+    // carries the same load as in 4 and the ratio shows what routing costs the gateway.
+    const upstreamLines = [
+      "upstreams:",
+      `  - {name: first, url: "${upstream}", models: [${BENCH_MODEL}]}`,
+      `  - {name: second, url: "${upstream}", models: [${BENCH_MODEL}]}`,
+      `  - {name: rest, url: "${upstream}", models: ["*"]}`,
+    ];
+    const gw = await policyGateway("jwt-policy-sqlite-routed", 30_000, sqliteQuota("quota-4r"), 1, { upstreamLines });
+    add({ id: "4r", name: "Tollgate as 4, routed by model across two upstreams", url: gw.url, headers: bearer, pid: gw.pid, stream: true, tollgate: true });
   }
   if (want("4b")) {
     const gw = await policyGateway("jwt-uncached-policy-sqlite", 0, sqliteQuota("quota-4b"));
@@ -629,6 +649,11 @@ function issue16Targets(rows, extra) {
     const s2 = get("2", kind);
     const s4 = get("4", kind);
     if (s2 && s4) out.push({ met: s4.rps >= 0.85 * s2.rps, text: `full-auth path (4) ≥ 0.85 × the bare proxy (2), ${kind}: ${s4.ratio_to_2.toFixed(2)} ×` });
+  }
+  for (const kind of ["json", "stream"]) {
+    const s4 = get("4", kind);
+    const s4r = get("4r", kind);
+    if (s4 && s4r) out.push({ met: s4r.rps >= 0.95 * s4.rps, text: `routing by model across two upstreams (4r) ≥ 0.95 × one upstream (4), ${kind}: ${(s4r.rps / s4.rps).toFixed(2)} ×` });
   }
   const fixedRate = extra.fixed_rate;
   if (fixedRate) {

@@ -338,4 +338,15 @@ describe("resources remember their upstream", { timeout: 120_000 }, () => {
     assert.equal(byModel["m-small"], "rest");
     assert.ok(["big", "other"].includes(byModel["m-big"]!), JSON.stringify(rows));
   });
+
+  test("a reload that removes an upstream lets the request it is serving finish; new requests go elsewhere", async () => {
+    const slow = chat(gateway, "m-big", { ...admin, "x-demo-delay-ms": "1500" });
+    await big.waitForRequest((r) => r.headers["x-demo-delay-ms"] === "1500");
+    await reload([{ name: "rest", url: rest.url, models: ["*"] }]);
+    const { status, body } = await slow;
+    assert.equal(status, 200, body);
+    const after = await chat(gateway, "m-big", admin);
+    assert.equal(after.status, 200);
+    assert.equal((await rest.requests()).filter((r) => r.headers["x-request-id"] === after.tag).length, 1, "m-big now goes to the \"*\" upstream");
+  });
 });
