@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-import { createHash } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { realpathSync } from "node:fs";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -278,6 +278,8 @@ export async function startDemoUpstream(options: DemoUpstreamOptions = {}): Prom
   const stores = { files: new Map<string, Record<string, unknown>>(), vector_stores: new Map<string, Record<string, unknown>>(), responses: new Map<string, Record<string, unknown>>() };
   const ID_PREFIX = { files: "file-", vector_stores: "vs_", responses: "resp_" } as const;
   let objectSequence = 0;
+  // Ids unique across processes, as real servers' are: several demo upstreams behind one gateway never hand out the same one.
+  const instance = randomBytes(3).toString("hex");
 
   async function storedObjects(req: IncomingMessage, res: ServerResponse, record: DemoRequest): Promise<boolean> {
     const match = /^\/v1\/(files|vector_stores|responses)(?:\/([^/]+))?(\/content)?$/.exec(record.path);
@@ -337,7 +339,7 @@ export async function startDemoUpstream(options: DemoUpstreamOptions = {}): Prom
   }
 
   async function createObject(kind: keyof typeof stores, req: IncomingMessage, record: DemoRequest): Promise<Record<string, unknown> | undefined> {
-    const id = `${ID_PREFIX[kind]}${String(++objectSequence).padStart(6, "0")}`;
+    const id = `${ID_PREFIX[kind]}${instance}${String(++objectSequence).padStart(6, "0")}`;
     if (kind === "files") {
       const contentType = req.headers["content-type"] ?? "";
       if (!contentType.startsWith("multipart/form-data")) return undefined;

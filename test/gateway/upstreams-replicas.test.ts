@@ -89,7 +89,7 @@ test("a response created through one replica is read through every other, from t
   const create = async (gateway: GatewayProcess, input: string) => {
     const res = await fetch(`${gateway.url}/v1/responses`, {
       method: "POST",
-      headers: { "x-user": "sticky", "content-type": "application/json", "x-demo-delay-ms": "300" },
+      headers: { "x-user": "sticky", "content-type": "application/json", "x-demo-delay-ms": "1000" },
       body: JSON.stringify({ model: "m-big", input }),
     });
     assert.equal(res.status, 200, await res.clone().text());
