@@ -37,6 +37,14 @@ export function isModelList(method: string, path: string): boolean {
   return method === "GET" && (path === "/v1/models" || path === "/v1/openai/v1/models");
 }
 
+/** The model a `GET /v1/models/{id}` names (and the path before it); undefined for any other path. */
+export function modelInPath(path: string): { prefix: string; id: string } | undefined {
+  for (const prefix of ["/v1/models/", "/v1/openai/v1/models/"]) {
+    if (path.startsWith(prefix) && path.length > prefix.length) return { prefix, id: path.slice(prefix.length) };
+  }
+  return undefined;
+}
+
 export function createModelLists(upstreams: readonly Upstream[], log: Logger, now: () => number = Date.now): ModelLists {
   const cache = new Map<string, { until: number; merged: Promise<Buffer> }>();
 

@@ -11,7 +11,7 @@ import { maskedAnswer } from "./mask.js";
 import { routeGroup, type GatewayMetrics } from "./metrics.js";
 import type { OwnEndpoints } from "./own-endpoints.js";
 import { sendJson, type GatewayRequestState, type ShutdownState } from "./requests.js";
-import { isModelList, withAliases } from "./model-list.js";
+import { isModelList, modelInPath, withAliases } from "./model-list.js";
 import { pickUpstream, servedModel, upstreamReadiness, type Upstream } from "./upstreams.js";
 import { drainSignal, isInference, meterUsage, prepareUsage, type UsagePlan } from "./usage.js";
 import { countForwarded } from "./usage-counting.js";
@@ -88,17 +88,24 @@ export function createProxy({ own, metrics, log, proto, shutdown, usage: recorde
     }
     let body = guarded?.body;
     let model = guarded?.model;
-    if (!router.single && model === undefined && isInference(method, context.path)) {
+    let path = guarded?.path ?? context.path;
+    if (!router.single && model === undefined) {
       // Nothing checked the model (authentication off), but it still picks the upstream and an alias still applies.
-      body ??= await readJsonBody(raw, limits);
-      const named = jsonMember(body, "model");
-      if (typeof named === "string") ({ body, model } = servedModel(body, ["model"], named, router.aliases));
+      const named = method === "GET" && !guarded ? modelInPath(context.path) : undefined;
+      if (named) {
+        model = Object.hasOwn(router.aliases, named.id) ? router.aliases[named.id]! : named.id;
+        path = `${named.prefix}${model}`;
+      } else if (isInference(method, context.path)) {
+        body ??= await readJsonBody(raw, limits);
+        const inBody = jsonMember(body, "model");
+        if (typeof inBody === "string") ({ body, model } = servedModel(body, ["model"], inBody, router.aliases));
+      }
     }
     // Token and spend budgets (stage 5) and usage recording: a streamed completion is asked to report
     // usage (usage.ts); the answer must be readable, so it is asked for uncompressed.
     const metered = context.recordTokens || context.recordSpend || (recorder && context.user);
     const usage = metered && method === "POST" ? await prepareUsage(raw, context.path, body, limits) : undefined;
-    const sent: Sent = { body: usage?.body ?? body, inspectResponse: usage !== undefined || guarded?.inspectResponse === true, path: guarded?.path ?? context.path };
+    const sent: Sent = { body: usage?.body ?? body, inspectResponse: usage !== undefined || guarded?.inspectResponse === true, path };
     // Where it goes: the one upstream; the one a resource it names was created through; those serving its model (404 model_not_found when none).
     const sticky = guarded?.upstream === undefined ? undefined : router.named(guarded.upstream);
     const candidates = router.single ? undefined : sticky ? [sticky] : router.candidates(model ?? usage?.model);

@@ -1,7 +1,10 @@
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, test } from "node:test";
-import { configJsonSchema, parseConfig, validateConfig } from "../../src/core/config/load.js";
+import { checkConfigFiles } from "../../src/core/config/files.js";
+import { configJsonSchema, loadConfig, parseConfig, validateConfig } from "../../src/core/config/load.js";
 import { DEFAULT_UPSTREAM, upstreamsOf } from "../../src/core/config/schema.js";
 import { ConfigError } from "../../src/core/errors.js";
 
@@ -93,6 +96,27 @@ describe("upstreams and model_aliases in the config", () => {
     assert.deepEqual(issues(yaml("model_aliases: {a: b, b: c}")), ['model_aliases.a: the target "b" is itself an alias: aliases are not chained (line 1)']);
   });
 
+  test("an upstream's tls_cafile resolves against the config file's folder; one that cannot be read is named by its path", () => {
+    const dir = mkdtempSync(join(tmpdir(), "tollgate-upstream-ca-"));
+    try {
+      const file = join(dir, "tollgate.yaml");
+      writeFileSync(file, yaml("upstreams:", "  - {name: a, url: https://h:1, models: [m], tls_cafile: ./ca.pem}", "  - {name: b, url: https://h:2, models: [\"*\"]}"));
+      const config = loadConfig(file, {});
+      assert.equal(upstreamsOf(config)[0]!.tls_cafile, join(dir, "ca.pem"));
+      assert.throws(() => checkConfigFiles(config, file), (err: unknown) => {
+        assert.ok(err instanceof ConfigError);
+        assert.deepEqual(err.issues, [`upstreams[0].tls_cafile: cannot read ${join(dir, "ca.pem")}: ENOENT`]);
+        return true;
+      });
+      writeFileSync(join(dir, "ca.pem"), "-----BEGIN CERTIFICATE-----\n");
+      checkConfigFiles(config, file);
+      writeFileSync(file, yaml("upstream: {url: https://h:1, tls_cafile: ./other.pem}"));
+      assert.equal(loadConfig(file, {}).upstream!.tls_cafile, join(dir, "other.pem"));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test("config schema describes upstreams and model_aliases", () => {
     const schema = configJsonSchema() as { properties: Record<string, { items?: { properties: Record<string, unknown>; required: string[] } }> };
     const item = schema.properties.upstreams!.items!;
@@ -105,9 +129,9 @@ describe("upstreams and model_aliases in the config", () => {
 test("docs/upstreams.md's YAML examples are valid configs", () => {
   const doc = readFileSync(new URL("../../docs/upstreams.md", import.meta.url), "utf8");
   const blocks = [...doc.matchAll(/```yaml\n([\s\S]*?)```/g)].map((m) => m[1]!);
-  assert.ok(blocks.length >= 1);
-  for (const block of blocks) {
-    const config = parseConfig(block, "docs/upstreams.md example", {});
-    assert.deepEqual(upstreamsOf(config).map((u) => u.name), ["vllm-big", "vllm-big-2", "ollama"]);
-  }
+  const names = blocks.map((block) => upstreamsOf(parseConfig(block, "docs/upstreams.md example", {})).map((u) => u.name));
+  assert.deepEqual(names, [
+    ["vllm-big", "vllm-big-2", "ollama"],
+    ["vllm", "lab"],
+  ]);
 });

@@ -2,6 +2,8 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { validateConfig } from "../../src/core/config/load.js";
 import { startDemoUpstream, type DemoUpstream } from "../../src/demo/upstream.js";
+import { startGenerations } from "../../src/gateway/generations.js";
+import { createOwnEndpoints } from "../../src/gateway/own-endpoints.js";
 import { createGateway, type Gateway } from "../../src/gateway/server.js";
 import { captureLog } from "../support/log.js";
 import { parsePrometheus } from "../support/prometheus.js";
@@ -91,5 +93,37 @@ describe("passive health of upstreams", { timeout: 60_000 }, () => {
     assert.equal(notReady.body.upstreams.solo, "skipped");
     assert.equal(await chat("solo-1"), 502);
     assert.equal((await scrape()).value("tollgate_upstream_failures_total", { upstream: "solo" }), FAILURES + 1, "all skipped: tried anyway");
+  });
+});
+
+describe("upstreams across a reload", () => {
+  test("a reload keeps each unchanged upstream (its pool, requests in flight and health), replaces a changed one and drops a removed one once its requests end", async () => {
+    const { log } = captureLog("silent");
+    const upstreams = (list: Record<string, unknown>[]) => validateConfig({ upstreams: list });
+    const a = { name: "a", url: "http://127.0.0.1:1", models: ["m"] };
+    const b = { name: "b", url: "http://127.0.0.1:2", models: ["m"] };
+    const own = createOwnEndpoints({ metrics: upstreams([a]).metrics, renderMetrics: async () => "", metricsContentType: "text/plain", log });
+    const generations = await startGenerations({ config: upstreams([a, b]), log, store: undefined, provider: undefined, own, observers: {} });
+    try {
+      const first = generations.enter();
+      const [oldA, oldB] = first.router.upstreams;
+      oldA!.failed();
+      oldA!.inFlight = 1;
+
+      await generations.reload(upstreams([a, { ...b, connect_timeout_ms: 500 }, { name: "c", url: "http://127.0.0.1:3", models: ["*"] }]));
+      const second = generations.current;
+      assert.equal(second.router.named("a"), oldA, "unchanged: the same upstream");
+      assert.equal(second.router.named("a")!.failures, 1, "its health carried over");
+      assert.equal(second.router.named("a")!.inFlight, 1, "its load carried over");
+      assert.notEqual(second.router.named("b"), oldB, "changed: a new one");
+      assert.ok(second.router.named("c"));
+      assert.equal(first.router.named("b"), oldB, "the request in flight keeps its generation's upstreams");
+
+      await generations.reload(upstreams([{ name: "c", url: "http://127.0.0.1:3", models: ["*"] }]));
+      assert.equal(generations.current.router.named("a"), undefined, "removed");
+      generations.leave(first);
+    } finally {
+      await generations.close();
+    }
   });
 });

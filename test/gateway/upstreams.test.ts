@@ -214,6 +214,13 @@ describe("several upstreams, routed by model", { timeout: 120_000 }, () => {
     const big = await chat(open, "m-big");
     assert.equal(big.status, 200, big.body);
     assert.equal(await receiver(upstreams, big.tag), "a");
+
+    // GET /v1/models/{id}: the upstream serving it (the "*"-less gateway has no other way to find it), an alias by its target.
+    for (const id of ["m-big", "small"]) {
+      const res = await fetch(`${open.url}/v1/models/${id}`);
+      assert.equal(res.status, 200, id);
+      assert.equal(((await res.json()) as { id: string }).id, id === "small" ? "m-small" : id);
+    }
   });
 });
 

@@ -64,6 +64,30 @@ const FILE_KEYS: readonly FileKey[] = [
   },
 ];
 
+/** The CA files of the upstreams: `upstream.tls_cafile`, or each of `upstreams[i].tls_cafile`. */
+function upstreamCaFiles(config: Config): FileKey[] {
+  const single: FileKey = {
+    path: "upstream.tls_cafile",
+    mustExist: true,
+    get: (c) => c.upstream?.tls_cafile,
+    set: (c, file) => ({ ...c, upstream: { ...c.upstream!, tls_cafile: file } }),
+  };
+  const each = (config.upstreams ?? []).map(
+    (_, i): FileKey => ({
+      path: `upstreams[${i}].tls_cafile`,
+      mustExist: true,
+      get: (c) => c.upstreams?.[i]?.tls_cafile,
+      set: (c, file) => ({ ...c, upstreams: c.upstreams!.map((u, j) => (j === i ? { ...u, tls_cafile: file } : u)) }),
+    }),
+  );
+  return [single, ...each];
+}
+
+/** Every file key of `config`: the fixed ones and one per upstream. */
+function fileKeys(config: Config): readonly FileKey[] {
+  return [...FILE_KEYS, ...upstreamCaFiles(config)];
+}
+
 /** SQLite's name for a database in memory: not a file. */
 const IN_MEMORY = ":memory:";
 
@@ -75,7 +99,7 @@ const IN_MEMORY = ":memory:";
  */
 export function resolveConfigPaths(config: Config, folder: string): Config {
   let out = config;
-  for (const key of FILE_KEYS) {
+  for (const key of fileKeys(config)) {
     const file = key.get(out);
     if (file === undefined || file === IN_MEMORY || isAbsolute(file)) continue;
     out = key.set(out, resolve(folder, file));
@@ -91,7 +115,7 @@ export function resolveConfigPaths(config: Config, folder: string): Config {
  */
 export function checkConfigFiles(config: Config, source: string): void {
   const issues: string[] = [];
-  for (const key of FILE_KEYS) {
+  for (const key of fileKeys(config)) {
     const file = key.get(config);
     if (!key.mustExist || file === undefined) continue;
     try {
