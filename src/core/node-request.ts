@@ -1,5 +1,6 @@
 import type { IncomingMessage } from "node:http";
 import { authorizationHeaders, type PipelineRequest } from "./pipeline.js";
+import type { RequestTrace } from "./tracing/trace.js";
 
 /**
  * Turns a `node:http` request into what the pipeline reads. Every
@@ -24,7 +25,7 @@ export function toPipelineRequest(req: IncomingMessage, signal?: AbortSignal): P
  * makes its AbortController on first use makes none for the many requests
  * that never wait on anything.
  */
-export function toLazyPipelineRequest(req: IncomingMessage, source: { readonly signal: AbortSignal }): PipelineRequest {
+export function toLazyPipelineRequest(req: IncomingMessage, source: { readonly signal: AbortSignal; readonly trace?: RequestTrace | undefined }): PipelineRequest {
   return {
     method: req.method ?? "GET",
     url: req.url ?? "/",
@@ -33,6 +34,7 @@ export function toLazyPipelineRequest(req: IncomingMessage, source: { readonly s
     get signal() {
       return source.signal;
     },
+    trace: source.trace,
   };
 }
 

@@ -6,6 +6,7 @@ import { DEFAULT_POLICY, type Action, type CompiledAccessPolicy, type CompiledRo
 import { evaluateAccess, type Resource } from "./policy/evaluate.js";
 import { checkRequiredScopes, evaluateRoute, routeMatchPath } from "./policy/routes.js";
 import type { Quota } from "./quota/quota.js";
+import { traced, type RequestTrace } from "./tracing/trace.js";
 import type { User } from "./user.js";
 
 /**
@@ -42,6 +43,8 @@ export interface PipelineRequest {
   readonly remoteAddress?: string | undefined;
   /** Aborted when the client disconnects. */
   readonly signal?: AbortSignal | undefined;
+  /** The request's trace (`tracing`): stages 3–5 add their spans to it. Undefined when tracing is off: no span is made. */
+  readonly trace?: RequestTrace | undefined;
 }
 
 /** What the pipeline established about a request it let through. */
@@ -196,6 +199,19 @@ export function createPipeline({
     }
   }
 
+  /** Stage 4: is the route declared, does the route policy allow it, does the user have the required scopes? Throws when not. */
+  function authorizeRoute(method: string, user: User | undefined, path: string, matchPath: string): void {
+    if (declared && !declared(method, matchPath)) throw new RouteNotFoundError();
+    // Also without a user: a route_policy with no provider still decides (Llama Stack 0.7).
+    if (routePolicy !== undefined && routePolicy.rules.length > 0) {
+      const decision = evaluateRoute(routePolicy, user, matchPath);
+      onDecision?.({ principal: user?.principal, action: "route", resource: path, decision });
+      // The reference's words, with the path it was asked for (canonical here).
+      if (!decision.allowed) throw new ForbiddenError(`Access denied: insufficient permissions for route ${path}`, "route_denied");
+    }
+    checkRequiredScopes(requiredScopes, user, matchPath);
+  }
+
   return {
     async authorize(request) {
       const { path, query } = canonicalTarget(request.url);
@@ -206,18 +222,20 @@ export function createPipeline({
         if (declared && !SAFE_METHODS.has(request.method) && !declared(request.method, matchPath)) throw new RouteNotFoundError();
         return { path, query, public: true, user: undefined };
       }
-      const user = await authenticate(request, path, query);
-      if (declared && !declared(request.method, matchPath)) throw new RouteNotFoundError();
-      // Also without a user: a route_policy with no provider still decides (Llama Stack 0.7).
-      if (routePolicy !== undefined && routePolicy.rules.length > 0) {
-        const decision = evaluateRoute(routePolicy, user, matchPath);
-        onDecision?.({ principal: user?.principal, action: "route", resource: path, decision });
-        // The reference's words, with the path it was asked for (canonical here).
-        if (!decision.allowed) throw new ForbiddenError(`Access denied: insufficient permissions for route ${path}`, "route_denied");
+      // Tracing: each stage in its span (traced()), only when the request has a trace.
+      const trace = request.trace;
+      const user = await (trace && provider ? traced(trace.stage("authenticate"), authenticate(request, path, query)) : authenticate(request, path, query));
+      const routeSpan = trace?.stage("route_policy");
+      try {
+        authorizeRoute(request.method, user, path, matchPath);
+      } catch (err) {
+        routeSpan?.end(err);
+        throw err;
       }
-      checkRequiredScopes(requiredScopes, user, matchPath);
+      routeSpan?.end();
       if (!quota) return { path, query, public: false, user };
-      const grant = await quota.check({ user, remoteAddress: request.remoteAddress, headers: request.headers });
+      const check = quota.check({ user, remoteAddress: request.remoteAddress, headers: request.headers });
+      const grant = await (trace ? traced(trace.stage("quota"), check) : check);
       return { path, query, public: false, user, responseHeaders: grant.headers, recordTokens: grant.recordTokens, recordSpend: grant.recordSpend };
     },
     checkAccess(context, action, resource) {

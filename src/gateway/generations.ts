@@ -6,6 +6,8 @@ import type { Logger } from "../core/log.js";
 import type { Pipeline } from "../core/pipeline.js";
 import type { AuthProvider } from "../core/providers/types.js";
 import type { ResilientRecordStore } from "../core/stores/resilient.js";
+import { startTracer } from "../core/tracing/start.js";
+import type { RequestTracer } from "../core/tracing/trace.js";
 import { createAdminApi, type AdminApi } from "../admin/api.js";
 import { createCatalog, type Catalog } from "./catalog.js";
 import type { OwnEndpoints } from "./own-endpoints.js";
@@ -35,6 +37,8 @@ export interface GatewayGeneration {
   readonly models: ModelLists | undefined;
   /** `/admin/v1/...` and `/console/` (src/admin); undefined when `server.admin.enabled` is false. */
   readonly admin: AdminApi | undefined;
+  /** Starts each request's trace (`tracing`); undefined when tracing is off. */
+  readonly tracer: RequestTracer | undefined;
 }
 
 export interface Generations {
@@ -71,6 +75,8 @@ export interface GenerationsOptions {
   readonly onUpstreamFailure?: ((name: string) => void) | undefined;
   /** Names the config in errors. */
   readonly source?: string | undefined;
+  /** Trace spans dropped (`tracing`): the queue was full or the collector did not take them. */
+  readonly onSpansDropped?: ((reason: "queue_full" | "export_failed", spans: number) => void) | undefined;
 }
 
 /** Settings a reload cannot change: they belong to the listener, the process or the record store. */
@@ -90,6 +96,7 @@ interface Held {
   readonly generation: GatewayGeneration;
   /** Each upstream, by name: carried over to the next generation when its settings did not change. */
   readonly upstreams: ReadonlyMap<string, SharedPart<Upstream>>;
+  readonly tracer: SharedPart<RequestTracer> | undefined;
   inFlight: number;
   retired: boolean;
   /** Its parts have been released; never twice. */
@@ -122,6 +129,20 @@ export async function startGenerations(options: GenerationsOptions): Promise<Gen
       await core.close();
       throw err;
     }
+    // A changed `tracing` section applies to new requests; an unchanged one keeps its tracer (and its queue).
+    let tracer: SharedPart<RequestTracer> | undefined;
+    try {
+      tracer =
+        previous?.tracer && sameJson(previous.generation.config.tracing, config.tracing)
+          ? previous.tracer.hold()
+          : config.tracing
+            ? new SharedPart(await startTracer(config.tracing, { log: log.child({ component: "tracing" }), onDropped: options.onSpansDropped }))
+            : undefined;
+    } catch (err) {
+      await releaseAll([...upstreams.values()], log);
+      await core.close();
+      throw err;
+    }
     const router = createRouter([...upstreams.values()].map((part) => part.value), config.model_aliases);
     const models = router.single ? undefined : createModelLists(router.upstreams, log.child({ component: "upstreams" }));
     // Stage 6: the resource policy for what the catalog knows (resources.ts).
@@ -135,8 +156,8 @@ export async function startGenerations(options: GenerationsOptions): Promise<Gen
     const admin = config.server.admin.enabled
       ? createAdminApi({ config, provider: core.provider, store: options.store, catalog, onProviderError, onAuthenticated: (outcome, seconds) => onAuthenticated?.(providerType, outcome, seconds) })
       : undefined;
-    const generation: GatewayGeneration = { config, core, pipeline: core.pipeline, guard, catalog, router, models, admin };
-    const entry: Held = { generation, upstreams, inFlight: 0, retired: false, released: undefined };
+    const generation: GatewayGeneration = { config, core, pipeline: core.pipeline, guard, catalog, router, models, admin, tracer: tracer?.value };
+    const entry: Held = { generation, upstreams, tracer, inFlight: 0, retired: false, released: undefined };
     held.set(generation, entry);
     return entry;
   }
@@ -175,7 +196,8 @@ export async function startGenerations(options: GenerationsOptions): Promise<Gen
   function release(entry: Held): Promise<void> {
     if (entry.released) return entry.released;
     held.delete(entry.generation);
-    const done = releaseAll([...entry.upstreams.values()], log).then(() => entry.generation.core.close());
+    // A tracer let go for good exports its pending spans first (bounded: otel.ts).
+    const done = releaseAll([...entry.upstreams.values(), entry.tracer], log).then(() => entry.generation.core.close());
     entry.released = done;
     releases.add(done);
     void done.finally(() => releases.delete(done));

@@ -33,6 +33,8 @@ export interface GatewayMetrics {
   overloaded(): void;
   /** Usage rows dropped: the record store failed for longer than the recorder holds rows (core/usage/recorder.ts). */
   usageDropped(rows: number): void;
+  /** Spans not exported (`tracing`): the export queue was full, or the collector did not take them. */
+  traceSpansDropped(reason: "queue_full" | "export_failed", spans: number): void;
   /** What the providers report: identity-service calls and cache lookups. */
   readonly providers: ProviderObserver;
 }
@@ -131,6 +133,12 @@ export function createMetrics(): GatewayMetrics {
     help: "Usage rows dropped because the record store did not take them in time (held in memory up to a bound, then dropped)",
     registers,
   });
+  const traceDrops = new Counter({
+    name: "tollgate_trace_spans_dropped_total",
+    help: "Trace spans not exported, by reason: queue_full (more ended spans than the export queue holds) or export_failed (the collector did not take them)",
+    labelNames: ["reason"] as const,
+    registers,
+  });
   const identityCalls = new Counter({
     name: "tollgate_identity_provider_requests_total",
     help: "Calls to identity services (JWKS, introspection, custom endpoint, GitHub, Kubernetes), by service",
@@ -193,6 +201,9 @@ export function createMetrics(): GatewayMetrics {
     },
     overloaded() {
       overloads.inc();
+    },
+    traceSpansDropped(reason, spans) {
+      traceDrops.labels(reason).inc(spans);
     },
     providers: {
       identityCall(service, ok) {

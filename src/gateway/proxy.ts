@@ -16,6 +16,7 @@ import { pickUpstream, servedModel, upstreamReadiness, type Upstream } from "./u
 import { drainSignal, isInference, meterUsage, prepareUsage, type UsagePlan } from "./usage.js";
 import { countForwarded } from "./usage-counting.js";
 import type { UsageRecorder } from "../core/usage/recorder.js";
+import { traced, type UpstreamSpan } from "../core/tracing/trace.js";
 
 /**
  * The proxy path: what happens to a request the pipeline (stages 1–5) let
@@ -78,7 +79,8 @@ export function createProxy({ own, metrics, log, proto, shutdown, usage: recorde
     const { router } = generation;
     // Stage 6 before forwarding; authentication off: nothing to check.
     const { guard } = generation;
-    const guarded = context.user ? await guard.before(raw, context, limits) : undefined;
+    const { trace } = state;
+    const guarded = context.user ? await (trace ? traced(trace.stage("resource_policy"), guard.before(raw, context, limits)) : guard.before(raw, context, limits)) : undefined;
     if (generation.models && isModelList(method, context.path)) {
       // Several upstreams: every one's list, merged; filtered by the policy as one upstream's would be; aliases of readable models added.
       const merged = await generation.models.fetch(context.path);
@@ -109,6 +111,9 @@ export function createProxy({ own, metrics, log, proto, shutdown, usage: recorde
     // Where it goes: the one upstream; the one a resource it names was created through; those serving its model (404 model_not_found when none).
     const sticky = guarded?.upstream === undefined ? undefined : router.named(guarded.upstream);
     const candidates = router.single ? undefined : sticky ? [sticky] : router.candidates(model ?? usage?.model);
+    // Tracing: the model, when the gateway read it (a resource policy on it, routing by it, usage metering).
+    const requested = model ?? usage?.model;
+    if (trace && requested !== undefined) trace.set("gen_ai.request.model", requested);
     // Stage 7. An inference answer is read for its usage even after the client left (usage.ts): its upstream request outlives the client, within bounds.
     const asked = performance.now();
     // Only a budget needs it: usage recording alone counts the estimate of an answer the client left.
@@ -297,7 +302,13 @@ export function createProxy({ own, metrics, log, proto, shutdown, usage: recorde
     if (sent.inspectResponse) headers = identityEncoding(headers);
     const buffered: BufferedBody | undefined = bodyless ? undefined : sent.body;
     if (buffered) headers = withBodyLength(headers, buffered.length);
-    const answer = await upstream.forwarder.forward({
+    // Tracing: the upstream request is a child span of this one, and its traceparent says so.
+    const span = state.trace?.upstream(raw.method ?? "GET", config.url);
+    if (span) {
+      span.set("tollgate.upstream", upstream.name);
+      headers = span.propagate(headers);
+    }
+    const forwarded = upstream.forwarder.forward({
       method: raw.method ?? "GET",
       path: bodyless ? context.path : sent.path,
       query: context.query,
@@ -305,6 +316,7 @@ export function createProxy({ own, metrics, log, proto, shutdown, usage: recorde
       body: bodyless ? null : buffered ? forwardedBody(buffered) : hasBody(raw.headers) ? limitBody(raw, state) : null,
       signal,
     });
+    const answer = await (span ? tracedAnswer(span, forwarded) : forwarded);
     return [upstream, answer];
   }
 }
@@ -324,6 +336,21 @@ const MERGED_UPSTREAM_NAME = "*";
 
 /** Answers that count as an upstream's failure before its first byte: retried once on another upstream. */
 const RETRIED_STATUSES: ReadonlySet<number> = new Set([502, 503, 504]);
+
+/** The upstream span ends when the answer's body has been read (or cut), or with the error that failed the request. */
+function tracedAnswer(span: UpstreamSpan, answer: Promise<UpstreamResponse>): Promise<UpstreamResponse> {
+  return answer.then(
+    (upstream) => {
+      span.set("http.response.status_code", upstream.status);
+      upstream.body.once("close", () => span.end(upstream.status >= 400 ? { code: String(upstream.status) } : undefined));
+      return upstream;
+    },
+    (err: unknown) => {
+      span.end(err);
+      throw err;
+    },
+  );
+}
 
 /** Request headers asking for an uncompressed answer: the gateway must read it (resources.ts). */
 function identityEncoding(headers: readonly string[]): string[] {

@@ -5,6 +5,7 @@ import { errorMessage } from "../core/carry-over.js";
 import { AuthError, TollgateError, UpstreamError, UpstreamTimeoutError } from "../core/errors.js";
 import type { Logger } from "../core/log.js";
 import type { RequestContext } from "../core/pipeline.js";
+import type { RequestTrace } from "../core/tracing/trace.js";
 import { lingerAfterResponse, type BodyLimits } from "./request-body.js";
 import type { BufferBudget, BufferHold } from "./buffer-budget.js";
 import type { GatewayGeneration, Generations } from "./generations.js";
@@ -35,6 +36,8 @@ export class GatewayRequestState implements BodyLimits {
   upstreamMs: number | undefined = undefined;
   /** True once the client went away before its response was complete. */
   clientLeft = false;
+  /** The request's trace (`tracing`): its server span, ended when the response closes. Undefined when tracing is off. */
+  trace: RequestTrace | undefined = undefined;
   #abort: AbortController | undefined;
 
   constructor(
@@ -106,6 +109,8 @@ export function createRequests({ generations, metrics, log, bodyBudget, shutdown
     track(req, res) {
       const generation = generations.enter();
       const state = new GatewayRequestState(generation, requestIdOf(req.headers["x-request-id"]), bodyBudget.forRequest());
+      // A client's W3C traceparent is continued (core/tracing/otel.ts).
+      if (generation.tracer) state.trace = generation.tracer.start(req.method ?? "GET", req.headers);
       res.setHeader("x-request-id", state.requestId);
       res.once("close", () => {
         const aborted = !res.writableFinished;
@@ -114,7 +119,10 @@ export function createRequests({ generations, metrics, log, bodyBudget, shutdown
         const decision = state.decision ?? (context ? (context.public ? "public" : "allowed") : "error");
         const seconds = (performance.now() - state.start) / 1000;
         // A refused request has no context: its group comes from the path it asked for.
-        metrics.request(routeGroup(context?.path ?? safeCanonicalPath(req.url)), res.statusCode, decision, seconds);
+        const path = context?.path ?? safeCanonicalPath(req.url);
+        const group = routeGroup(path);
+        metrics.request(group, res.statusCode, decision, seconds);
+        state.trace?.end(res.statusCode, path, group);
         // Method, canonical path, status, latency, principal: never the query or a header value.
         log.info(
           {
@@ -141,6 +149,8 @@ export function createRequests({ generations, metrics, log, bodyBudget, shutdown
       const { status, headers: errorHeaders, body } = errorResponse(err);
       if (state && state.decision === undefined) {
         state.decision = decisionOf(err, status, state);
+        // The trace's decision: the refusal's code; an upstream that failed was still allowed.
+        if (state.trace && !(err instanceof UpstreamError || err instanceof UpstreamTimeoutError)) state.trace.refuse(body.error.code);
         if (state.decision === "429") metrics.quotaRejected();
         if (err instanceof UpstreamError || err instanceof UpstreamTimeoutError) metrics.upstreamError(err instanceof UpstreamTimeoutError ? "timeout" : "unreachable");
       }

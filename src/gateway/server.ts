@@ -120,6 +120,7 @@ export async function createGateway(options: GatewayOptions): Promise<Gateway> {
       onProviderError: (err) => log.warn({ err: errorMessage(err) }, "authentication provider failed"),
       onQuotaStoreError: (outcome) => metrics.quotaStoreError(outcome),
     },
+    onSpansDropped: (reason, spans) => metrics.traceSpansDropped(reason, spans),
   }).catch(async (err: unknown) => {
     // The gateway owns what it was given: nothing of it outlives a failed start.
     await closeAll([usage, options.provider, store], options.log);

@@ -67,7 +67,7 @@ test("config schema prints a JSON Schema that refuses unknown keys", () => {
   const schema = JSON.parse(r.stdout) as { $schema: string; properties: Record<string, { additionalProperties?: boolean }>; additionalProperties: boolean };
   assert.match(schema.$schema, /json-schema\.org/);
   assert.equal(schema.additionalProperties, false);
-  assert.deepEqual(Object.keys(schema.properties).sort(), ["logging", "metrics", "model_aliases", "pricing", "server", "storage", "upstream", "upstreams", "usage"]);
+  assert.deepEqual(Object.keys(schema.properties).sort(), ["logging", "metrics", "model_aliases", "pricing", "server", "storage", "tracing", "upstream", "upstreams", "usage"]);
   assert.deepEqual(Object.keys((schema.properties.pricing as { properties: object }).properties).sort(), ["currency", "models"]);
 });
 

@@ -623,6 +623,14 @@ const usageSchema = z
   })
   .describe("usage recording (docs/usage.md)");
 
+const tracingSchema = z
+  .strictObject({
+    otlp_endpoint: httpUrl.describe("the OTLP/HTTP collector's base URL; spans are POSTed to {otlp_endpoint}/v1/traces (e.g. http://collector:4318)"),
+    service_name: z.string().min(1).default("tollgate").describe("service.name of every span"),
+    sample_ratio: z.number().min(0).max(1).default(1).describe("share of new traces recorded (0..1); a client's traceparent keeps its own sampled flag"),
+  })
+  .describe("OpenTelemetry traces over OTLP/HTTP (docs/tracing.md); absent: no tracing");
+
 const loggingSchema = z.strictObject({
   level: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
 });
@@ -638,6 +646,7 @@ export const configSchema = z
     pricing: pricingSchema.default({ currency: "USD", models: {} }),
     usage: usageSchema.default({ enabled: true }),
     logging: loggingSchema.default({ level: "info" }),
+    tracing: tracingSchema.optional(),
   })
   .superRefine((config, ctx) => {
     if (config.upstream !== undefined && config.upstreams !== undefined) {
@@ -677,3 +686,4 @@ export function upstreamsOf(config: Pick<Config, "upstream" | "upstreams">): rea
   if (config.upstreams !== undefined) return config.upstreams;
   return [{ name: DEFAULT_UPSTREAM_NAME, models: ["*"], ...(config.upstream ?? upstreamSchema.parse({})) }];
 }
+export type TracingConfig = NonNullable<Config["tracing"]>;
