@@ -42,7 +42,7 @@
 //   ms  many streams (bench/many-streams.mjs): BENCH_STREAMS (1000 and 5000) SSE streams held open, a token every 50 ms
 //       for BENCH_STREAM_SECONDS, direct and through 2 and 4; delay per token, RSS, CPU
 //   lp  large prompts (bench/large-prompts.mjs): 1 MiB chat bodies through 1, 2 and 4
-//   obs what a log line and the metrics cost per request (bench/observability-cost.mjs)
+//   obs what a log line, the metrics and tracing cost per request (bench/observability-cost.mjs)
 // and the report opens with issue 16's targets, met or missed. With
 // BENCH_DURATION <= 1 (CI's smoke run) they shrink: rates 250/500/1000, 200 streams for 2 s.
 //
@@ -68,7 +68,7 @@ import { fixedRateSection } from "./fixed-rate.mjs";
 import { largePromptsSection } from "./large-prompts.mjs";
 import { manyStreamsSection } from "./many-streams.mjs";
 import { findNginx, installNginx, startNginx } from "./nginx.mjs";
-import { observabilityCostSection } from "./observability-cost.mjs";
+import { observabilityCostSection, startOtlpSink } from "./observability-cost.mjs";
 import {
   BENCH_MODEL,
   REDIS_URL,
@@ -495,12 +495,19 @@ try {
     const unmetered = await policyGateway("jwt-policy-sqlite-unmetered", 30_000, sqliteQuota("quota-unmetered"), 1, {
       extra: [`storage: {type: sqlite, db_path: "${join(work, "unmetered-records.db")}"}`, "metrics: {enabled: false}"],
     });
+    // Tracing on, every request sampled, exported to a receiver on loopback (in this process: it only counts what arrives).
+    const sink = await startOtlpSink();
+    const tracedGateway = await policyGateway("jwt-policy-sqlite-traced", 30_000, sqliteQuota("quota-traced"), 1, {
+      extra: [`storage: {type: sqlite, db_path: "${join(work, "traced-records.db")}"}`, `tracing: {otlp_endpoint: "${sink.url}", sample_ratio: 1.0}`],
+    });
     const cost = await observabilityCostSection({
       variants: {
         quiet: { ...(await fullAuthTarget()), id: "4", name: `${FULL_AUTH_NAME} (logging: warn, metrics on)` },
         logged: { id: "4-log", name: "as 4, logging: info (lines per request)", headers: bearer, ...logged, log: () => readFileSync(logFile, "utf8") },
         unmetered: { id: "4-nometrics", name: "as 4, metrics: {enabled: false}", headers: bearer, ...unmetered },
+        traced: { id: "4-traced", name: "as 4, tracing: sample_ratio 1.0, OTLP/HTTP to a local receiver", headers: bearer, ...tracedGateway },
       },
+      sink,
       body: BODIES.json,
       measure,
       duration: DURATION,
@@ -509,6 +516,7 @@ try {
     });
     sections.push(...cost.lines);
     extra.observability_cost = { rows: cost.rows, ...cost.cost };
+    await sink.close();
   }
 
   /** Median share of one core, in percent, of one party over the rounds; null without /proc. */
