@@ -340,9 +340,10 @@ describe("tracing: sampling, shutdown, reload and a collector that is down", { t
     const metrics = await (await fetch(`${g.url}/metrics`)).text();
     const dropped = /^tollgate_trace_spans_dropped_total\{reason="export_failed"\} (\d+)/m.exec(metrics);
     assert.ok(dropped && Number(dropped[1]) > 0, metrics.split("\n").filter((l) => l.includes("trace")).join("\n"));
-    // Still answering, and the outage was logged once.
+    // Still answering, and the outage was logged once (by each process exporting: TOLLGATE_TEST_WORKERS runs several).
     assert.equal((await fetch(`${g.url}/v1/models`)).status, 200);
-    assert.equal(g.logLines().filter((l) => String(l.msg).startsWith("trace export failed")).length, 1);
+    const logged = g.logLines().filter((l) => String(l.msg).startsWith("trace export failed"));
+    assert.equal(new Set(logged.map((l) => l.pid)).size, logged.length, "one line per process");
   });
 });
 
