@@ -214,14 +214,14 @@ export function createQuota(options: QuotaOptions): Quota {
     if (!limits.some((l) => l.unit === unit)) return undefined;
     return async (amount: number) => {
       if (!(amount > 0)) return;
+      // Every counter of the unit asked at once: a store that answers in order (the SQLite thread, one Redis
+      // connection) adds them all before it sees a check asked for afterwards, never one of them alone.
+      const adds: Promise<void>[] = [];
       for (let i = 0; i < limits.length; i++) {
         if (limits[i]!.unit !== unit) continue;
-        try {
-          await store.add(counters[i]!.key, amount, counters[i]!.expiresAt);
-        } catch (err) {
-          onStoreError?.(err, "admitted");
-        }
+        adds.push(store.add(counters[i]!.key, amount, counters[i]!.expiresAt).catch((err: unknown) => onStoreError?.(err, "admitted")));
       }
+      await Promise.all(adds);
     };
   }
 }

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
@@ -61,9 +61,9 @@ for (const driver of drivers) {
     const store = await openSqliteQuotaStore({ dbPath: ":memory:", driver, sweepIntervalMs: 0 });
     await store.hit([{ key: "old", limit: 5, consume: true, expiresAt: 1000 }]);
     await store.hit([{ key: "new", limit: 5, consume: true, expiresAt: 5000 }]);
-    assert.equal(store.size(), 2);
-    assert.equal(store.sweep(2000), 1);
-    assert.equal(store.size(), 1);
+    assert.equal(await store.size(), 2);
+    assert.equal(await store.sweep(2000), 1);
+    assert.equal(await store.size(), 1);
     await store.close();
   });
 }
@@ -95,6 +95,44 @@ test("a namespace keeps two configurations' counters apart", async () => {
     assert.equal((await a.hit([counter])).admitted, false);
     await a.close();
     await b.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("in its thread (the default) and in the caller's, the store counts alike; checks asked before close() are answered", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "tollgate-quota-thread-"));
+  try {
+    for (const thread of [true, false]) {
+      const store = await openSqliteQuotaStore({ dbPath: join(dir, `q-${thread}.db`), sweepIntervalMs: 0, thread });
+      const counter = { key: "u_a:requests-day:0", limit: 30, consume: true, expiresAt: Date.now() + 60_000 };
+      // 40 checks in one turn: one transaction, each seeing the ones before it.
+      const asked = Array.from({ length: 40 }, () => store.hit([counter]));
+      const closed = store.close();
+      const results = await Promise.all(asked);
+      await closed;
+      assert.deepEqual(results.map((r) => r.admitted), [...Array(30).fill(true), ...Array(10).fill(false)], `thread: ${thread}`);
+      assert.deepEqual(results.slice(0, 30).map((r) => r.counts[0]), Array.from({ length: 30 }, (_, i) => i + 1));
+      await assert.rejects(store.hit([counter]), /quota store is closed/);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("a file that cannot be opened fails the open with SQLite's reason, from the thread as in the caller's", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "tollgate-quota-thread-"));
+  try {
+    // A folder where the file should be: SQLite cannot open it.
+    mkdirSync(join(dir, "q.db"));
+    for (const thread of [true, false]) {
+      const failure = await openSqliteQuotaStore({ dbPath: join(dir, "q.db"), sweepIntervalMs: 0, thread }).then(
+        () => undefined,
+        (err: unknown) => err as Error,
+      );
+      assert.ok(failure instanceof Error, `thread: ${thread}`);
+      assert.match(failure.message, /unable to open|directory|not a database/i);
+    }
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
