@@ -77,14 +77,20 @@ export async function openSqliteQuotaThread(options: SqliteQuotaStoreOptions): P
   worker.on("error", (err) => end(err));
   worker.on("exit", () => end(new Error("quota store is closed")));
 
+  /** Answers not yet received: close() waits for them (the thread answers out of order: a close could overtake them). */
+  const inFlight = new Set<Promise<Reply>>();
   function send(operation: Operation): Promise<Reply> {
     if (ended) return Promise.reject(ended);
     const id = nextId++;
-    return new Promise((resolve, reject) => {
+    const reply = new Promise<Reply>((resolve, reject) => {
       if (waiting.size === 0) worker.ref();
       waiting.set(id, { resolve, reject });
       worker.postMessage({ ...operation, id } satisfies Request);
     });
+    inFlight.add(reply);
+    const done = () => void inFlight.delete(reply);
+    reply.then(done, done);
+    return reply;
   }
   async function call(operation: Operation): Promise<unknown> {
     const reply = await send(operation);
@@ -147,6 +153,7 @@ export async function openSqliteQuotaThread(options: SqliteQuotaStoreOptions): P
       closing ??= (async () => {
         // Checks already asked for are sent before the close, and answered.
         if (batch) sendBatch();
+        await Promise.allSettled([...inFlight]);
         if (!ended) await call({ op: "close" }).catch(() => undefined);
         // Held while it ends: an unreferenced thread's exit would not keep the caller's await alive.
         worker.ref();
