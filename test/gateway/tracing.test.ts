@@ -44,6 +44,15 @@ async function traceOf(receiver: OtlpReceiver, traceId: string): Promise<{ serve
   return { server: servers[0]!, children: mine.filter((s) => s.kind !== SERVER) };
 }
 
+/** A loopback port that was just free: nothing listens there. */
+async function closedPort(): Promise<number> {
+  const probe = http.createServer().listen(0, "127.0.0.1");
+  await new Promise((r) => probe.once("listening", r));
+  const { port } = probe.address() as AddressInfo;
+  await new Promise((r) => probe.close(r));
+  return port;
+}
+
 /** Every .ts file under `dir`. */
 function listSources(dir: string): string[] {
   return readdirSync(dir, { withFileTypes: true }).flatMap((entry) =>
@@ -321,12 +330,44 @@ describe("tracing: sampling, shutdown, reload and a collector that is down", { t
     assert.ok(spans.some((s) => s.service === "reloaded" && s.name === "upstream"));
   });
 
+  test("several upstreams: an upstream that fails before answering and the one retried are two upstream spans, each naming its upstream", async () => {
+    // The first upstream refuses every connection.
+    const port = await closedPort();
+    const g = await startGateway({
+      config: {
+        server: { host: "127.0.0.1" },
+        upstreams: [
+          { name: "down", url: `http://127.0.0.1:${port}`, models: ["m-traced"] },
+          { name: "up", url: upstream.url, models: ["m-traced"] },
+        ],
+        tracing: { otlp_endpoint: receiver.url, service_name: "routed" },
+      },
+      env: FAST_EXPORT,
+    });
+    gateways.push(g);
+    const tagged = newTag();
+    const res = await fetch(`${g.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { ...tagged.headers, "content-type": "application/json" },
+      body: JSON.stringify({ model: "m-traced", messages: [{ role: "user", content: "hi" }] }),
+    });
+    assert.equal(res.status, 200, await res.text());
+    const [seen] = await assertForwarded(upstream, tagged.tag);
+    const sent = parseTraceparent(seen!.headers.traceparent);
+    const { server, children } = await traceOf(receiver, sent.traceId);
+    assert.equal(server.attributes["gen_ai.request.model"], "m-traced", "read to route it, authentication off");
+    const calls = children.filter((s) => s.name === "upstream");
+    assert.deepEqual(calls.map((s) => s.attributes["tollgate.upstream"]).sort(), ["down", "up"]);
+    const down = calls.find((s) => s.attributes["tollgate.upstream"] === "down")!;
+    const up = calls.find((s) => s.attributes["tollgate.upstream"] === "up")!;
+    assert.equal(down.status, ERROR);
+    assert.equal(down.attributes["error.type"], "bad_gateway");
+    assert.equal(up.attributes["http.response.status_code"], 200);
+    assert.equal(sent.parentId, up.spanId, "the upstream that answered names its own span as parent");
+  });
+
   test("a collector that is down fails no request; the dropped spans are counted and logged once", async () => {
-    // A port that was just free: nothing listens there.
-    const probe = http.createServer().listen(0, "127.0.0.1");
-    await new Promise((r) => probe.once("listening", r));
-    const { port } = probe.address() as AddressInfo;
-    await new Promise((r) => probe.close(r));
+    const port = await closedPort();
     const g = await gatewayWith({ otlp_endpoint: `http://127.0.0.1:${port}` });
     const statuses = await Promise.all(
       Array.from({ length: 20 }, async () => {
