@@ -47,7 +47,8 @@ export async function redisToolsOrSkip(t: { skip(message?: string): void }): Pro
   return false;
 }
 
-async function until(what: string, check: () => Promise<boolean>, timeoutMs = 20_000): Promise<void> {
+/** Polls `check` every 100 ms until it holds (a throw counts as not yet); fails naming `what` after `timeoutMs`. */
+export async function until(what: string, check: () => Promise<boolean>, timeoutMs = 20_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     if (await check().catch(() => false)) return;

@@ -349,6 +349,12 @@ const redisSentinelSchema = z
     name: z.string().min(1).describe("the master group's name in the sentinels' config (sentinel monitor <name> ...)"),
     nodes: redisNodes.describe("the sentinels: [redis://10.0.0.1:26379, ...]"),
     password: secretString.optional().describe("the sentinels' own password (requirepass of sentinel.conf), when they have one"),
+    wait_for_replicas: z
+      .number()
+      .int()
+      .min(0)
+      .default(1)
+      .describe("an admitted request waits until this many replicas have its count (WAIT), so a failover cannot lose it; 0: not waited for"),
   })
   .describe("Redis behind Sentinel: the current master is asked of the sentinels, again after a failover");
 

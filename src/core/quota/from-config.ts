@@ -115,7 +115,7 @@ export async function openQuotaStore(kvstore: QuotaConfig["kvstore"], log: Logge
       kvstore.cluster
         ? { cluster: kvstore.cluster, password }
         : kvstore.sentinel
-          ? { sentinel: kvstore.sentinel, password }
+          ? { sentinel: { ...kvstore.sentinel, waitForReplicas: kvstore.sentinel.wait_for_replicas }, password }
           : kvstore.url !== undefined
             ? { url: kvstore.url, password }
             : { host: kvstore.host ?? "localhost", port: kvstore.port ?? 6379, password },

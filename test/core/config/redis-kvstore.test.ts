@@ -33,7 +33,7 @@ test("a cluster's nodes and a sentinel group load, passwords from the environmen
   );
   assert.deepEqual(
     kvstoreOf("{type: redis, sentinel: {name: mymaster, nodes: ['rediss://s1:26379'], password: '${env.SENTINEL_PASSWORD}'}}", { SENTINEL_PASSWORD: "s3" }),
-    { type: "redis", sentinel: { name: "mymaster", nodes: ["rediss://s1:26379"], password: "s3" }, command_timeout_ms: 1000 },
+    { type: "redis", sentinel: { name: "mymaster", nodes: ["rediss://s1:26379"], password: "s3", wait_for_replicas: 1 }, command_timeout_ms: 1000 },
   );
 });
 
@@ -58,6 +58,7 @@ test("a node with a password, a database or another scheme, mixed schemes, no no
   assert.match(issuesOf("{type: redis, cluster: {nodes: []}}").join("\n"), /^server\.quota\.kvstore\.cluster\.nodes: /);
   assert.match(issuesOf("{type: redis, sentinel: {nodes: ['redis://a:1']}}").join("\n"), /^server\.quota\.kvstore\.sentinel\.name: /);
   assert.deepEqual(issuesOf("{type: redis, cluster: {nodes: ['redis://a:1'], replicas: 1}}"), ["server.quota.kvstore.cluster.replicas: unknown key"]);
+  assert.match(issuesOf("{type: redis, sentinel: {name: m, nodes: ['redis://a:1'], wait_for_replicas: -1}}").join("\n"), /^server\.quota\.kvstore\.sentinel\.wait_for_replicas: /);
 });
 
 test("a brace in a cluster's namespace is refused: it would split one check's keys over several slots", () => {

@@ -64,7 +64,17 @@ export type RedisLocation =
     }
   | {
       /** The master group `name` and its sentinels, `redis://host:port` (`rediss://`: TLS to the sentinels and the master). */
-      readonly sentinel: { readonly name: string; readonly nodes: readonly string[]; readonly password?: string | undefined };
+      readonly sentinel: {
+        readonly name: string;
+        readonly nodes: readonly string[];
+        readonly password?: string | undefined;
+        /**
+         * Replicas that must hold an admitted request's count before it is let
+         * through (WAIT); default 1. Replication is asynchronous: without it, a
+         * failover loses the counts the old master had not sent on.
+         */
+        readonly waitForReplicas?: number | undefined;
+      };
       /** The master's password. */
       readonly password?: string | undefined;
     };
@@ -106,6 +116,25 @@ export function createRedisQuotaStore(options: RedisQuotaStoreOptions): QuotaSto
    */
   const bounded = <T>(command: () => Promise<T>): Promise<T> =>
     redis instanceof Cluster ? withDeadline(command(), commandTimeoutMs) : command();
+  const replicas = "sentinel" in location ? (location.sentinel.waitForReplicas ?? 1) : 0;
+  /**
+   * Behind Sentinel, a count is kept only once a replica has it: the old
+   * master goes on taking writes between a replica's promotion and its own
+   * demotion, and those are dropped when it becomes a replica. A write that
+   * no replica acknowledged in time is a store failure (closed: refused).
+   */
+  let waiting: Promise<void> | undefined;
+  function replicated(): Promise<void> {
+    if (replicas === 0) return Promise.resolve();
+    // WAIT covers every write this connection sent before it, and blocks the connection while it
+    // waits: the checks answered in the same tick share one.
+    waiting ??= Promise.resolve().then(async () => {
+      waiting = undefined;
+      const acknowledged = await redis.wait(replicas, Math.max(1, Math.floor(commandTimeoutMs / 2)));
+      if (acknowledged < replicas) throw new Error(`Redis: ${acknowledged} of ${replicas} replicas acknowledged the count in time`);
+    });
+    return waiting;
+  }
 
   let closed = false;
 
@@ -147,6 +176,7 @@ export function createRedisQuotaStore(options: RedisQuotaStoreOptions): QuotaSto
       const args: (string | number)[] = [];
       for (const c of counters) args.push(c.limit, c.consume ? "1" : "0", c.expiresAt);
       const [admitted, ...counts] = await bounded(() => redis.tollgateHit(keys.length, ...keys, ...args));
+      if (admitted === 1 && counters.some((c) => c.consume)) await replicated();
       return { admitted: admitted === 1, counts: counts.map(Number) };
     },
     async ping() {
@@ -160,7 +190,10 @@ export function createRedisQuotaStore(options: RedisQuotaStoreOptions): QuotaSto
     },
     async add(key, amount, expiresAt) {
       await ready();
-      if (amount > 0) await bounded(() => redis.tollgateAdd(namespace + braced(key), Math.trunc(amount), expiresAt));
+      if (amount > 0) {
+        await bounded(() => redis.tollgateAdd(namespace + braced(key), Math.trunc(amount), expiresAt));
+        await replicated();
+      }
     },
     async close() {
       if (closed) return;
@@ -168,8 +201,10 @@ export function createRedisQuotaStore(options: RedisQuotaStoreOptions): QuotaSto
       try {
         await redis.quit();
       } catch {
-        redis.disconnect();
+        // Not connected: nothing to say goodbye to.
       }
+      // Also after QUIT: it leaves the sentinel subscriptions of the failover detector open, reconnecting.
+      redis.disconnect();
     },
   };
 }
