@@ -15,6 +15,7 @@ import { REPO, distFile } from "../support/gateway.js";
 import { scopedPostgres } from "../support/postgres.js";
 import { requireService } from "../support/services.js";
 import { composeCommand } from "./docker.js";
+import { execForm, parseDockerfile, type Stage } from "../support/dockerfile.js";
 
 // The deployment files (Dockerfile, .dockerignore, deploy/, docs/deploy.md):
 // static checks that catch the mistakes a broken image or stack would show
@@ -26,56 +27,6 @@ const repoFile = (path: string) => join(REPO, path);
 const read = (path: string) => readFileSync(repoFile(path), "utf8");
 
 // ---------------------------------------------------------------- Dockerfile
-
-interface Instruction {
-  /** Upper-case: FROM, RUN, COPY, ... */
-  readonly name: string;
-  /** The rest of the instruction, continuation lines joined. */
-  readonly args: string;
-}
-
-interface Stage {
-  readonly image: string;
-  readonly alias: string | undefined;
-  readonly instructions: Instruction[];
-}
-
-/** The Dockerfile as stages of instructions: comments dropped, `\` continuations joined. */
-function parseDockerfile(text: string): Stage[] {
-  const logical: string[] = [];
-  let pending = "";
-  for (const line of text.split("\n")) {
-    if (/^\s*#/.test(line)) continue; // comments (and the syntax directive), also inside a continuation
-    if (/\\\s*$/.test(line)) {
-      pending += line.replace(/\\\s*$/, " ");
-      continue;
-    }
-    const full = (pending + line).trim();
-    pending = "";
-    if (full) logical.push(full);
-  }
-  const stages: Stage[] = [];
-  for (const line of logical) {
-    const [, name = "", args = ""] = /^(\S+)\s*(.*)$/.exec(line) ?? [];
-    const upper = name.toUpperCase();
-    if (upper === "FROM") {
-      const [, image = "", alias] = /^(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?/i.exec(args) ?? [];
-      stages.push({ image, alias, instructions: [] });
-    } else if (upper !== "ARG" || stages.length > 0) {
-      const stage = stages.at(-1);
-      assert.ok(stage, `${upper} before the first FROM`);
-      stage.instructions.push({ name: upper, args });
-    }
-  }
-  return stages;
-}
-
-/** The JSON array of an exec-form instruction (`["node", "-e", "..."]`), or undefined for shell form. */
-function execForm(args: string): string[] | undefined {
-  const trimmed = args.trim();
-  if (!trimmed.startsWith("[")) return undefined;
-  return JSON.parse(trimmed) as string[];
-}
 
 const dockerfile = parseDockerfile(read("Dockerfile"));
 const runtime = dockerfile.at(-1)!;
