@@ -164,7 +164,7 @@ export async function openSqliteQuotaThread(options: SqliteQuotaStoreOptions): P
   };
 }
 
-/** The thread's side: the store, opened in the thread, answering one message at a time in order. */
+/** The thread's side: the store, opened in the thread; the checks of one message go into one transaction, answered together. */
 async function serve(options: SqliteQuotaStoreOptions): Promise<void> {
   const port = parentPort!;
   let store: SqliteQuotaStore;
