@@ -9,6 +9,7 @@ import { Agent, request } from "undici";
 import { distFile, readCmdline, startGateway, type GatewayProcess } from "../support/gateway.js";
 import { requireService } from "../support/services.js";
 import { startUpstreamProcess, type UpstreamProcess } from "../support/upstream.js";
+import { clearOfWindowEnd } from "../support/windows.js";
 
 // `tollgate serve --workers 2`: a supervisor and two worker processes sharing
 // the port, as real processes, seen from outside.
@@ -402,6 +403,7 @@ describe("serve --workers", { timeout: 600_000 }, () => {
 
   /** Sends `count` requests all at once, each on its own connection; counts the statuses. */
   async function burst(gateway: GatewayProcess, count: number): Promise<Record<number, number>> {
+    await clearOfWindowEnd("hour", 30_000);
     const agent = new Agent({ connections: count });
     try {
       const statuses = await Promise.all(

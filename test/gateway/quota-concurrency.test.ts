@@ -8,6 +8,7 @@ import { Agent, request } from "undici";
 import { startGateway, type GatewayProcess } from "../support/gateway.js";
 import { requireService } from "../support/services.js";
 import { startUpstreamProcess, type UpstreamProcess } from "../support/upstream.js";
+import { clearOfWindowEnd } from "../support/windows.js";
 
 /**
  * Counting is exact across processes: N `tollgate serve` processes sharing
@@ -54,6 +55,7 @@ async function replicas(n: number, kvstore: Record<string, unknown>): Promise<Ga
 
 /** Fires all requests at once, spread round-robin over the replicas; counts the statuses. */
 async function burst(targets: GatewayProcess[], principal: string): Promise<Record<number, number>> {
+  await clearOfWindowEnd("hour", 30_000);
   const statuses = await Promise.all(
     Array.from({ length: REQUESTS }, async (_, i) => {
       const res = await request(`${targets[i % targets.length]!.url}/v1/models`, { headers: { "x-user": principal }, dispatcher: agent });

@@ -11,6 +11,11 @@ import type { CounterCheck, HitResult, QuotaStore } from "../store.js";
  * Redis Cluster hash tag, so one client's counters live in one slot and the
  * multi-key script stays valid on a cluster.
  *
+ * A counter outlives its window by {@link EXPIRY_GRACE_MS}: a check computed
+ * just before the window ends may reach Redis just after, and it must find
+ * the window's count, not a key that `PEXPIREAT` in the past has deleted
+ * (which would admit every late check of a full window).
+ *
  * The same on a Redis Cluster (every check's keys share the client's slot,
  * so the script stays one atomic step on one master) and behind Sentinel
  * (the master is asked of the sentinels, and again after a failover).
@@ -44,6 +49,9 @@ end
 table.insert(counts, 1, admitted)
 return counts
 `;
+
+/** How long a counter is kept after its window ends, for the checks of that window still on their way. */
+export const EXPIRY_GRACE_MS = 60_000;
 
 /** INCRBY, then make sure the counter expires with its window. */
 const ADD_SCRIPT = `
@@ -174,7 +182,7 @@ export function createRedisQuotaStore(options: RedisQuotaStoreOptions): QuotaSto
       await ready();
       const keys = counters.map((c) => namespace + braced(c.key));
       const args: (string | number)[] = [];
-      for (const c of counters) args.push(c.limit, c.consume ? "1" : "0", c.expiresAt);
+      for (const c of counters) args.push(c.limit, c.consume ? "1" : "0", c.expiresAt + EXPIRY_GRACE_MS);
       const [admitted, ...counts] = await bounded(() => redis.tollgateHit(keys.length, ...keys, ...args));
       if (admitted === 1 && counters.some((c) => c.consume)) await replicated();
       return { admitted: admitted === 1, counts: counts.map(Number) };
@@ -191,7 +199,7 @@ export function createRedisQuotaStore(options: RedisQuotaStoreOptions): QuotaSto
     async add(key, amount, expiresAt) {
       await ready();
       if (amount > 0) {
-        await bounded(() => redis.tollgateAdd(namespace + braced(key), Math.trunc(amount), expiresAt));
+        await bounded(() => redis.tollgateAdd(namespace + braced(key), Math.trunc(amount), expiresAt + EXPIRY_GRACE_MS));
         await replicated();
       }
     },
