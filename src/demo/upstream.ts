@@ -13,7 +13,8 @@ import zlib from "node:zlib";
  * it. Replies are deterministic: chat echoes the last user message, embeddings
  * are derived from a hash of the input.
  *
- * Routes: `GET /health`, `GET /v1/models`, `GET /v1/models/{id}`,
+ * Routes: `GET /health`, `GET /v1/models`, `GET /v1/models/{id}` (with
+ * `ollama`, also Ollama's `GET /api/tags` and `GET /api/ps`),
  * `POST /v1/chat/completions` (SSE with `stream: true`), `POST /v1/completions`,
  * `POST /v1/embeddings`, files / vector stores / responses (create, list with
  * `after`/`limit` pagination, retrieve, delete; kept in memory), `/echo/*` (any method: answers what it received) and
@@ -71,6 +72,8 @@ export interface DemoUpstreamOptions {
   chunkDelayMs?: number;
   /** The models it lists and serves (`GET /v1/models`); default {@link DEMO_MODELS}. Several started with different lists stand for several model servers. */
   models?: readonly string[];
+  /** Also list them as Ollama does (`GET /api/tags`, `GET /api/ps`); default false: those are 404, as on vLLM. */
+  ollama?: boolean;
 }
 
 export interface DemoUpstream {
@@ -191,7 +194,7 @@ function llamaStackNotFound(kind: "models" | "files" | "vector_stores" | "respon
 
 /** Starts the demo upstream; see the module comment for what it serves. */
 export async function startDemoUpstream(options: DemoUpstreamOptions = {}): Promise<DemoUpstream> {
-  const { port = 0, host = "127.0.0.1", chunkDelayMs = 0, models = DEMO_MODELS } = options;
+  const { port = 0, host = "127.0.0.1", chunkDelayMs = 0, models = DEMO_MODELS, ollama = false } = options;
   const requests: DemoRequest[] = [];
   let nextId = 1;
   let sequence = 0;
@@ -249,6 +252,10 @@ export async function startDemoUpstream(options: DemoUpstreamOptions = {}): Prom
     }
     if (method === "GET" && path === "/v1/models") {
       sendJson(res, 200, { object: "list", data: models.map(model) });
+      return;
+    }
+    if (ollama && method === "GET" && (path === "/api/tags" || path === "/api/ps")) {
+      sendJson(res, 200, { models: models.map(ollamaModel) });
       return;
     }
     if (method === "GET" && path.startsWith("/v1/models/")) {
@@ -369,6 +376,12 @@ export async function startDemoUpstream(options: DemoUpstreamOptions = {}): Prom
 
   function model(id: string) {
     return { id, object: "model", created: CREATED, owned_by: "tollgate-demo" };
+  }
+
+  /** An entry of Ollama's model lists (docs/api.md): named twice, `name` and `model`. */
+  function ollamaModel(name: string) {
+    const digest = createHash("sha256").update(name).digest("hex");
+    return { name, model: name, modified_at: new Date(CREATED * 1000).toISOString(), size: 1_000_000, digest, details: { format: "gguf", family: "demo" } };
   }
 
   function requestBody(res: ServerResponse, record: DemoRequest): Record<string, unknown> | undefined {
@@ -528,7 +541,7 @@ export async function startDemoUpstream(options: DemoUpstreamOptions = {}): Prom
 }
 
 /**
- * `node dist/demo/upstream.js [--port N] [--host H] [--chunk-delay-ms N] [--models a,b]`:
+ * `node dist/demo/upstream.js [--port N] [--host H] [--chunk-delay-ms N] [--models a,b] [--ollama]`:
  * prints the base URL alone on the first line of stdout once it listens;
  * exits 0 on SIGTERM / SIGINT.
  */
@@ -540,6 +553,7 @@ export async function main(argv: readonly string[] = process.argv.slice(2)): Pro
       host: { type: "string", default: "127.0.0.1" },
       "chunk-delay-ms": { type: "string", default: "0" },
       models: { type: "string" },
+      ollama: { type: "boolean", default: false },
     },
   });
   const upstream = await startDemoUpstream({
@@ -547,6 +561,7 @@ export async function main(argv: readonly string[] = process.argv.slice(2)): Pro
     host: values.host,
     chunkDelayMs: Number(values["chunk-delay-ms"]),
     ...(values.models !== undefined ? { models: values.models.split(",").filter((m) => m !== "") } : {}),
+    ollama: values.ollama,
   });
   process.stdout.write(`${upstream.url}\n`);
   const stop = () => {

@@ -85,7 +85,7 @@ export function createProxy({ own, metrics, log, proto, shutdown, usage: recorde
       // Several upstreams: every one's list, merged; filtered by the policy as one upstream's would be; aliases of readable models added.
       const merged = await generation.models.fetch(context.path);
       const filtered = guarded ? await guard.after(guarded, context, merged, () => Promise.reject(new UpstreamError("A merged model list has no further pages"))) : merged;
-      relay(res, state, undefined, Object.keys(router.aliases).length > 0 ? await withAliases(filtered, router.aliases) : filtered);
+      relay(res, state, undefined, Object.keys(router.aliases).length > 0 ? await withAliases(filtered, context.path, router.aliases) : filtered);
       return;
     }
     let body = guarded?.body;

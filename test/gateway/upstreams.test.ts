@@ -76,8 +76,9 @@ describe("several upstreams, routed by model", { timeout: 120_000 }, () => {
 
   before(async () => {
     [a, b, c, leaky] = await Promise.all([
-      startUpstreamProcess(["--models", "m-big,guard-1"]),
-      startUpstreamProcess(["--models", "m-small,m-other"]),
+      // a and b also speak Ollama's list API (/api/tags, /api/ps); c, like vLLM, answers it 404.
+      startUpstreamProcess(["--models", "m-big,guard-1", "--ollama"]),
+      startUpstreamProcess(["--models", "m-small,m-other", "--ollama"]),
       startUpstreamProcess(["--models", "m-big"]),
       startLeakyUpstream(),
     ]);
@@ -197,6 +198,23 @@ describe("several upstreams, routed by model", { timeout: 120_000 }, () => {
     assert.deepEqual(await list(bob), ["m-small"], "bob reads m-small only; gpt-4o is m-big, which he may not read");
   });
 
+  test("Ollama's GET /api/tags and /api/ps merge the lists of the upstreams that speak it (a vLLM's 404 left out), filtered by the policy, aliases listed", async () => {
+    for (const path of ["/api/tags", "/api/ps"]) {
+      const list = async (who: Record<string, string>) => {
+        const res = await fetch(`${gateway.url}${path}`, { headers: who });
+        assert.equal(res.status, 200, path);
+        return ((await res.json()) as { models: { name: string; model: string }[] }).models;
+      };
+      const all = await list(admin);
+      assert.deepEqual(all.map((m) => m.name), ["m-big", "gpt-4o", "guard-1", "m-small", "m-other"], path);
+      assert.deepEqual(all.find((m) => m.name === "gpt-4o")?.model, "gpt-4o", "an alias's entry names the alias twice, as Ollama's do");
+      assert.deepEqual((await list(bob)).map((m) => m.name), ["m-small"], path);
+      // Without authentication the merge is the same, unfiltered.
+      const open_ = await fetch(`${open.url}${path}`);
+      assert.deepEqual(((await open_.json()) as { models: { name: string }[] }).models.map((m) => m.name), ["m-big", "guard-1", "m-small", "small", "m-other"], path);
+    }
+  });
+
   test("GET /v1/models/{id} asks the upstream serving the model", async () => {
     const res = await fetch(`${gateway.url}/v1/models/guard-1`, { headers: admin });
     assert.equal(res.status, 200, "only big-1 serves guard-1; the \"*\" upstream would answer 404");
@@ -305,6 +323,13 @@ describe("resources remember their upstream", { timeout: 120_000 }, () => {
   after(async () => {
     await gateway?.close();
     await Promise.all([big?.close(), rest?.close()]);
+  });
+
+  test("Ollama's GET /api/tags when no upstream speaks it (each answers 404): a 404, not a 502", async () => {
+    const res = await fetch(`${gateway.url}/api/tags`, { headers: { "x-user": "ada" } });
+    assert.equal(res.status, 404);
+    const { error } = (await res.json()) as { error: { code: string; message: string } };
+    assert.deepEqual([error.code, error.message], ["not_found", "No upstream serves GET /api/tags"]);
   });
 
   async function reload(upstreams: Record<string, unknown>[]): Promise<void> {
