@@ -25,12 +25,23 @@ export interface ThrowawaySentinel {
   stop(): Promise<void>;
 }
 
-export async function throwawaySentinel(): Promise<ThrowawaySentinel> {
+/**
+ * `password`: the master's and replica's (`requirepass`, `masterauth`, the
+ * sentinel's `auth-pass`); `sentinelPassword`: the sentinel's own (`requirepass`).
+ */
+export async function throwawaySentinel({ password, sentinelPassword }: { password?: string; sentinelPassword?: string } = {}): Promise<ThrowawaySentinel> {
   const dir = mkdtempSync(join(tmpdir(), "tollgate-redis-sentinel-"));
   const [masterPort, sentinelPort] = [await closedPort(), await closedPort()];
   const replicaPorts = [await closedPort()];
+  const auth = (secret: string | undefined) => (secret === undefined ? [] : ["-a", secret, "--no-auth-warning"]);
+  /** redis-cli against a server (its password) or the sentinel (its own). */
+  const cli = (port: number, ...args: string[]) => redisCli(port, ...auth(port === sentinelPort ? sentinelPassword : password), ...args);
   const server = (port: number, ...args: string[]) =>
-    redisProcess(port, ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir, ...args]);
+    redisProcess(port, [
+      "--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir,
+      ...(password === undefined ? [] : ["--requirepass", password, "--masterauth", password]),
+      ...args,
+    ]);
   const servers = [server(masterPort), ...replicaPorts.map((port) => server(port, "--replicaof", "127.0.0.1", String(masterPort)))];
   const conf = join(dir, "sentinel.conf");
   // The sentinel rewrites its file (what it learns of replicas, the new master after a failover).
@@ -43,6 +54,8 @@ export async function throwawaySentinel(): Promise<ThrowawaySentinel> {
       `sentinel monitor mymaster 127.0.0.1 ${masterPort} 1`,
       "sentinel down-after-milliseconds mymaster 1000",
       "sentinel failover-timeout mymaster 10000",
+      ...(password === undefined ? [] : [`sentinel auth-pass mymaster ${password}`]),
+      ...(sentinelPassword === undefined ? [] : [`requirepass ${sentinelPassword}`]),
       "",
     ].join("\n"),
   );
@@ -53,16 +66,16 @@ export async function throwawaySentinel(): Promise<ThrowawaySentinel> {
     sentinel,
     servers,
     async masterPort() {
-      const [, port] = (await redisCli(sentinelPort, "sentinel", "get-master-addr-by-name", "mymaster")).trim().split("\n");
+      const [, port] = (await cli(sentinelPort, "sentinel", "get-master-addr-by-name", "mymaster")).trim().split("\n");
       return Number(port);
     },
     async failover() {
       const before = await group.masterPort();
       // NOGOODSLAVE while the sentinel's news of the replica is stale: asked again.
-      await until("the sentinel to start a failover", async () => (await redisCli(sentinelPort, "sentinel", "failover", "mymaster")).trim() === "OK");
+      await until("the sentinel to start a failover", async () => (await cli(sentinelPort, "sentinel", "failover", "mymaster")).trim() === "OK");
       await until("the sentinel to name a new master", async () => (await group.masterPort()) !== before);
       const after = await group.masterPort();
-      await until("the new master to take writes", async () => (await redisCli(after, "role")).startsWith("master"));
+      await until("the new master to take writes", async () => (await cli(after, "role")).startsWith("master"));
       return after;
     },
     async stop() {
@@ -74,12 +87,12 @@ export async function throwawaySentinel(): Promise<ThrowawaySentinel> {
   try {
     for (const s of servers) await s.start();
     for (const port of replicaPorts) {
-      await until("a replica to sync", async () => (await redisCli(port, "info", "replication")).includes("master_link_status:up"));
+      await until("a replica to sync", async () => (await cli(port, "info", "replication")).includes("master_link_status:up"));
     }
     await sentinel.start();
     // SENTINEL FAILOVER needs a replica the sentinel knows of (learnt from the master's INFO).
     await until("the sentinel to find the replicas", async () => {
-      const replicas = await redisCli(sentinelPort, "sentinel", "replicas", "mymaster");
+      const replicas = await cli(sentinelPort, "sentinel", "replicas", "mymaster");
       return replicaPorts.every((port) => replicas.includes(String(port)));
     });
     return group;

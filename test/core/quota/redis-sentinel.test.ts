@@ -80,3 +80,42 @@ test("sentinel: after a failover the store writes to the new master; no count is
   );
   assert.match(await redisCli(oldMaster, "role"), /^slave/);
 });
+
+test("sentinel with passwords: the sentinels' own (sentinel.password) and the servers' (password); a wrong or missing one fails the check, never naming it", async (t) => {
+  if (await skipUnlessSentinel(t)) return;
+  const [serverPassword, sentinelPassword] = ["srv-Pw-83kd", "snt-Pw-19xq"];
+  const secured = await throwawaySentinel({ password: serverPassword, sentinelPassword });
+  try {
+    const namespace = `tollgate-test:${randomUUID()}:`;
+    const storeWith = (sentinelSecret: string | undefined, serverSecret: string | undefined, commandTimeoutMs = 4000) => {
+      const store = createRedisQuotaStore({
+        location: { sentinel: { name: secured.name, nodes: [secured.sentinelUrl], password: sentinelSecret }, password: serverSecret },
+        namespace,
+        commandTimeoutMs,
+      });
+      stores.push(store);
+      return store;
+    };
+    const counter = { key: "u_p:requests-day:0", limit: 5, consume: true, expiresAt: Date.now() + 60_000 };
+    const store = storeWith(sentinelPassword, serverPassword);
+    const results = await Promise.all(Array.from({ length: 20 }, () => store.hit([counter])));
+    assert.equal(results.filter((r) => r.admitted).length, 5);
+
+    for (const [what, refused] of [
+      ["a wrong sentinel password", storeWith("not-the-sentinels", serverPassword, 1000)],
+      ["no sentinel password", storeWith(undefined, serverPassword, 1000)],
+      ["a wrong server password", storeWith(sentinelPassword, "not-the-servers", 1000)],
+    ] as const) {
+      const failure = await refused.hit([counter]).then(
+        () => undefined,
+        (err: unknown) => err,
+      );
+      assert.ok(failure instanceof Error, `${what}: the check must fail (closed: 503), not count`);
+      for (const secret of [serverPassword, sentinelPassword, "not-the-sentinels", "not-the-servers"]) {
+        assert.ok(!failure.message.includes(secret), `${what}: ${failure.message}`);
+      }
+    }
+  } finally {
+    await secured.stop();
+  }
+});
