@@ -499,7 +499,8 @@ const MAX_KEY_BYTES = 32;
  * a large answer is held. The estimate is the answer's bytes / 4.
  */
 function jsonScanner(onUsage: (tokens: TokenCount) => void): Scanner {
-  const scanner = jsonByteScanner(onUsage);
+  /** Made only for an answer too large to hold. */
+  let scanner: Scanner | undefined;
   /** The answer so far while it is small: parsed once, natively, at its end. */
   let held: Buffer[] | undefined = [];
   let heldBytes = 0;
@@ -512,10 +513,11 @@ function jsonScanner(onUsage: (tokens: TokenCount) => void): Scanner {
           return chunk;
         }
         // Too large to hold: scanned from its start, as it streams.
+        scanner = jsonByteScanner(onUsage);
         for (const piece of held) scanner.push(piece);
         held = undefined;
       }
-      return scanner.push(chunk);
+      return scanner!.push(chunk);
     },
     end() {
       if (held) {
@@ -533,7 +535,7 @@ function jsonScanner(onUsage: (tokens: TokenCount) => void): Scanner {
       }
       return "";
     },
-    streamedTokens: () => (held ? Math.ceil(heldBytes / BYTES_PER_TOKEN) : scanner.streamedTokens()),
+    streamedTokens: () => (scanner ? scanner.streamedTokens() : Math.ceil(heldBytes / BYTES_PER_TOKEN)),
   };
 }
 

@@ -177,6 +177,10 @@ test("an answer without a readable usage is charged the estimate: max tokens plu
   assert.deepEqual((await run([content("a") + content("b") + content("c")], "text/event-stream", true, { estimate: streamed })).recorded, [13]);
   assert.deepEqual((await run([gzipSync("{}")], "application/json", false, { contentEncoding: "x-unknown", estimate })).recorded, [60]);
   assert.deepEqual((await run(["{}"], "application/json", false, { estimate: { promptTokens: 0, maxTokens: 0 } })).recorded, [1], "never zero");
+  // A small JSON answer (held whole) without a usage, no max tokens: its bytes / 4, as a large one's.
+  const answer = JSON.stringify({ id: "x", text: "a".repeat(380) });
+  assert.equal(answer.length, 400);
+  assert.deepEqual((await run([answer.slice(0, 150), answer.slice(150)], "application/json", false, { estimate: streamed })).recorded, [110]);
   // Not an inference answer: nothing to estimate.
   assert.deepEqual((await run(["{}"], "application/json", false)).recorded, []);
 });
