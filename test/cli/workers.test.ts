@@ -245,6 +245,9 @@ describe("serve --workers", { timeout: 600_000 }, () => {
       try {
         assert.deepEqual(await burst(gateway, 180), { 200: 60, 429: 120 });
         if (!requirePidInLogs(t, gateway)) return;
+        // A line is written once its response has gone: wait for all 180 (a refusal's line names no path) before asking who wrote them.
+        const burstLines = () => gateway.logLines().filter((l) => l.msg === "request" && (l.path === "/v1/models" || l.status === 429));
+        await gateway.waitForLog(() => burstLines().length >= 180);
         assert.equal(answeringPids(gateway, "/v1/models").size, 2, "both workers took part");
       } finally {
         await gateway.stop();
@@ -261,6 +264,8 @@ describe("serve --workers", { timeout: 600_000 }, () => {
       // Several scrapes on new connections land on both workers: each shows the whole gateway.
       for (let i = 0; i < 4; i++) assert.equal(await allowedRequests(gateway.url), before + 60);
       if (!requirePidInLogs(t, gateway)) return;
+      // A line is written once its response has gone: wait for them all before asking who wrote them.
+      await gateway.waitForLog(() => gateway.logLines().filter((l) => l.msg === "request" && (l.path === "/v1/models" || l.path === "/metrics")).length >= 64);
       assert.equal(answeringPids(gateway, "/v1/models").size, 2, "both workers served requests");
       assert.equal(answeringPids(gateway, "/metrics").size, 2, "both workers answered scrapes");
     } finally {
