@@ -341,6 +341,52 @@ export async function formField(body: BufferedBody, contentTypeHeader: string, n
   return typeof values[0] === "string" ? values[0] : undefined;
 }
 
+/**
+ * The multipart/form-data body with its text field `name` set to `value`
+ * (a model alias replaced by its target in an audio upload): the value's
+ * bytes spliced in place, the boundary and every other part untouched.
+ * Undefined unless exactly one part is that field, named plainly
+ * (`name="model"`, no `filename`) and by no other spelling a server could
+ * read as it, so that the upstream reads the rewritten value and no other.
+ *
+ * @example withFormField(body, "multipart/form-data; boundary=x", "model", "whisper-large-v3")
+ */
+export function withFormField(body: BufferedBody, contentTypeHeader: string, name: string, value: string): BufferedBody | undefined {
+  if (body.contentType !== "multipart/form-data") return undefined;
+  const boundary = /;\s*boundary=(?:"([^"]+)"|([^;\s]+))/i.exec(contentTypeHeader);
+  if (!boundary) return undefined;
+  const bytes = body.parts.length === 1 ? body.parts[0]! : Buffer.concat(body.parts as Buffer[], body.length);
+  const delimiter = Buffer.from(`\r\n--${boundary[1] ?? boundary[2]}`);
+  const plain = new RegExp(`^content-disposition:\\s*form-data\\s*;\\s*name="${escapeRegExp(name)}"\\s*$`, "im");
+  // Any parameter a lenient parser could read as the field's name (`name=model`, `name*=...`); `filename` is not one.
+  const spelled = new RegExp(`(?:^|[;\\s])name\\*?\\s*=\\s*"?${escapeRegExp(name)}(?:"|;|\\s|$)`, "im");
+  let found: { start: number; end: number } | undefined;
+  // The body starts with the first delimiter (without its CRLF); each part's headers end at a blank line.
+  let at = bytes.indexOf(delimiter.subarray(2));
+  if (at !== 0) return undefined;
+  at += delimiter.length - 2;
+  for (;;) {
+    if (bytes[at] === 0x2d && bytes[at + 1] === 0x2d) break; // "--": the closing delimiter
+    const headersEnd = bytes.indexOf("\r\n\r\n", at);
+    const next = bytes.indexOf(delimiter, at);
+    if (headersEnd === -1 || next === -1 || headersEnd > next) return undefined;
+    const headers = bytes.toString("latin1", at, headersEnd);
+    if (spelled.test(headers)) {
+      // A second part a server could take for the field, or one spelled otherwise: no rewrite.
+      if (found || !plain.test(headers) || /filename/i.test(headers)) return undefined;
+      found = { start: headersEnd + 4, end: next };
+    }
+    at = next + delimiter.length;
+  }
+  if (!found) return undefined;
+  const parts = [bytes.subarray(0, found.start), Buffer.from(value, "utf8"), bytes.subarray(found.end)];
+  return { parts, length: parts.reduce((sum, part) => sum + part.length, 0), json: undefined, contentType: body.contentType };
+}
+
+function escapeRegExp(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+}
+
 /** A rewritten body up to this size is joined into one buffer before it is forwarded: a copy this small costs less than a stream. */
 const JOIN_BELOW_BYTES = 64 * 1024;
 

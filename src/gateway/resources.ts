@@ -193,7 +193,8 @@ export function createResourceGuard({ pipeline, catalog, store, log, upstreams, 
       const { entry } = match;
       const needsBody = match.bodyFields !== undefined || (entry.reads?.length ?? 0) > 0 || entry.stores !== undefined;
       let body = needsBody ? await readJsonBody(raw, limits) : undefined;
-      const named = body ? bodyReader(body, String(raw.headers["content-type"] ?? "")) : undefined;
+      const contentType = String(raw.headers["content-type"] ?? "");
+      const named = body ? bodyReader(body, contentType) : undefined;
 
       let id = match.pathId;
       // The model as served: an alias is replaced by its target before any check (a rule on the alias never matches).
@@ -204,7 +205,7 @@ export function createResourceGuard({ pipeline, catalog, store, log, upstreams, 
         if (id === undefined && !(entry.optional && match.action !== "create" && match.action !== "delete")) {
           throw new BadRequestError(`Missing or invalid ${match.bodyFields[0]}: a string is required`, "invalid_request");
         }
-        if (id !== undefined && match.type === "model") ({ body, model: id } = servedModel(body!, match.bodyFields, id, aliases));
+        if (id !== undefined && match.type === "model") ({ body, model: id } = servedModel(body!, match.bodyFields, id, aliases, contentType));
       } else if (id !== undefined && match.type === "model" && Object.hasOwn(aliases, id) && context.path.endsWith(`/${id}`)) {
         // GET /v1/models/{alias}: asked of the upstream serving the target, by the target's name.
         path = `${context.path.slice(0, -id.length)}${aliases[id]}`;
@@ -237,7 +238,7 @@ export function createResourceGuard({ pipeline, catalog, store, log, upstreams, 
           throw new BadRequestError(`Missing or invalid ${read.field}: a string is required`, "invalid_request");
         }
         if (read.type === "model") {
-          ({ body, model: other } = servedModel(body!, [read.field], other, aliases));
+          ({ body, model: other } = servedModel(body!, [read.field], other, aliases, contentType));
           model = other;
         }
         sticky ??= await check(context, read.type, "read", other);

@@ -1,7 +1,7 @@
 import type { UpstreamConfig } from "../core/config/schema.js";
 import { BadRequestError, NotFoundError, RouteNotFoundError } from "../core/errors.js";
 import { createForwarder, type Forwarder } from "./forward.js";
-import { jsonMember, withJsonMemberScanned, type BufferedBody } from "./request-body.js";
+import { jsonMember, withFormField, withJsonMemberScanned, type BufferedBody } from "./request-body.js";
 
 /**
  * Several upstreams, routed by model (DESIGN.md "Several upstreams, routed
@@ -198,19 +198,27 @@ export function upstreamReadiness(router: Router): UpstreamReadiness {
  * The model a request is checked and forwarded as: an alias's target
  * (`model_aliases`), with the body field naming it (the first of `fields`
  * that holds `model`) rewritten to the target; unchanged when `model` is no
- * alias. An alias in a body that is not a JSON object (a form upload) is a
- * 400: the upstream would be sent the alias's name, unchecked.
+ * alias. The field is rewritten in a JSON object or, given the request's
+ * `contentTypeHeader`, in a multipart form (an audio upload). An alias the
+ * gateway cannot rewrite (another kind of body, or a form naming the field
+ * more than once) is a 400: the upstream would be sent the alias's name, unchecked.
  */
 export function servedModel(
   body: BufferedBody,
   fields: readonly string[],
   model: string,
   aliases: Readonly<Record<string, string>>,
+  contentTypeHeader?: string,
 ): { body: BufferedBody; model: string } {
   const target = Object.hasOwn(aliases, model) ? aliases[model]! : undefined;
   if (target === undefined) return { body, model };
   const field = fields.find((name) => jsonMember(body, name) === model);
-  const rewritten = field === undefined ? body : withJsonMemberScanned(body, field, target);
-  if (rewritten === body) throw new BadRequestError(`The model alias '${model}' can only be rewritten in a JSON body: name the model '${target}'`, "invalid_request");
+  let rewritten = field === undefined ? undefined : withJsonMemberScanned(body, field, target);
+  if (rewritten === undefined && contentTypeHeader !== undefined) {
+    for (const name of fields) if ((rewritten = withFormField(body, contentTypeHeader, name, target))) break;
+  }
+  if (rewritten === undefined || rewritten === body) {
+    throw new BadRequestError(`The model alias '${model}' can only be rewritten in a JSON body or a multipart form naming it once: name the model '${target}'`, "invalid_request");
+  }
   return { body: rewritten, model: target };
 }

@@ -151,6 +151,32 @@ describe("several upstreams, routed by model", { timeout: 120_000 }, () => {
     assert.equal((JSON.parse(sent!.body) as { model: string }).model, "m-big");
   });
 
+  test("an alias in a multipart upload (audio) is checked and forwarded as its target, the rest of the form untouched", async () => {
+    const upload = async (who: Record<string, string>, fields: [string, string][]) => {
+      const form = new FormData();
+      form.append("file", new Blob([Buffer.from([0x52, 0x49, 0x46, 0x46, 0, 13, 10])]), "clip.wav");
+      for (const [name, value] of fields) form.append(name, value);
+      const tag = `rt-${randomUUID()}`;
+      const res = await fetch(`${gateway.url}/v1/audio/transcriptions`, { method: "POST", headers: { "x-request-id": tag, ...who }, body: form });
+      return { status: res.status, body: await res.text(), tag };
+    };
+    const refused = await upload(bob, [["model", "gpt-4o"]]);
+    assert.equal(refused.status, 404, "checked as m-big, which bob may not read");
+    assert.deepEqual(Object.values(await seenBy(upstreams, refused.tag)).flat(), []);
+
+    const allowed = await upload(admin, [["model", "gpt-4o"], ["language", "fr"]]);
+    const name = await receiver(upstreams, allowed.tag);
+    assert.ok(["a", "c"].includes(name), `gpt-4o is m-big, served by big-1 or big-2 (${allowed.status} ${allowed.body})`);
+    const [sent] = (await seenBy(upstreams, allowed.tag))[name]!;
+    const received = await new Response(sent!.body, { headers: { "content-type": String(sent!.headers["content-type"]) } }).formData();
+    assert.deepEqual([received.get("model"), received.get("language"), (received.get("file") as File).name], ["m-big", "fr", "clip.wav"]);
+
+    // Named twice: the gateway cannot tell which one the upstream reads; refused, never forwarded.
+    const twice = await upload(admin, [["model", "gpt-4o"], ["model", "gpt-4o"]]);
+    assert.equal(twice.status, 400, twice.body);
+    assert.deepEqual(Object.values(await seenBy(upstreams, twice.tag)).flat(), []);
+  });
+
   test("each upstream is sent its own api_key", async () => {
     const seen = new Set<string>();
     for (let i = 0; i < 6 && seen.size < 2; i++) {
