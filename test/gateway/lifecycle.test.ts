@@ -56,8 +56,7 @@ describe("lifecycle", { timeout: 300_000 }, () => {
 
         const stopped = gateway.stop("SIGTERM");
         // Wait until the gateway has begun draining, then try a new request on a new connection.
-        // The line of the process serving the connection (with --workers, a worker's; its supervisor logs its own first).
-        await gateway.waitForLog((l) => /shutting down: draining in-flight requests/.test(String(l.msg)));
+        await everyServerDraining(gateway);
         const fresh = new Agent();
         const late = await request(`${gateway.url}/health`, { dispatcher: fresh }).then(
           async (r) => ({ status: r.statusCode, body: await r.body.text() }),
@@ -110,7 +109,7 @@ describe("lifecycle", { timeout: 300_000 }, () => {
         );
         await firstData;
         const stopped = gateway.stop("SIGTERM");
-        await gateway.waitForLog((l) => /shutting down/.test(String(l.msg)));
+        await everyServerDraining(gateway);
         // Same connection, so it is not idle: the request reaches the gateway while it drains.
         socket.write(`GET /v1/models HTTP/1.1\r\nHost: ${hostname}:${port}\r\nx-user: dora\r\n\r\n`);
         await closed;
@@ -254,3 +253,17 @@ describe("lifecycle", { timeout: 300_000 }, () => {
     });
   });
 });
+
+/**
+ * Resolves once every process serving requests has begun draining: the
+ * gateway, or under --workers each worker (told by the supervisor, whose own
+ * "shutting down" line comes first; a request a worker takes before it hears
+ * is still served).
+ */
+async function everyServerDraining(gateway: GatewayProcess): Promise<void> {
+  const pidsLogging = (msg: string) => new Set(gateway.logLines().filter((l) => l.msg === msg).map((l) => l.pid));
+  await gateway.waitForLog(() => {
+    const draining = pidsLogging("shutting down: draining in-flight requests");
+    return [...pidsLogging("listening")].every((pid) => draining.has(pid));
+  });
+}
