@@ -128,7 +128,8 @@ export function createRequests({ generations, metrics, log, bodyBudget, shutdown
           {
             reqId: state.requestId,
             method: req.method,
-            path: loggedPath(context?.path),
+            // A refused request's too (canonical, without its query): the operator sees what was refused where.
+            path: loggedPath(path),
             status: res.statusCode,
             decision,
             ms: Math.round(seconds * 10_000) / 10,

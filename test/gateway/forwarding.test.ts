@@ -241,6 +241,16 @@ describe("forwarding", { timeout: 120_000 }, () => {
     assert.match(body.error.message, /^Authentication required/);
   });
 
+  test("a refused request is logged with its canonical path and status, never its query or credential", { timeout: 10_000 }, async () => {
+    const res = await fetch(`${gateway.url}/v1//refused/./path?secret=query-value`, { headers: { authorization: "Bearer not-a-valid-token-Zx81" } });
+    assert.equal(res.status, 401);
+    const line = await gateway.waitForLog((l) => l.msg === "request" && l.path === "/v1/refused/path");
+    assert.deepEqual([line.method, line.status, line.principal], ["GET", 401, undefined]);
+    const output = gateway.stdout() + gateway.stderr();
+    assert.deepEqual(linesContaining(output, "query-value"), []);
+    assert.deepEqual(linesContaining(output, "not-a-valid-token-Zx81"), []);
+  });
+
   test("each request is logged once with method, canonical path, status and principal, never the token", { timeout: 10_000 }, async () => {
     await echo("/v1//logged/./path?secret=value");
     const line = await gateway.waitForLog((l) => l.msg === "request" && l.path === "/v1/logged/path");
