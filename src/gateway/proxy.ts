@@ -259,9 +259,12 @@ export function createProxy({ own, metrics, log, proto, shutdown, usage: recorde
             estimate: usage.estimate,
             record: (tokens) => {
               metrics.tokens(tokens.total);
-              if (recordTokens) void recordTokens(tokens.total);
-              countTokens?.(tokens);
+              const budgeted = recordTokens?.(tokens.total);
+              const spent = countTokens?.(tokens);
+              return budgeted && spent ? Promise.all([budgeted, spent]) : (budgeted ?? spent);
             },
+            // A budget: the client has its answer once its charge is stored (a next request, on any worker or replica, sees it).
+            holdUntilCharged: recordTokens !== undefined || state.context?.recordSpend !== undefined,
           })
         : source;
     body.on("error", () => res.destroy());

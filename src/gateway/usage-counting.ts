@@ -20,10 +20,10 @@ export interface ForwardedRequest {
  * Counts a forwarded request (its answer has started): one request now, and
  * returns what charges its tokens as the answer's `usage` is read: their
  * cost from `pricing` added to the usage rows and to the caller's spend
- * budgets. Undefined when nothing is counted (no user, no recorder and no
- * spend budget).
+ * budgets (its promise: that charge stored). Undefined when nothing is
+ * counted (no user, no recorder and no spend budget).
  */
-export function countForwarded(request: ForwardedRequest): ((tokens: TokenCount) => void) | undefined {
+export function countForwarded(request: ForwardedRequest): ((tokens: TokenCount) => Promise<void> | undefined) | undefined {
   const { recorder, pricing, user, model, upstream, recordSpend } = request;
   if (!user || (!recorder && !recordSpend)) return undefined;
   const { principal } = user;
@@ -32,6 +32,6 @@ export function countForwarded(request: ForwardedRequest): ((tokens: TokenCount)
   return (tokens) => {
     const costNanos = pricing.costNanos(model, tokens.prompt, tokens.completion);
     recorder?.record({ principal, keyId, model, upstream, requests: 0, promptTokens: tokens.prompt, completionTokens: tokens.completion, costNanos });
-    if (recordSpend && costNanos > 0) void recordSpend(costNanos);
+    return recordSpend && costNanos > 0 ? recordSpend(costNanos) : undefined;
   };
 }

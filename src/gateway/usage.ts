@@ -172,8 +172,15 @@ export interface MeterOptions {
   readonly stripUsageChunk: boolean;
   /** Undefined for an answer that is not an inference one: then only a `usage` it carries is charged. */
   readonly estimate: UsageEstimate | undefined;
-  /** Charges tokens; called as each `usage` is read (with what it adds to the ones before), or once with the estimate. */
-  readonly record: (tokens: TokenCount) => void;
+  /** Charges tokens; called as each `usage` is read (with what it adds to the ones before), or once with the estimate. Its promise, when it returns one, is the charge being stored. */
+  readonly record: (tokens: TokenCount) => unknown;
+  /**
+   * A budget is charged: the end of the answer (and a JSON answer up to
+   * {@link WHOLE_JSON_BYTES}, whole) reaches the client only once the charge
+   * is stored, so that a client that has its answer and asks again is
+   * checked against it, whichever process or replica it reaches.
+   */
+  readonly holdUntilCharged?: boolean;
   /** Its `maxBytes` bounds what is read after the client left (the time is bounded by {@link drainSignal}); default {@link DRAIN_BOUNDS}. */
   readonly drain?: DrainBounds;
 }
@@ -194,7 +201,16 @@ export interface MeterOptions {
  * cut without a readable `usage` is charged the estimate.
  */
 export function meterUsage(upstream: Readable, options: MeterOptions): Readable {
-  const { estimate, record, drain = DRAIN_BOUNDS } = options;
+  const { estimate, drain = DRAIN_BOUNDS } = options;
+  const hold = options.holdUntilCharged === true;
+  /** Charges still being stored, when the answer's end waits for them. */
+  const charges: Promise<unknown>[] = [];
+  const record = (tokens: TokenCount) => {
+    const stored = options.record(tokens);
+    if (hold && stored instanceof Promise) charges.push(stored);
+  };
+  /** Runs `then` once every charge made so far is stored (at once when none is pending, or nothing waits for them). */
+  const whenCharged = (then: () => void) => (charges.length === 0 ? then() : void Promise.allSettled(charges).then(then));
   const type = mediaType(options.contentType);
   const format = type === "text/event-stream" ? "sse" : type === "application/json" || type.endsWith("+json") ? "json" : undefined;
   if (!format && !estimate) return upstream;
@@ -216,7 +232,13 @@ export function meterUsage(upstream: Readable, options: MeterOptions): Readable 
       charged = used;
     }
   };
-  const scanner = !format || decoder === undefined ? undefined : format === "sse" ? sseScanner(options.stripUsageChunk && (decoder === null || encoder !== undefined), onUsage) : jsonScanner(onUsage);
+  const scanner =
+    !format || decoder === undefined
+      ? undefined
+      : format === "sse"
+        ? sseScanner(options.stripUsageChunk && (decoder === null || encoder !== undefined), onUsage)
+        : // Held whole until charged only when the client gets the meter's bytes (not an encoded answer's own).
+          jsonScanner(onUsage, hold && decoder === null);
   let received = 0;
   let drained = 0;
   let ended = false;
@@ -251,7 +273,9 @@ export function meterUsage(upstream: Readable, options: MeterOptions): Readable 
       if (!clientGone && !client.push(chunk)) upstream.pause();
     });
     encoder.on("end", () => {
-      if (!clientGone) client.push(null);
+      whenCharged(() => {
+        if (!clientGone) client.push(null);
+      });
     });
     encoder.on("error", (err) => {
       if (!clientGone) client.destroy(err);
@@ -285,18 +309,24 @@ export function meterUsage(upstream: Readable, options: MeterOptions): Readable 
     ended = true;
     if (!decoder) {
       const rest = scanner?.end() ?? "";
-      if (!clientGone) {
-        if (rest !== "") client.push(rest);
-        client.push(null);
-      }
       settle();
+      whenCharged(() => {
+        if (clientGone) return;
+        if (rest.length > 0) client.push(rest);
+        client.push(null);
+      });
       return;
     }
-    if (!clientGone && !encoder) client.push(null);
     afterDecoder(() => {
       const rest = scanner!.end();
       if (encoder && !clientGone) encoder.end(rest);
       settle();
+      // Re-encoded, the encoder ends the client's copy.
+      if (!encoder) {
+        whenCharged(() => {
+          if (!clientGone) client.push(null);
+        });
+      }
     });
     decoder.end();
   });
@@ -349,7 +379,7 @@ interface Scanner {
   /** The next piece of the answer; returns what the client gets for it. */
   push(chunk: Buffer): Buffer | string;
   /** The answer ended: reads what was left, returns what the client still gets. */
-  end(): string;
+  end(): Buffer | string;
   /** Tokens in the answer so far, by its size: the estimate's "tokens streamed so far". */
   streamedTokens(): number;
 }
@@ -498,7 +528,8 @@ const MAX_KEY_BYTES = 32;
  * servers put `usage` last, but its place does not matter; nothing else of
  * a large answer is held. The estimate is the answer's bytes / 4.
  */
-function jsonScanner(onUsage: (tokens: TokenCount) => void): Scanner {
+/** `holdWhole`: a small answer reaches the client at its end, not as it comes (see {@link MeterOptions.holdUntilCharged}). */
+function jsonScanner(onUsage: (tokens: TokenCount) => void, holdWhole = false): Scanner {
   /** Made only for an answer too large to hold. */
   let scanner: Scanner | undefined;
   /** The answer so far while it is small: parsed once, natively, at its end. */
@@ -510,30 +541,33 @@ function jsonScanner(onUsage: (tokens: TokenCount) => void): Scanner {
         heldBytes += chunk.length;
         if (heldBytes <= WHOLE_JSON_BYTES) {
           held.push(chunk);
-          return chunk;
+          return holdWhole ? "" : chunk;
         }
-        // Too large to hold: scanned from its start, as it streams.
+        // Too large to hold: scanned from its start, as it streams (what was held back goes to the client now).
         scanner = jsonByteScanner(onUsage);
         for (const piece of held) scanner.push(piece);
+        const release = holdWhole ? Buffer.concat([...held, chunk]) : chunk;
         held = undefined;
+        scanner.push(chunk);
+        return release;
       }
       return scanner!.push(chunk);
     },
     end() {
-      if (held) {
-        // JSON.parse alone: only `usage` is read of what it returns, so its nesting does not matter (V8's parser does not recurse).
-        let json: unknown;
-        try {
-          json = JSON.parse(Buffer.concat(held, heldBytes).toString("utf8"));
-        } catch {
-          json = undefined;
-        }
-        // The top-level `usage` only, as the byte scan reads it.
-        const used = json && typeof json === "object" && !Array.isArray(json) ? usageCount((json as { usage?: unknown }).usage) : undefined;
-        if (used !== undefined) onUsage(used);
-        held = undefined;
+      if (!held) return "";
+      const whole = Buffer.concat(held, heldBytes);
+      held = undefined;
+      // JSON.parse alone: only `usage` is read of what it returns, so its nesting does not matter (V8's parser does not recurse).
+      let json: unknown;
+      try {
+        json = JSON.parse(whole.toString("utf8"));
+      } catch {
+        json = undefined;
       }
-      return "";
+      // The top-level `usage` only, as the byte scan reads it.
+      const used = json && typeof json === "object" && !Array.isArray(json) ? usageCount((json as { usage?: unknown }).usage) : undefined;
+      if (used !== undefined) onUsage(used);
+      return holdWhole ? whole : "";
     },
     streamedTokens: () => (scanner ? scanner.streamedTokens() : Math.ceil(heldBytes / BYTES_PER_TOKEN)),
   };

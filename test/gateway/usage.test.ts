@@ -306,3 +306,41 @@ test("the estimate of a request: its body's bytes / 4, and max tokens times the 
   assert.equal((await plan("/v1/embeddings", { model: "m", input: "x" }))?.maxTokens, undefined);
   assert.equal(await plan("/v1/files", { purpose: "x" }), undefined, "not an inference route");
 });
+
+test("with a budget (holdUntilCharged) the client has the answer's end only once its charge is stored: a stream's end, a small JSON answer whole", async () => {
+  /** A charge the test stores by hand. */
+  const pending = () => {
+    let store!: () => void;
+    const stored = new Promise<void>((resolve) => (store = resolve));
+    return { stored, store };
+  };
+  const settles = async (p: Promise<unknown>) => (await Promise.race([p.then(() => true), new Promise((r) => setTimeout(() => r(false), 50))])) as boolean;
+
+  // A stream: its events reach the client as they come; its end waits for the charge.
+  const sse = pending();
+  const upstream = new PassThrough();
+  const client = meterUsage(upstream, { contentType: "text/event-stream", contentEncoding: undefined, stripUsageChunk: true, estimate: undefined, record: () => sse.stored, holdUntilCharged: true });
+  const read = buffer(client);
+  upstream.end(content("hi") + usageChunk + "data: [DONE]\n\n");
+  assert.equal(await settles(read), false, "the stream must not end before its charge is stored");
+  sse.store();
+  assert.equal((await read).toString(), content("hi") + "data: [DONE]\n\n");
+
+  // A small JSON answer: nothing of it before the charge is stored, then all of it.
+  const json = pending();
+  const answer = JSON.stringify({ id: "x", usage: { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3 } });
+  const jsonUpstream = new PassThrough();
+  const jsonClient = meterUsage(jsonUpstream, { contentType: "application/json", contentEncoding: undefined, stripUsageChunk: false, estimate: undefined, record: () => json.stored, holdUntilCharged: true });
+  let early = 0;
+  jsonClient.on("data", (chunk: Buffer) => (early += chunk.length));
+  const ended = once(jsonClient, "end");
+  jsonUpstream.end(answer);
+  assert.equal(await settles(ended), false);
+  assert.equal(early, 0, "no byte of a small JSON answer before its charge is stored");
+  json.store();
+  await ended;
+  assert.equal(early, answer.length);
+
+  // Without a budget nothing waits: the same answer passes as it comes.
+  assert.equal((await run([answer], "application/json", false, { record: () => new Promise(() => {}) })).out, answer);
+});
