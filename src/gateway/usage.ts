@@ -526,9 +526,10 @@ const MAX_KEY_BYTES = 32;
  * strings and nesting and keeps only the value of the top-level `usage`
  * key, parsed and charged as soon as it is complete. OpenAI-compatible
  * servers put `usage` last, but its place does not matter; nothing else of
- * a large answer is held. The estimate is the answer's bytes / 4.
+ * a large answer is held. The estimate is the answer's bytes / 4. With
+ * `holdWhole`, a small answer reaches the client at its end, not as it
+ * comes (see {@link MeterOptions.holdUntilCharged}).
  */
-/** `holdWhole`: a small answer reaches the client at its end, not as it comes (see {@link MeterOptions.holdUntilCharged}). */
 function jsonScanner(onUsage: (tokens: TokenCount) => void, holdWhole = false): Scanner {
   /** Made only for an answer too large to hold. */
   let scanner: Scanner | undefined;
