@@ -253,7 +253,7 @@ export function createProxy({ own, metrics, log, proto, shutdown, usage: recorde
         ? meterUsage(source, {
             contentType: headerText(headers["content-type"]),
             // Two Content-Encoding fields name two codings: "gzip, br", which the meter does not read (the estimate is charged).
-            contentEncoding: [headers["content-encoding"] ?? []].flat().join(", "),
+            contentEncoding: headerList(headers["content-encoding"]),
             // A body of declared length cannot lose a chunk; SSE never declares one in practice.
             stripUsageChunk: usage.stripUsageChunk && headers["content-length"] === undefined,
             estimate: usage.estimate,
@@ -263,8 +263,8 @@ export function createProxy({ own, metrics, log, proto, shutdown, usage: recorde
               const spent = countTokens?.(tokens);
               return budgeted && spent ? Promise.all([budgeted, spent]) : (budgeted ?? spent);
             },
-            // A budget: the client has its answer once its charge is stored (a next request, on any worker or replica, sees it).
-            holdUntilCharged: recordTokens !== undefined || state.context?.recordSpend !== undefined,
+            // A budget: read on after the client left; the client has its answer once its charge is stored (a next request, on any worker or replica, sees it).
+            budgeted: recordTokens !== undefined || state.context?.recordSpend !== undefined,
           })
         : source;
     body.on("error", () => res.destroy());
@@ -363,6 +363,11 @@ function identityEncoding(headers: readonly string[]): string[] {
   }
   out.push("accept-encoding", "identity");
   return out;
+}
+
+/** A header's fields joined as one list ("gzip, br"); undefined when absent. */
+function headerList(value: string | string[] | undefined): string | undefined {
+  return Array.isArray(value) ? value.join(", ") : value;
 }
 
 function headerText(value: string | string[] | number | undefined): string | undefined {

@@ -205,7 +205,9 @@ export interface BufferedBody {
 
 /** The media type of a Content-Type header, lower-case, without parameters. */
 export function mediaType(contentType: string | undefined): string {
-  return (contentType ?? "").split(";")[0]!.trim().toLowerCase();
+  if (contentType === undefined) return "";
+  const end = contentType.indexOf(";");
+  return (end === -1 ? contentType : contentType.slice(0, end)).trim().toLowerCase();
 }
 
 type RequestStream = Readable & { headers?: Record<string, string | string[] | undefined> };

@@ -2,7 +2,7 @@ import type { IncomingMessage } from "node:http";
 import { Readable, type Transform } from "node:stream";
 import zlib from "node:zlib";
 import { jsonMember, mediaType, readJsonBody, withJsonMember, type BodyLimits, type BufferedBody } from "./request-body.js";
-import { parseJsonWithin } from "./json.js";
+import { MAX_JSON_DEPTH, nestingExceeds, parseJsonWithin } from "./json.js";
 
 /**
  * LLM token budgets: how many tokens a response used, read from the `usage`
@@ -175,12 +175,16 @@ export interface MeterOptions {
   /** Charges tokens; called as each `usage` is read (with what it adds to the ones before), or once with the estimate. Its promise, when it returns one, is the charge being stored. */
   readonly record: (tokens: TokenCount) => unknown;
   /**
-   * A budget is charged: the end of the answer (and a JSON answer up to
-   * {@link WHOLE_JSON_BYTES}, whole) reaches the client only once the charge
-   * is stored, so that a client that has its answer and asks again is
-   * checked against it, whichever process or replica it reaches.
+   * A budget is charged. It cannot be dodged: an answer the client left is
+   * read on for its `usage` (within {@link MeterOptions.drain}). And the
+   * end of the answer (a JSON answer up to {@link WHOLE_JSON_BYTES}, whole)
+   * reaches the client only once the charge is stored, so that a client
+   * that has its answer and asks again is checked against it, whichever
+   * process or replica it reaches. Without a budget (usage recording
+   * alone) nothing waits, and an answer the client left is cut with it and
+   * charged what was read of it, else the estimate.
    */
-  readonly holdUntilCharged?: boolean;
+  readonly budgeted?: boolean;
   /** Its `maxBytes` bounds what is read after the client left (the time is bounded by {@link drainSignal}); default {@link DRAIN_BOUNDS}. */
   readonly drain?: DrainBounds;
 }
@@ -194,7 +198,10 @@ export interface MeterOptions {
  * client sees the same stream whether or not the upstream compressed it
  * (the gateway asks for it uncompressed; not every server listens).
  *
- * When the client goes away (the returned stream is destroyed) before the
+ * An answer the client gets unchanged, with no budget to hold for, is
+ * returned itself, only watched: no stream in between.
+ *
+ * With a budget, when the client goes away (the returned stream is destroyed) before the
  * `usage` was read, the upstream's answer is read on, at most
  * `drain.maxBytes` more (the time is bounded by {@link drainSignal}),
  * and stopped once its `usage` is charged. An answer that ends, fails or is
@@ -202,7 +209,7 @@ export interface MeterOptions {
  */
 export function meterUsage(upstream: Readable, options: MeterOptions): Readable {
   const { estimate, drain = DRAIN_BOUNDS } = options;
-  const hold = options.holdUntilCharged === true;
+  const hold = options.budgeted === true;
   /** Charges still being stored, when the answer's end waits for them. */
   const charges: Promise<unknown>[] = [];
   const record = (tokens: TokenCount) => {
@@ -255,6 +262,22 @@ export function meterUsage(upstream: Readable, options: MeterOptions): Readable 
     record({ total: Math.max(1, estimate.promptTokens + completion), prompt: estimate.promptTokens, completion });
   }
 
+  if (!hold && decoder === null && !(format === "sse" && options.stripUsageChunk)) {
+    // The client gets the upstream's bytes unchanged and nothing waits for a charge: the answer is only
+    // watched, no stream in between. Without a budget nothing is owed past the client: when it leaves, the
+    // answer is cut with it and charged what was read of it, else the estimate.
+    upstream.on("data", (chunk: Buffer) => {
+      received += chunk.length;
+      scanner?.push(chunk);
+    });
+    upstream.on("end", () => {
+      ended = true;
+      scanner?.end();
+      settle();
+    });
+    upstream.on("close", settle);
+    return upstream;
+  }
   if (decoder) {
     decoder.on("data", (chunk: Buffer) => {
       const forClient = scanner!.push(chunk);
@@ -344,8 +367,8 @@ export function meterUsage(upstream: Readable, options: MeterOptions): Readable 
     if (ended || settled) return;
     clientGone = true;
     encoder?.destroy();
-    // Nothing to wait for: charged already, an answer that carries no usage, or one the meter cannot read.
-    if (seen || !estimate || !scanner) upstream.destroy();
+    // Nothing to wait for: no budget, charged already, an answer that carries no usage, or one the meter cannot read.
+    if (!hold || seen || !estimate || !scanner) upstream.destroy();
     else upstream.resume();
   });
   return client;
@@ -403,12 +426,19 @@ function sseScanner(strip: boolean, onUsage: (tokens: TokenCount) => void): Scan
 
   /** The event as it should reach the client ("" to drop it); charges its usage. */
   function pass(event: string): string {
-    if (event.includes("data:") && !event.includes("[DONE]")) events++;
-    if (!event.includes('"usage"')) return event;
     const lines = event.split(/\r\n|\n|\r/);
-    const data = lines.filter((l) => l.startsWith("data:")).map((l) => l.slice(l.startsWith("data: ") ? 6 : 5)).join("\n");
-    // Not JSON, or nested past what the gateway reads: nothing to count.
-    const json = parseJsonWithin(data);
+    const values = lines.filter((l) => l.startsWith("data:")).map((l) => l.slice(l.startsWith("data: ") ? 6 : 5));
+    if (values.length === 0) return event;
+    if (!values[0]!.startsWith("[DONE]")) events++;
+    if (!event.includes('"usage"')) return event;
+    const data = values.join("\n");
+    // Not JSON: nothing to count. (V8's parser does not recurse; only the top level and `usage` are read.)
+    let json: unknown;
+    try {
+      json = JSON.parse(data);
+    } catch {
+      return event;
+    }
     const used = usageOf(json);
     if (used === undefined) return event;
     onUsage(used);
@@ -416,10 +446,56 @@ function sseScanner(strip: boolean, onUsage: (tokens: TokenCount) => void): Scan
     const chunk = json as { choices?: unknown; usage?: unknown };
     // The extra chunk the gateway asked for: no choices, only usage. Dropped whole.
     if (Array.isArray(chunk.choices) && chunk.choices.length === 0) return "";
-    // A server that puts usage on a content chunk: keep the content, remove the usage.
+    // A server that puts usage on a content chunk: keep the content, remove the usage (unless nested past what
+    // JSON.stringify, which recurses, can write again: then the client also sees the usage).
+    if (nestingExceeds(data, MAX_JSON_DEPTH)) return event;
     const { usage: _usage, ...rest } = chunk;
     const others = lines.filter((l) => !l.startsWith("data:"));
     return [...others, `data: ${JSON.stringify(rest)}`].join("\n");
+  }
+
+  /** The events naming a usage in the piece {@link wholeEvents} reads: `[from, to)` pairs (kept between pieces: no allocation per piece). */
+  const named: number[] = [];
+
+  /**
+   * A piece of whole events, each ending at `\n\n`, no `\r` (the usual
+   * piece: one per token of every metered stream, or a few tokens' events
+   * together), read in one pass over its bytes ({@link readEvents}). Only
+   * an event naming a usage is decoded and parsed; the others pass as they
+   * are, only counted. Returns the piece itself when nothing changed (the
+   * usual case: `"usage":null`, which OpenAI puts on every chunk once usage
+   * is asked for, names none), else it without the usage chunk, or
+   * undefined when it is not such a piece.
+   */
+  function wholeEvents(chunk: Buffer): Buffer | undefined {
+    named.length = 0;
+    const counted = readEvents(chunk, named);
+    if (counted === -1) return undefined;
+    events += counted;
+    if (named.length === 0) return chunk;
+    let pieces: Buffer[] | undefined;
+    /** Where the bytes not yet copied into `pieces` start. */
+    let kept = 0;
+    for (let k = 0; k < named.length; k += 2) {
+      const from = named[k]!;
+      const to = named[k + 1]!;
+      if (to - from > MAX_EVENT_BYTES) {
+        // Not an OpenAI chunk: passed on unread, counted.
+        events++;
+        continue;
+      }
+      const event = chunk.toString("utf8", from, to);
+      const passed = pass(event);
+      if (passed === event) continue;
+      pieces ??= [];
+      pieces.push(chunk.subarray(kept, from));
+      if (passed !== "") pieces.push(Buffer.from(passed, "utf8"));
+      // An event dropped whole takes its blank line with it.
+      kept = passed === "" ? to + 2 : to;
+    }
+    if (!pieces) return chunk;
+    pieces.push(chunk.subarray(kept));
+    return Buffer.concat(pieces);
   }
 
   return {
@@ -428,13 +504,10 @@ function sseScanner(strip: boolean, onUsage: (tokens: TokenCount) => void): Scan
         unparsed += chunk.length;
         return chunk;
       }
-      // The usual piece: whole events ending at `\n\n`, no `\r`, none with a usage (`"usage":null`, which OpenAI puts
-      // on every chunk once usage is asked for, is none). Passed on as it is, only its events counted: no text is
-      // decoded, split or joined (one such piece per token of every metered stream).
-      if (atEventEnd && endsAtEventEnd(chunk) && chunk.indexOf(CR) === -1 && !namesUsage(chunk)) {
-        events += dataEvents(chunk);
-        return chunk;
-      }
+      // The usual piece (one per token of every metered stream, or a few tokens' events together): whole events,
+      // read in bytes, passed on as they are but for a usage chunk to remove.
+      const whole = atEventEnd ? wholeEvents(chunk) : undefined;
+      if (whole) return whole;
       decoder ??= new TextDecoder();
       pending += decoder.decode(chunk, { stream: true });
       let out = "";
@@ -470,42 +543,81 @@ function sseScanner(strip: boolean, onUsage: (tokens: TokenCount) => void): Scan
 const LF = 0x0a;
 const CR = 0x0d;
 const USAGE_KEY = Buffer.from('"usage"');
-const DATA_FIELD = Buffer.from("data:");
 const DONE_DATA = Buffer.from("[DONE]");
-const BLANK_LINE = Buffer.from("\n\n");
 const NULL_LITERAL = Buffer.from("null");
+/** `"usage"` after its first quote. */
+const USAGE_REST = USAGE_KEY.subarray(1);
+const D_LOWER = 0x64;
+const A_LOWER = 0x61;
+const T_LOWER = 0x74;
 const SPACE = 0x20;
-
-/** True when `chunk` holds `"usage"` followed by anything but `: null` (spaces allowed): a usage, or text the slow path must read. */
-function namesUsage(chunk: Buffer): boolean {
-  for (let at = chunk.indexOf(USAGE_KEY); at !== -1; at = chunk.indexOf(USAGE_KEY, at + USAGE_KEY.length)) {
-    let i = at + USAGE_KEY.length;
-    while (chunk[i] === SPACE) i++;
-    if (chunk[i++] !== COLON) return true;
-    while (chunk[i] === SPACE) i++;
-    if (chunk.indexOf(NULL_LITERAL, i) !== i) return true;
-  }
-  return false;
-}
+const TAB = 0x09;
 
 function endsAtEventEnd(chunk: Buffer): boolean {
   return chunk.length >= 2 && chunk[chunk.length - 1] === LF && chunk[chunk.length - 2] === LF;
 }
 
-/** Events in `chunk` (whole events, `\n\n`-separated) holding a `data:` field other than `[DONE]`: the sseScanner's count, read from the bytes. */
-function dataEvents(chunk: Buffer): number {
-  let count = 0;
-  for (let start = 0; start < chunk.length; ) {
-    let end = chunk.indexOf(BLANK_LINE, start);
-    if (end === -1) end = chunk.length;
-    const data = chunk.indexOf(DATA_FIELD, start);
-    if (data !== -1 && data < end) {
-      const done = chunk.indexOf(DONE_DATA, start);
-      if (done === -1 || done >= end) count++;
+/**
+ * One pass over a piece of server-sent events that must be whole events,
+ * each ending at `\n\n`, with no `\r`: returns -1 when it is not. Else
+ * the number of its events that hold a `data:` line whose value is not
+ * `[DONE]` and name no usage, and appends to `named` where each event
+ * that names a usage lies (`[from, to)`, without its blank line). An event
+ * names a usage when it holds `"usage"` followed by anything but `: null`
+ * (spaces allowed): a usage, or text the slow path must read.
+ */
+function readEvents(chunk: Buffer, named: number[]): number {
+  const n = chunk.length;
+  if (n < 2 || chunk[n - 1] !== LF || chunk[n - 2] !== LF) return -1;
+  let counted = 0;
+  let start = 0;
+  let lineStart = true;
+  /** The event's first `data:` line: 0 none yet, 1 a value, 2 `[DONE]`. */
+  let data = 0;
+  let usage = false;
+  for (let i = 0; i < n; i++) {
+    const c = chunk[i]!;
+    if (c === CR) return -1;
+    if (lineStart) {
+      lineStart = false;
+      if (c === LF) {
+        // A blank line: the event ends (an empty one, between two blank lines, holds nothing).
+        if (usage) named.push(start, i - 1);
+        else if (data === 1) counted++;
+        start = i + 1;
+        lineStart = true;
+        data = 0;
+        usage = false;
+        continue;
+      }
+      if (data === 0 && c === D_LOWER && chunk[i + 1] === A_LOWER && chunk[i + 2] === T_LOWER && chunk[i + 3] === A_LOWER && chunk[i + 4] === COLON) {
+        const value = chunk[i + 5] === SPACE ? i + 6 : i + 5;
+        data = startsWith(chunk, value, DONE_DATA) ? 2 : 1;
+        i += 4;
+        continue;
+      }
     }
-    start = end + 2;
+    if (c === LF) lineStart = true;
+    else if (c === QUOTE && !usage && startsWith(chunk, i + 1, USAGE_REST)) {
+      let j = i + USAGE_KEY.length;
+      while (chunk[j] === SPACE) j++;
+      if (chunk[j] !== COLON) usage = true;
+      else {
+        j++;
+        while (chunk[j] === SPACE) j++;
+        usage = !startsWith(chunk, j, NULL_LITERAL);
+      }
+      i += USAGE_KEY.length - 1;
+    }
   }
-  return count;
+  return counted;
+}
+
+/** True when `bytes` holds `prefix` at `at`. */
+function startsWith(bytes: Buffer, at: number, prefix: Buffer): boolean {
+  if (at + prefix.length > bytes.length) return false;
+  for (let k = 0; k < prefix.length; k++) if (bytes[at + k] !== prefix[k]) return false;
+  return true;
 }
 
 const QUOTE = 0x22;
@@ -528,7 +640,7 @@ const MAX_KEY_BYTES = 32;
  * servers put `usage` last, but its place does not matter; nothing else of
  * a large answer is held. The estimate is the answer's bytes / 4. With
  * `holdWhole`, a small answer reaches the client at its end, not as it
- * comes (see {@link MeterOptions.holdUntilCharged}).
+ * comes (see {@link MeterOptions.budgeted}).
  */
 function jsonScanner(onUsage: (tokens: TokenCount) => void, holdWhole = false): Scanner {
   /** Made only for an answer too large to hold. */
@@ -556,22 +668,95 @@ function jsonScanner(onUsage: (tokens: TokenCount) => void, holdWhole = false): 
     },
     end() {
       if (!held) return "";
-      const whole = Buffer.concat(held, heldBytes);
+      const whole = held.length === 1 ? held[0]! : Buffer.concat(held, heldBytes);
       held = undefined;
-      // JSON.parse alone: only `usage` is read of what it returns, so its nesting does not matter (V8's parser does not recurse).
-      let json: unknown;
-      try {
-        json = JSON.parse(whole.toString("utf8"));
-      } catch {
-        json = undefined;
-      }
-      // The top-level `usage` only, as the byte scan reads it.
-      const used = json && typeof json === "object" && !Array.isArray(json) ? usageCount((json as { usage?: unknown }).usage) : undefined;
-      if (used !== undefined) onUsage(used);
+      const used = lastUsage(whole) ?? wholeUsage(whole);
+      if (used !== NO_USAGE) onUsage(used);
       return holdWhole ? whole : "";
     },
     streamedTokens: () => (scanner ? scanner.streamedTokens() : Math.ceil(heldBytes / BYTES_PER_TOKEN)),
   };
+}
+
+/** What {@link lastUsage} and {@link wholeUsage} return for an answer without a usable top-level `usage`. */
+const NO_USAGE = Symbol("no usage");
+
+/**
+ * The top-level `usage` of a whole JSON object answer, read from its end
+ * without parsing the rest (OpenAI-compatible servers put it last, or
+ * before a few short members: `service_tier`, `system_fingerprint`).
+ * The last `"usage"` key is taken (as `JSON.parse` takes the last of
+ * duplicates) when its value is an object and what follows the value
+ * closes exactly one level, at the end of the answer: then the key belongs
+ * to the object the answer ends with, the top-level one. The value alone is
+ * parsed. Undefined when this cannot tell (no such key, a `usage` not an
+ * object, one nested, a key after an escaped quote): the caller parses the
+ * whole. Like the byte scan of a large answer, it does not check the rest
+ * is valid JSON; an answer that is not is charged the `usage` it states.
+ */
+function lastUsage(whole: Buffer): TokenCount | typeof NO_USAGE | undefined {
+  const at = whole.lastIndexOf(USAGE_KEY);
+  // Not found, or the quote is escaped (the end of a key such as `x\"usage`): the slow way tells.
+  if (at <= 0 || whole[at - 1] === BACKSLASH) return undefined;
+  const colon = skipSpace(whole, at + USAGE_KEY.length);
+  if (whole[colon] !== COLON) return undefined;
+  const start = skipSpace(whole, colon + 1);
+  if (whole[start] !== OPEN_OBJECT) return undefined;
+  const end = closingOf(whole, start, 0);
+  if (end === -1) return undefined;
+  // What follows the value: more members at its level, then the `}` of its object, the answer's last byte but spaces.
+  const close = closingOf(whole, end + 1, -1);
+  if (close === -1 || whole[close] !== CLOSE_OBJECT || skipSpace(whole, close + 1) !== whole.length) return undefined;
+  let value: unknown;
+  try {
+    value = JSON.parse(whole.toString("utf8", start, end + 1));
+  } catch {
+    return undefined;
+  }
+  return usageCount(value) ?? NO_USAGE;
+}
+
+/** The top-level `usage` of a whole JSON answer, parsed whole: only `usage` is read of it, so its nesting does not matter (V8's parser does not recurse). */
+function wholeUsage(whole: Buffer): TokenCount | typeof NO_USAGE {
+  let json: unknown;
+  try {
+    json = JSON.parse(whole.toString("utf8"));
+  } catch {
+    return NO_USAGE;
+  }
+  const used = json && typeof json === "object" && !Array.isArray(json) ? usageCount((json as { usage?: unknown }).usage) : undefined;
+  return used ?? NO_USAGE;
+}
+
+/** The first index at or after `i` that is not JSON whitespace. */
+function skipSpace(bytes: Buffer, i: number): number {
+  while (i < bytes.length) {
+    const c = bytes[i]!;
+    if (c !== SPACE && c !== LF && c !== CR && c !== TAB) break;
+    i++;
+  }
+  return i;
+}
+
+/**
+ * Scans JSON text from `from` (outside any string) for the bracket that
+ * brings the nesting to `level` relative to `from`: 0 is the close of the
+ * value opening at `from`, -1 the close of the container `from` is in.
+ * Returns its index, or -1 when the text ends first.
+ */
+function closingOf(bytes: Buffer, from: number, level: 0 | -1): number {
+  let depth = 0;
+  let inString = false;
+  for (let i = from; i < bytes.length; i++) {
+    const c = bytes[i]!;
+    if (inString) {
+      if (c === BACKSLASH) i++;
+      else if (c === QUOTE) inString = false;
+    } else if (c === QUOTE) inString = true;
+    else if (c === OPEN_OBJECT || c === OPEN_ARRAY) depth++;
+    else if ((c === CLOSE_OBJECT || c === CLOSE_ARRAY) && --depth === level) return i;
+  }
+  return -1;
 }
 
 /** A JSON answer up to this size is held and parsed whole at its end (one native parse); a larger one is scanned. */

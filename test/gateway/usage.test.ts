@@ -83,6 +83,19 @@ test("SSE: whole events pass untouched and are counted the same, however the str
   }
 });
 
+test("SSE: usage on content chunks is removed and charged by what each adds, alike in one read and in 5-byte reads", async () => {
+  const withUsage = (word: string, total: number) => `data: ${JSON.stringify({ choices: [{ index: 0, delta: { content: word } }], usage: { total_tokens: total } })}\n\n`;
+  const bare = (word: string) => `data: ${JSON.stringify({ choices: [{ index: 0, delta: { content: word } }] })}\n\n`;
+  const events = [content("a"), withUsage("ü€", 3), "data: {\"note\":\"usage\"}\n\n", withUsage("c", 5), usageChunk, "data: [DONE]\n\n"];
+  const expected = [content("a"), bare("ü€"), "data: {\"note\":\"usage\"}\n\n", bare("c"), "data: [DONE]\n\n"].join("");
+  const bytes = Buffer.from(events.join(""));
+  for (const reads of [[bytes], Array.from({ length: Math.ceil(bytes.length / 5) }, (_, i) => bytes.subarray(i * 5, i * 5 + 5))]) {
+    const { out, recorded } = await run(reads, "text/event-stream", true);
+    assert.equal(out, expected, `${reads.length} reads`);
+    assert.deepEqual(recorded, [3, 2, 2], `${reads.length} reads`);
+  }
+});
+
 test("SSE: a client that asked for usage keeps its chunk", async () => {
   const stream = content("a") + usageChunk + "data: [DONE]\n\n";
   const { out, recorded } = await run([stream], "text/event-stream; charset=utf-8", false);
@@ -111,6 +124,40 @@ test("JSON: only the top-level usage counts, wherever it is, whatever the chunki
   const { out, recorded } = await run(pieces, "application/json", false);
   assert.equal(out, body);
   assert.deepEqual(recorded, [5]);
+});
+
+test("JSON: the usage read from the answer's end is the one JSON.parse finds at the top level, whatever follows it", async () => {
+  const answers = [
+    // OpenAI's order: usage, then service_tier and system_fingerprint.
+    `{"id":"c","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7},"service_tier":"default","system_fingerprint":"fp_1"}`,
+    `{\n\t"id": "c",\n\t"usage" : {\n\t\t"prompt_tokens": 1,\n\t\t"completion_tokens": 2\n\t}\n}\n`,
+    `{"usage":{"total_tokens":5},"meta":{"usage":{"total_tokens":99}}}`,
+    `{"usage":{"total_tokens":5},"list":[{"usage":{"total_tokens":99}}]}`,
+    `{"usage":{"total_tokens":5},"usage":{"total_tokens":6}}`,
+    `{"usage":{"total_tokens":5},"note":"\"usage\": {\"total_tokens\": 99}}"}`,
+    `{"usage":{"total_tokens":5},"x\\"usage":{"total_tokens":99}}`,
+    `{"usage":{"total_tokens":5,"note":"}} ]"}}`,
+    `{"usage":{"total_tokens":5},"u":"\\\\","usage":{"total_tokens":8}}`,
+    `{"id":"x","usage":null}`,
+    `{"id":"x","usage":7}`,
+    `[{"usage":{"total_tokens":5}}]`,
+    `{"id":"x","usage":{"total_tokens":5}`,
+  ];
+  for (const body of answers) {
+    let expected: number[] = [];
+    try {
+      const json = JSON.parse(body) as { usage?: unknown };
+      const total = Array.isArray(json) ? undefined : usageTotal(json.usage);
+      if (total !== undefined) expected = [total];
+    } catch {
+      expected = [];
+    }
+    const { out, recorded } = await run([body], "application/json", false);
+    assert.equal(out, body);
+    assert.deepEqual(recorded, expected, body);
+  }
+  // Not JSON as a whole, but it ends with a top-level usage: the rest is not validated (as in the byte scan of a large answer).
+  assert.deepEqual((await run([`{"usage":{"total_tokens":5}} {"usage":{"total_tokens":9}}`], "application/json", false)).recorded, [9]);
 });
 
 test("JSON: a usage read while the answer was small still counts once the answer outgrows what is held", async () => {
@@ -191,10 +238,25 @@ test("running usage totals on every chunk are charged by what each adds", async 
   assert.deepEqual(recorded, [3, 1, 2]);
 });
 
-test("a client that leaves before the usage: the upstream is read on until the usage, then stopped", async () => {
+test("without a budget, a client that leaves before the usage: the upstream is cut with it and charged the estimate", async () => {
+  for (const [contentType, strip] of [["text/event-stream", true], ["text/event-stream", false], ["application/json", false]] as const) {
+    const recorded: number[] = [];
+    const upstream = new PassThrough();
+    const client = meterUsage(upstream, { contentType, contentEncoding: undefined, stripUsageChunk: strip, estimate: { promptTokens: 1, maxTokens: 100 }, record: (n) => recorded.push(n.total) });
+    client.resume();
+    upstream.write(contentType === "application/json" ? '{"id":"x",' : content("a"));
+    await new Promise((resolve) => setImmediate(resolve));
+    client.destroy();
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.ok(upstream.destroyed, `${contentType}: the upstream is cut when the client leaves`);
+    assert.deepEqual(recorded, [101], `${contentType}: charged the estimate`);
+  }
+});
+
+test("with a budget, a client that leaves before the usage: the upstream is read on until the usage, then stopped", async () => {
   const recorded: number[] = [];
   const upstream = new PassThrough();
-  const client = meterUsage(upstream, { contentType: "text/event-stream", contentEncoding: undefined, stripUsageChunk: true, estimate: { promptTokens: 1, maxTokens: 100 }, record: (n) => recorded.push(n.total) });
+  const client = meterUsage(upstream, { contentType: "text/event-stream", contentEncoding: undefined, stripUsageChunk: true, estimate: { promptTokens: 1, maxTokens: 100 }, record: (n) => recorded.push(n.total), budgeted: true });
   client.resume();
   upstream.write(content("a"));
   await new Promise((resolve) => setImmediate(resolve));
@@ -259,6 +321,7 @@ async function clientLeavesEndlessStream(bounds: DrainBounds, pad: number, every
       stripUsageChunk: true,
       estimate: { promptTokens: 2, maxTokens: undefined },
       record: (n) => recorded.push(n.total),
+      budgeted: true,
       drain: bounds,
     });
     toClient.resume();
@@ -307,7 +370,7 @@ test("the estimate of a request: its body's bytes / 4, and max tokens times the 
   assert.equal(await plan("/v1/files", { purpose: "x" }), undefined, "not an inference route");
 });
 
-test("with a budget (holdUntilCharged) the client has the answer's end only once its charge is stored: a stream's end, a small JSON answer whole", async () => {
+test("with a budget the client has the answer's end only once its charge is stored: a stream's end, a small JSON answer whole", async () => {
   /** A charge the test stores by hand. */
   const pending = () => {
     let store!: () => void;
@@ -319,7 +382,7 @@ test("with a budget (holdUntilCharged) the client has the answer's end only once
   // A stream: its events reach the client as they come; its end waits for the charge.
   const sse = pending();
   const upstream = new PassThrough();
-  const client = meterUsage(upstream, { contentType: "text/event-stream", contentEncoding: undefined, stripUsageChunk: true, estimate: undefined, record: () => sse.stored, holdUntilCharged: true });
+  const client = meterUsage(upstream, { contentType: "text/event-stream", contentEncoding: undefined, stripUsageChunk: true, estimate: undefined, record: () => sse.stored, budgeted: true });
   const read = buffer(client);
   upstream.end(content("hi") + usageChunk + "data: [DONE]\n\n");
   assert.equal(await settles(read), false, "the stream must not end before its charge is stored");
@@ -330,7 +393,7 @@ test("with a budget (holdUntilCharged) the client has the answer's end only once
   const json = pending();
   const answer = JSON.stringify({ id: "x", usage: { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3 } });
   const jsonUpstream = new PassThrough();
-  const jsonClient = meterUsage(jsonUpstream, { contentType: "application/json", contentEncoding: undefined, stripUsageChunk: false, estimate: undefined, record: () => json.stored, holdUntilCharged: true });
+  const jsonClient = meterUsage(jsonUpstream, { contentType: "application/json", contentEncoding: undefined, stripUsageChunk: false, estimate: undefined, record: () => json.stored, budgeted: true });
   let early = 0;
   jsonClient.on("data", (chunk: Buffer) => (early += chunk.length));
   const ended = once(jsonClient, "end");

@@ -57,6 +57,36 @@ function addCounts(row: Row, more: UsageEntry): void {
 }
 
 /**
+ * The rows not yet written, in order, and an index to find a request's row
+ * without making a key of its parts (hour, then principal, key id, model,
+ * upstream; "" for an absent one): one Map lookup per part, on strings
+ * whose hash V8 has already computed for the most part.
+ */
+class Batch {
+  readonly rows: Row[] = [];
+  private readonly index = new Map<number, Map<string, Map<string, Map<string, Map<string, Row>>>>>();
+
+  /** The row of `entry`'s parts in `hour`; undefined when there is none. */
+  find(hour: number, entry: UsageEntry): Row | undefined {
+    return this.index.get(hour)?.get(entry.principal)?.get(entry.keyId ?? "")?.get(entry.model ?? "")?.get(entry.upstream);
+  }
+
+  /** Adds a new row (its parts have none yet). */
+  insert(row: Row): void {
+    const level = <K, V>(map: Map<K, V>, key: K, make: () => V): V => {
+      let next = map.get(key);
+      if (next === undefined) map.set(key, (next = make()));
+      return next;
+    };
+    const byPrincipal = level(this.index, row.hour, () => new Map());
+    const byKey = level(byPrincipal, row.principal, () => new Map());
+    const byModel = level(byKey, row.keyId ?? "", () => new Map());
+    level(byModel, row.model ?? "", () => new Map<string, Row>()).set(row.upstream, row);
+    this.rows.push(row);
+  }
+}
+
+/**
  * @example
  * const usage = createUsageRecorder({ store, log });
  * usage.record({ principal: "alice", keyId: "key_1", model: "m1", upstream: "default", requests: 1, promptTokens: 12, completionTokens: 30, costNanos: 4200 });
@@ -65,21 +95,22 @@ function addCounts(row: Row, more: UsageEntry): void {
 export function createUsageRecorder(options: UsageRecorderOptions): UsageRecorder {
   const { store, flushMs = FLUSH_MS, maxPendingRows = MAX_PENDING_ROWS, onDropped, now = Date.now } = options;
   const log = options.log.child({ component: "usage" });
-  let rows = new Map<string, Row>();
+  let batch = new Batch();
   let dropped = 0;
   let flushing: Promise<void> | undefined;
   let closed = false;
   const timer = setInterval(() => void flush(), flushMs);
   timer.unref();
 
-  function add(into: Map<string, Row>, id: string, row: Row): boolean {
-    const held = into.get(id);
+  /** Adds `row` to `into` (summed into the row of its parts, else as a new row); false when `into` is full. */
+  function add(into: Batch, row: Row): boolean {
+    const held = into.find(row.hour, row);
     if (held) {
       addCounts(held, row);
       return true;
     }
-    if (into.size >= maxPendingRows) return false;
-    into.set(id, row);
+    if (into.rows.length >= maxPendingRows) return false;
+    into.insert({ ...row });
     return true;
   }
 
@@ -94,21 +125,20 @@ export function createUsageRecorder(options: UsageRecorderOptions): UsageRecorde
   }
 
   function flush(): Promise<void> {
-    if (flushing) return flushing.then(() => (rows.size > 0 ? flush() : undefined));
-    if (rows.size === 0) return Promise.resolve();
-    const batch = rows;
-    rows = new Map();
-    const deltas: UsageDelta[] = [...batch.values()];
+    if (flushing) return flushing.then(() => (batch.rows.length > 0 ? flush() : undefined));
+    if (batch.rows.length === 0) return Promise.resolve();
+    const failed = batch;
+    batch = new Batch();
     flushing = store
-      .recordUsage(deltas)
+      .recordUsage(failed.rows)
       .catch((err: unknown) => {
         // Put back, in front of what came meanwhile; what does not fit is dropped.
         let lost = 0;
-        const merged = new Map<string, Row>();
-        for (const [id, row] of batch) if (!add(merged, id, row)) lost++;
-        for (const [id, row] of rows) if (!add(merged, id, row)) lost++;
-        rows = merged;
-        log.warn({ err: err instanceof Error ? err.message : String(err), pending_rows: rows.size }, "usage not written; kept for the next try");
+        const merged = new Batch();
+        for (const row of failed.rows) if (!add(merged, row)) lost++;
+        for (const row of batch.rows) if (!add(merged, row)) lost++;
+        batch = merged;
+        log.warn({ err: err instanceof Error ? err.message : String(err), pending_rows: batch.rows.length }, "usage not written; kept for the next try");
         if (lost > 0) drop(lost);
       })
       .finally(() => {
@@ -122,14 +152,14 @@ export function createUsageRecorder(options: UsageRecorderOptions): UsageRecorde
       if (closed) return;
       const at = now();
       const hour = at - (at % HOUR_MS);
-      const id = `${hour}\u0000${entry.principal}\u0000${entry.keyId ?? ""}\u0000${entry.model ?? ""}\u0000${entry.upstream}`;
       // The usual case, a row this hour already has: four additions, no allocation.
-      const held = rows.get(id);
+      const held = batch.find(hour, entry);
       if (held) {
         addCounts(held, entry);
         return;
       }
-      const row: Row = {
+      if (batch.rows.length >= maxPendingRows) return drop(1);
+      batch.insert({
         hour,
         principal: entry.principal,
         keyId: entry.keyId,
@@ -139,11 +169,10 @@ export function createUsageRecorder(options: UsageRecorderOptions): UsageRecorde
         promptTokens: entry.promptTokens,
         completionTokens: entry.completionTokens,
         costNanos: entry.costNanos,
-      };
-      if (!add(rows, id, row)) drop(1);
+      });
     },
     flush,
-    pending: () => rows.size,
+    pending: () => batch.rows.length,
     get dropped() {
       return dropped;
     },
@@ -152,7 +181,7 @@ export function createUsageRecorder(options: UsageRecorderOptions): UsageRecorde
       closed = true;
       clearInterval(timer);
       await flush();
-      if (rows.size > 0) log.error({ rows: rows.size }, "closing with usage not written: it is lost");
+      if (batch.rows.length > 0) log.error({ rows: batch.rows.length }, "closing with usage not written: it is lost");
     },
   };
 }
