@@ -42,15 +42,20 @@ const MAX_USAGE_JSON_BYTES = 64 * 1024;
 /** Characters (UTF-8 bytes) per token of the estimate: ~4 for English text in the OpenAI tokenizers; bytes over-count other scripts, in the budget's favour. */
 const BYTES_PER_TOKEN = 4;
 
+/** `v` when it is a count of tokens (a finite number, not negative), else undefined. */
+function tokenCount(v: unknown): number | undefined {
+  return typeof v === "number" && Number.isFinite(v) && v >= 0 ? v : undefined;
+}
+
 /** Tokens in a `usage` object: `total_tokens`, else prompt + completion (Chat) or input + output (Responses API). */
 export function usageTotal(usage: unknown): number | undefined {
   if (!usage || typeof usage !== "object") return undefined;
   const u = usage as Record<string, unknown>;
-  const n = (v: unknown) => (typeof v === "number" && Number.isFinite(v) && v >= 0 ? v : undefined);
-  const total = n(u.total_tokens);
+  const total = tokenCount(u.total_tokens);
   if (total !== undefined) return total;
-  const parts = [n(u.prompt_tokens) ?? n(u.input_tokens), n(u.completion_tokens) ?? n(u.output_tokens)];
-  return parts.some((p) => p !== undefined) ? (parts[0] ?? 0) + (parts[1] ?? 0) : undefined;
+  const prompt = tokenCount(u.prompt_tokens) ?? tokenCount(u.input_tokens);
+  const completion = tokenCount(u.completion_tokens) ?? tokenCount(u.output_tokens);
+  return prompt === undefined && completion === undefined ? undefined : (prompt ?? 0) + (completion ?? 0);
 }
 
 /** Tokens of a `usage`: its total (what budgets count), and the prompt and completion parts (what prices apply to). */
@@ -69,8 +74,11 @@ export function usageCount(usage: unknown): TokenCount | undefined {
   const total = usageTotal(usage);
   if (total === undefined) return undefined;
   const u = usage as Record<string, unknown>;
-  const n = (v: unknown) => (typeof v === "number" && Number.isFinite(v) && v >= 0 ? v : undefined);
-  return { total, prompt: n(u.prompt_tokens) ?? n(u.input_tokens) ?? 0, completion: n(u.completion_tokens) ?? n(u.output_tokens) ?? 0 };
+  return {
+    total,
+    prompt: tokenCount(u.prompt_tokens) ?? tokenCount(u.input_tokens) ?? 0,
+    completion: tokenCount(u.completion_tokens) ?? tokenCount(u.output_tokens) ?? 0,
+  };
 }
 
 /** `usage` of a response object, or of the `response` inside a Responses API event (`response.completed`). */
@@ -426,7 +434,8 @@ function sseScanner(strip: boolean, onUsage: (tokens: TokenCount) => void): Scan
 
   /** The event as it should reach the client ("" to drop it); charges its usage. */
   function pass(event: string): string {
-    const lines = event.split(/\r\n|\n|\r/);
+    // The usual event is one `data:` line: no split.
+    const lines = event.startsWith("data:") && !/[\r\n]/.test(event) ? [event] : event.split(/\r\n|\n|\r/);
     const values = lines.filter((l) => l.startsWith("data:")).map((l) => l.slice(l.startsWith("data: ") ? 6 : 5));
     if (values.length === 0) return event;
     if (!values[0]!.startsWith("[DONE]")) events++;
@@ -571,34 +580,15 @@ function readEvents(chunk: Buffer, named: number[]): number {
   if (n < 2 || chunk[n - 1] !== LF || chunk[n - 2] !== LF) return -1;
   let counted = 0;
   let start = 0;
-  let lineStart = true;
   /** The event's first `data:` line: 0 none yet, 1 a value, 2 `[DONE]`. */
-  let data = 0;
+  let data = dataLine(chunk, 0, 0);
   let usage = false;
   for (let i = 0; i < n; i++) {
     const c = chunk[i]!;
-    if (c === CR) return -1;
-    if (lineStart) {
-      lineStart = false;
-      if (c === LF) {
-        // A blank line: the event ends (an empty one, between two blank lines, holds nothing).
-        if (usage) named.push(start, i - 1);
-        else if (data === 1) counted++;
-        start = i + 1;
-        lineStart = true;
-        data = 0;
-        usage = false;
-        continue;
-      }
-      if (data === 0 && c === D_LOWER && chunk[i + 1] === A_LOWER && chunk[i + 2] === T_LOWER && chunk[i + 3] === A_LOWER && chunk[i + 4] === COLON) {
-        const value = chunk[i + 5] === SPACE ? i + 6 : i + 5;
-        data = startsWith(chunk, value, DONE_DATA) ? 2 : 1;
-        i += 4;
-        continue;
-      }
-    }
-    if (c === LF) lineStart = true;
-    else if (c === QUOTE && !usage && startsWith(chunk, i + 1, USAGE_REST)) {
+    // Most bytes are none of LF, CR, space or quote (all at or below 0x22).
+    if (c > QUOTE) continue;
+    if (c === QUOTE) {
+      if (usage || !startsWith(chunk, i + 1, USAGE_REST)) continue;
       let j = i + USAGE_KEY.length;
       while (chunk[j] === SPACE) j++;
       if (chunk[j] !== COLON) usage = true;
@@ -608,9 +598,26 @@ function readEvents(chunk: Buffer, named: number[]): number {
         usage = !startsWith(chunk, j, NULL_LITERAL);
       }
       i += USAGE_KEY.length - 1;
-    }
+    } else if (c === LF) {
+      if (chunk[i + 1] === LF) {
+        // A blank line: the event ends (an empty one, between two blank lines, holds nothing).
+        if (usage) named.push(start, i);
+        else if (data === 1) counted++;
+        start = i + 2;
+        data = 0;
+        usage = false;
+        i++;
+      }
+      data = dataLine(chunk, i + 1, data);
+    } else if (c === CR) return -1;
   }
   return counted;
+}
+
+/** The event's `data` state (see {@link readEvents}) once the line starting at `at` is read. */
+function dataLine(chunk: Buffer, at: number, data: number): number {
+  if (data !== 0 || chunk[at] !== D_LOWER || chunk[at + 1] !== A_LOWER || chunk[at + 2] !== T_LOWER || chunk[at + 3] !== A_LOWER || chunk[at + 4] !== COLON) return data;
+  return startsWith(chunk, chunk[at + 5] === SPACE ? at + 6 : at + 5, DONE_DATA) ? 2 : 1;
 }
 
 /** True when `bytes` holds `prefix` at `at`. */
