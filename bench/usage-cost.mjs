@@ -1,0 +1,85 @@
+// What recording usage costs (issue 17), a section of `npm run bench`:
+// scenario 4's gateway (usage recorded, the default) against 4n (the same
+// with `usage: {enabled: false}`), in `pairs` pairs of short runs, the two
+// runs of a pair back to back (their order alternating from pair to pair),
+// for the JSON answer and the stream. The ratio of each pair is taken, and
+// the median of those ratios is the figure: drift on a shared machine
+// (other tenants of the host, thermal) moves both runs of a pair alike,
+// where the main table's medians of three runs each can land a slow run of
+// one against a fast run of the other. The gateway's and the upstream's CPU
+// time per request are shown beside it: with usage on, a stream's upstream
+// also writes the usage chunk the gateway asks for. A third body, a stream
+// whose client asks for usage itself (`stream_options.include_usage`, as
+// the openai client can), has the upstream do the same work either way:
+// its ratio is the gateway's own cost of recording a stream.
+import { markdownTable } from "./support.mjs";
+
+/**
+ * @param {object} o
+ * @param {{id: string, name: string, url: string, headers: object, pid: number}} o.recorded scenario 4
+ * @param {{id: string, name: string, url: string, headers: object, pid: number}} o.unrecorded scenario 4n
+ * @param {Record<string, string>} o.bodies the request body of each kind of answer ("json", "stream", "stream+usage")
+ * @param {(run: object, duration: number) => Promise<{rps: number, seconds: number, non2xx: number, errors: number, cpu: {gateway?: number, upstream?: number}}>} o.measure
+ * @param {number} o.pairs
+ * @param {number} o.duration seconds per run
+ * @param {number} o.warmup seconds, once per gateway and body
+ */
+export async function usageCostSection({ recorded, unrecorded, bodies, measure, pairs, duration, warmup }) {
+  const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+  const rows = [];
+  for (const kind of Object.keys(bodies)) {
+    const on = { ...recorded, kind, body: bodies[kind] };
+    const off = { ...unrecorded, kind, body: bodies[kind] };
+    if (warmup > 0) for (const r of [on, off]) await measure(r, warmup);
+    const results = { on: [], off: [] };
+    for (let p = 0; p < pairs; p++) {
+      for (const [side, r] of p % 2 === 0 ? [["on", on], ["off", off]] : [["off", off], ["on", on]]) {
+        const result = await measure(r, duration);
+        if (result.non2xx > 0 || result.errors > 0) throw new Error(`usage cost: ${r.id} ${kind} had ${result.non2xx} non-2xx answers and ${result.errors} errors`);
+        results[side].push(result);
+      }
+      console.error(`usage cost, pair ${p + 1}/${pairs}, ${kind}: ${Math.round(results.on[p].rps)} / ${Math.round(results.off[p].rps)} req/s = ${(results.on[p].rps / results.off[p].rps).toFixed(3)}`);
+    }
+    const ratios = results.on.map((r, i) => r.rps / results.off[i].rps);
+    // CPU seconds per request, in µs: the share of a core over the run, divided by the requests per second.
+    const perRequest = (xs, party) => {
+      const values = xs.filter((x) => x.cpu?.[party] !== undefined).map((x) => (x.cpu[party] / x.rps) * 1e6);
+      return values.length ? Math.round(median(values)) : null;
+    };
+    rows.push({
+      response: kind,
+      pairs,
+      ratio: Math.round(median(ratios) * 1000) / 1000,
+      ratio_min: Math.round(Math.min(...ratios) * 1000) / 1000,
+      ratio_max: Math.round(Math.max(...ratios) * 1000) / 1000,
+      rps_recorded: Math.round(median(results.on.map((r) => r.rps))),
+      rps_unrecorded: Math.round(median(results.off.map((r) => r.rps))),
+      gateway_us_per_request: { recorded: perRequest(results.on, "gateway"), unrecorded: perRequest(results.off, "gateway") },
+      upstream_us_per_request: { recorded: perRequest(results.on, "upstream"), unrecorded: perRequest(results.off, "upstream") },
+    });
+  }
+  const dash = (x) => (x === null ? "–" : String(x));
+  const lines = [
+    "### What recording usage costs (issue 17)",
+    "",
+    `Scenario 4 (usage recorded) against 4n (\`usage: {enabled: false}\`), ${pairs} pair${pairs === 1 ? "" : "s"} of ${duration}-second runs back to back, in alternating order; ` +
+      "the figure is the median of the pairs' throughput ratios (each pair's two runs share the machine's state of the moment). " +
+      "CPU per request: the gateway's process tree (its SQLite quota thread included) and the demo upstream, medians over the runs. " +
+      "stream+usage: the client asks for usage itself (`stream_options.include_usage`), so the upstream writes the usage chunk in both runs and the gateway removes nothing.",
+    "",
+    ...markdownTable(
+      [["response"], ["median ratio 4 / 4n", "r"], ["range of the pairs", "r"], ["req/s 4", "r"], ["req/s 4n", "r"], ["gateway µs/request 4 / 4n", "r"], ["upstream µs/request 4 / 4n", "r"]],
+      rows.map((r) => [
+        r.response,
+        `${r.ratio.toFixed(3)} ×`,
+        `${r.ratio_min.toFixed(2)}–${r.ratio_max.toFixed(2)}`,
+        r.rps_recorded,
+        r.rps_unrecorded,
+        `${dash(r.gateway_us_per_request.recorded)} / ${dash(r.gateway_us_per_request.unrecorded)}`,
+        `${dash(r.upstream_us_per_request.recorded)} / ${dash(r.upstream_us_per_request.unrecorded)}`,
+      ]),
+    ),
+    "",
+  ];
+  return { lines, rows };
+}
