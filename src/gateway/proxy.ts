@@ -13,7 +13,7 @@ import type { OwnEndpoints } from "./own-endpoints.js";
 import { sendJson, type GatewayRequestState, type ShutdownState } from "./requests.js";
 import { isModelList, modelInPath, withAliases } from "./model-list.js";
 import { pickUpstream, servedModel, upstreamReadiness, type Upstream } from "./upstreams.js";
-import { drainSignal, isInference, meterUsage, prepareUsage, type UsagePlan } from "./usage.js";
+import { drainSignal, isInference, meterUsage, meterUsageInto, prepareUsage, type MeterOptions, type UsagePlan } from "./usage.js";
 import { countForwarded } from "./usage-counting.js";
 import type { UsageRecorder } from "../core/usage/recorder.js";
 import { traced, type UpstreamSpan } from "../core/tracing/trace.js";
@@ -248,9 +248,9 @@ export function createProxy({ own, metrics, log, proto, shutdown, usage: recorde
       upstream: target?.name ?? MERGED_UPSTREAM_NAME,
       recordSpend: state.context?.recordSpend,
     });
-    const body =
+    const metering: MeterOptions | undefined =
       usage && (recordTokens || countTokens) && upstream.status >= 200 && upstream.status < 300
-        ? meterUsage(source, {
+        ? {
             contentType: headerText(headers["content-type"]),
             // Two Content-Encoding fields name two codings: "gzip, br", which the meter does not read (the estimate is charged).
             contentEncoding: headerList(headers["content-encoding"]),
@@ -265,8 +265,14 @@ export function createProxy({ own, metrics, log, proto, shutdown, usage: recorde
             },
             // A budget: read on after the client left; the client has its answer once its charge is stored (a next request, on any worker or replica, sees it).
             budgeted: recordTokens !== undefined || state.context?.recordSpend !== undefined,
-          })
-        : source;
+          }
+        : undefined;
+    if (metering && !state.clientLeft) {
+      // Metered: the meter writes the client's bytes to the response itself (no stream in between).
+      meterUsageInto(source, res, metering);
+      return;
+    }
+    const body = metering ? meterUsage(source, metering) : source;
     body.on("error", () => res.destroy());
     if (state.clientLeft) {
       // The client left while the upstream answered: a metered answer is still read for its usage.

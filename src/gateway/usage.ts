@@ -1,5 +1,5 @@
 import type { IncomingMessage } from "node:http";
-import { Readable, type Transform } from "node:stream";
+import { Readable, type Transform, type Writable } from "node:stream";
 import zlib from "node:zlib";
 import { jsonMember, mediaType, readJsonBody, withJsonMember, type BodyLimits, type BufferedBody } from "./request-body.js";
 import { MAX_JSON_DEPTH, nestingExceeds, parseJsonWithin } from "./json.js";
@@ -216,6 +216,65 @@ export interface MeterOptions {
  * cut without a readable `usage` is charged the estimate.
  */
 export function meterUsage(upstream: Readable, options: MeterOptions): Readable {
+  let stream = upstream;
+  meter(upstream, options, {
+    direct() {},
+    open() {
+      stream = new Readable({
+        read() {
+          upstream.resume();
+        },
+      });
+    },
+    write: (piece) => stream.push(piece),
+    end: () => void stream.push(null),
+    destroy: (err) => void stream.destroy(err),
+    onClose: (then) => void stream.on("close", then),
+  });
+  return stream;
+}
+
+/**
+ * {@link meterUsage} with the client's response as the destination: what
+ * the client gets is written to `res` as it comes, with nothing between
+ * (the gateway's relay of a metered answer). `res` ends when the answer
+ * does (once charged, with a budget); it is destroyed when the upstream
+ * fails. Its closing before the end is the client leaving.
+ */
+export function meterUsageInto(upstream: Readable, res: Writable, options: MeterOptions): void {
+  meter(upstream, options, {
+    direct() {
+      upstream.on("error", () => res.destroy());
+      res.once("close", () => {
+        if (!upstream.readableEnded) upstream.destroy();
+      });
+      upstream.pipe(res);
+    },
+    open() {
+      res.on("drain", () => upstream.resume());
+    },
+    write: (piece) => res.write(piece),
+    end: () => void res.end(),
+    destroy: () => void res.destroy(),
+    onClose: (then) => void res.once("close", then),
+  });
+}
+
+/** Where {@link meter} sends what the client gets. */
+interface MeterSink {
+  /** The client gets the upstream's own bytes, nothing removed or held back: connect them directly (the meter only watches). */
+  direct(): void;
+  /** The client gets what the meter writes; called once, before the first write. */
+  open(): void;
+  /** A piece for the client; false: the upstream is paused, and resumed when the client wants more. */
+  write(piece: Buffer | string): boolean;
+  end(): void;
+  destroy(err: Error): void;
+  /** `then` runs when the client's side closes (done, or gone). */
+  onClose(then: () => void): void;
+}
+
+function meter(upstream: Readable, options: MeterOptions, client: MeterSink): void {
   const { estimate, drain = DRAIN_BOUNDS } = options;
   const hold = options.budgeted === true;
   /** Charges still being stored, when the answer's end waits for them. */
@@ -228,7 +287,7 @@ export function meterUsage(upstream: Readable, options: MeterOptions): Readable 
   const whenCharged = (then: () => void) => (charges.length === 0 ? then() : void Promise.allSettled(charges).then(then));
   const type = mediaType(options.contentType);
   const format = type === "text/event-stream" ? "sse" : type === "application/json" || type.endsWith("+json") ? "json" : undefined;
-  if (!format && !estimate) return upstream;
+  if (!format && !estimate) return client.direct();
   // null: not encoded; undefined: an encoding the meter cannot read.
   const decoder = decoderFor(options.contentEncoding);
   // Set when the client gets the stripped stream encoded again rather than the upstream's bytes.
@@ -284,8 +343,9 @@ export function meterUsage(upstream: Readable, options: MeterOptions): Readable 
       settle();
     });
     upstream.on("close", settle);
-    return upstream;
+    return client.direct();
   }
+  client.open();
   if (decoder) {
     decoder.on("data", (chunk: Buffer) => {
       const forClient = scanner!.push(chunk);
@@ -301,11 +361,11 @@ export function meterUsage(upstream: Readable, options: MeterOptions): Readable 
   }
   if (encoder) {
     encoder.on("data", (chunk: Buffer) => {
-      if (!clientGone && !client.push(chunk)) upstream.pause();
+      if (!clientGone && !client.write(chunk)) upstream.pause();
     });
     encoder.on("end", () => {
       whenCharged(() => {
-        if (!clientGone) client.push(null);
+        if (!clientGone) client.end();
       });
     });
     encoder.on("error", (err) => {
@@ -314,12 +374,6 @@ export function meterUsage(upstream: Readable, options: MeterOptions): Readable 
   }
   /** Runs `then` once the decoder has given all it will (at once when it already failed). */
   const afterDecoder = (then: () => void) => (decoder!.closed ? then() : decoder!.once("close", then));
-
-  const client = new Readable({
-    read() {
-      upstream.resume();
-    },
-  });
 
   upstream.on("data", (chunk: Buffer) => {
     received += chunk.length;
@@ -334,7 +388,7 @@ export function meterUsage(upstream: Readable, options: MeterOptions): Readable 
     if (clientGone) {
       // Charged: nobody reads the rest.
       if (seen) upstream.destroy();
-    } else if (forClient.length > 0 && !client.push(forClient)) upstream.pause();
+    } else if (forClient.length > 0 && !client.write(forClient)) upstream.pause();
   });
   upstream.on("end", () => {
     ended = true;
@@ -343,8 +397,8 @@ export function meterUsage(upstream: Readable, options: MeterOptions): Readable 
       settle();
       whenCharged(() => {
         if (clientGone) return;
-        if (rest.length > 0) client.push(rest);
-        client.push(null);
+        if (rest.length > 0) client.write(rest);
+        client.end();
       });
       return;
     }
@@ -355,7 +409,7 @@ export function meterUsage(upstream: Readable, options: MeterOptions): Readable 
       // Re-encoded, the encoder ends the client's copy.
       if (!encoder) {
         whenCharged(() => {
-          if (!clientGone) client.push(null);
+          if (!clientGone) client.end();
         });
       }
     });
@@ -371,7 +425,7 @@ export function meterUsage(upstream: Readable, options: MeterOptions): Readable 
     encoder?.destroy();
     settle();
   });
-  client.on("close", () => {
+  client.onClose(() => {
     if (ended || settled) return;
     clientGone = true;
     encoder?.destroy();
@@ -379,7 +433,6 @@ export function meterUsage(upstream: Readable, options: MeterOptions): Readable 
     if (!hold || seen || !estimate || !scanner) upstream.destroy();
     else upstream.resume();
   });
-  return client;
 }
 
 /** The decompressor for a Content-Encoding; null for none, undefined for one the meter cannot read (several, or unknown). */

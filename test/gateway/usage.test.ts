@@ -2,13 +2,13 @@ import assert from "node:assert/strict";
 import { once } from "node:events";
 import http, { type IncomingMessage } from "node:http";
 import type { AddressInfo } from "node:net";
-import { PassThrough, Readable } from "node:stream";
+import { PassThrough, Readable, Writable } from "node:stream";
 import { brotliCompressSync, brotliDecompressSync, createGunzip, createGzip, deflateSync, gunzipSync, gzipSync, inflateSync } from "node:zlib";
 import { buffer } from "node:stream/consumers";
 import { test } from "node:test";
 import { request } from "undici";
 import { scanJson } from "../../src/gateway/json.js";
-import { drainSignal, meterUsage, prepareUsage, usageCount, usageTotal, type DrainBounds, type MeterOptions, type TokenCount } from "../../src/gateway/usage.js";
+import { drainSignal, meterUsage, meterUsageInto, prepareUsage, usageCount, usageTotal, type DrainBounds, type MeterOptions, type TokenCount } from "../../src/gateway/usage.js";
 
 async function run(chunks: (string | Buffer)[], contentType: string, strip: boolean, more: Partial<MeterOptions> = {}) {
   const recorded: number[] = [];
@@ -253,11 +253,15 @@ test("without a budget, a client that leaves before the usage: the upstream is c
   }
 });
 
-test("with a budget, a client that leaves before the usage: the upstream is read on until the usage, then stopped", async () => {
+/**
+ * A budgeted stream whose client leaves after its first event: `connect`
+ * meters `upstream` to a client it returns (reading), which then goes away.
+ * The upstream must be read on until its usage, charged, then stopped.
+ */
+async function budgetedClientLeaves(connect: (upstream: PassThrough, options: MeterOptions) => { destroy(): void }) {
   const recorded: number[] = [];
   const upstream = new PassThrough();
-  const client = meterUsage(upstream, { contentType: "text/event-stream", contentEncoding: undefined, stripUsageChunk: true, estimate: { promptTokens: 1, maxTokens: 100 }, record: (n) => recorded.push(n.total), budgeted: true });
-  client.resume();
+  const client = connect(upstream, { contentType: "text/event-stream", contentEncoding: undefined, stripUsageChunk: true, estimate: { promptTokens: 1, maxTokens: 100 }, record: (n) => recorded.push(n.total), budgeted: true });
   upstream.write(content("a"));
   await new Promise((resolve) => setImmediate(resolve));
   client.destroy();
@@ -267,6 +271,10 @@ test("with a budget, a client that leaves before the usage: the upstream is read
   await new Promise((resolve) => setImmediate(resolve));
   assert.deepEqual(recorded, [7]);
   assert.ok(upstream.destroyed, "the upstream is stopped once the usage is charged");
+}
+
+test("with a budget, a client that leaves before the usage: the upstream is read on until the usage, then stopped", async () => {
+  await budgetedClientLeaves((upstream, options) => meterUsage(upstream, options).resume());
 });
 
 /**
@@ -406,4 +414,38 @@ test("with a budget the client has the answer's end only once its charge is stor
 
   // Without a budget nothing waits: the same answer passes as it comes.
   assert.equal((await run([answer], "application/json", false, { record: () => new Promise(() => {}) })).out, answer);
+});
+
+test("into the client's response: the stripped stream, in order, under backpressure; a budgeted client that leaves is read on", async () => {
+  // A slow client: a 64-byte buffer, each write acknowledged on the next turn.
+  const received: Buffer[] = [];
+  const slow = new Writable({
+    highWaterMark: 64,
+    write(chunk: Buffer, _encoding, callback) {
+      received.push(chunk);
+      setImmediate(callback);
+    },
+  });
+  const upstream = new PassThrough();
+  const recorded: number[] = [];
+  meterUsageInto(upstream, slow, { contentType: "text/event-stream", contentEncoding: undefined, stripUsageChunk: true, estimate: undefined, record: (n) => recorded.push(n.total) });
+  const words = Array.from({ length: 200 }, (_, i) => `w${i}`);
+  let paused = false;
+  for (const word of words) {
+    upstream.write(content(word));
+    if (upstream.isPaused()) paused = true;
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+  upstream.end(usageChunk + "data: [DONE]\n\n");
+  await once(slow, "finish");
+  assert.equal(Buffer.concat(received).toString(), words.map(content).join("") + "data: [DONE]\n\n");
+  assert.deepEqual(recorded, [7]);
+  assert.ok(paused, "the upstream was paused while the client was behind");
+
+  // With a budget, the client leaving before the usage: read on until it, then stopped.
+  await budgetedClientLeaves((upstream, options) => {
+    const response = new PassThrough();
+    meterUsageInto(upstream, response, options);
+    return response.resume();
+  });
 });
