@@ -110,7 +110,7 @@ export function createUsageRecorder(options: UsageRecorderOptions): UsageRecorde
       return true;
     }
     if (into.rows.length >= maxPendingRows) return false;
-    into.insert({ ...row });
+    into.insert(row);
     return true;
   }
 
