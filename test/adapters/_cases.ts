@@ -12,6 +12,7 @@ import { openRecordStore } from "../../src/core/stores/index.js";
 import type { User } from "../../src/core/user.js";
 import { closedPort } from "../support/refusal.js";
 import { captureLog } from "../support/log.js";
+import { clearOfWindowEnd } from "../support/windows.js";
 
 /**
  * The one table of cases every adapter (node:http, Express, Fastify, Hono) is
@@ -248,6 +249,7 @@ export function describeAdapterCases(name: string, start: StartApp): void {
     });
 
     test("a client over its quota gets a 429 with Retry-After and RateLimit headers", async () => {
+      await clearOfWindowEnd("minute", 10_000);
       assert.equal((await get(`${app.url}/v1/whoami`, keys.carol)).status, 200);
       assert.equal((await get(`${app.url}/v1/whoami`, keys.carol)).status, 200);
       const res = await refused(() => get(`${app.url}/v1/whoami`, keys.carol));

@@ -6,6 +6,7 @@ import { after, before, test } from "node:test";
 import { createApiKey } from "../../src/core/keys.js";
 import { openRecordStore } from "../../src/core/stores/index.js";
 import { assertForwarded, assertNotForwarded, newTag } from "../support/forwarded.js";
+import { clearOfWindowEnd } from "../support/windows.js";
 import { startGateway, type GatewayProcess } from "../support/gateway.js";
 import { startUpstreamProcess, type UpstreamProcess } from "../support/upstream.js";
 
@@ -52,6 +53,7 @@ const headerAuth = { type: "upstream_header", principal_header: "x-user", attrib
 test("successful responses carry RateLimit and RateLimit-Policy; over the limit is a 429 OpenAI error with Retry-After", async () => {
   const dir = tempDir();
   const g = await gateway({ kvstore: { type: "sqlite", db_path: join(dir, "q.db") }, authenticated_max_requests: 2, period: "hour" }, headerAuth);
+  await clearOfWindowEnd("hour", 30_000);
   const ok = await fetch(`${g.url}/v1/models`, { headers: asUser("alice") });
   assert.equal(ok.status, 200);
   assert.equal(ok.headers.get("ratelimit-policy"), '"requests-hour";q=2;w=3600');
@@ -133,6 +135,8 @@ test("several limits and tiers: premium users get the tier's limits", async () =
     }
     return out;
   };
+  // Both bursts in one minute window: one that straddles its end is counted in two.
+  await clearOfWindowEnd("minute", 10_000);
   assert.deepEqual(await statuses(asUser("pat", "premium")), [200, 200, 200, 429]);
   assert.deepEqual(await statuses(asUser("sam", "user")), [200, 429, 429, 429]);
 });
