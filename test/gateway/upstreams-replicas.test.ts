@@ -87,7 +87,9 @@ test("4 replicas routing to 3 upstreams admit exactly the quota of concurrent re
 
 test("a response created through one replica is read through every other, from the upstream that holds it", async (t) => {
   if (skipped) return t.skip(skipped);
-  // Two at once through each replica: one lands on each m-big upstream (fewest in flight).
+  // Three at once through each replica: they land on both m-big upstreams (fewest in flight, counted per
+  // process). With --workers 2 a replica's connections are shared among its workers, each counting its own:
+  // two at once could land one on each worker, and each worker would send its one to the first upstream.
   const create = async (gateway: GatewayProcess, input: string) => {
     const res = await fetch(`${gateway.url}/v1/responses`, {
       method: "POST",
@@ -97,9 +99,11 @@ test("a response created through one replica is read through every other, from t
     assert.equal(res.status, 200, await res.clone().text());
     return ((await res.json()) as { id: string }).id;
   };
-  const ids = (await Promise.all(gateways.map((g, i) => Promise.all([create(g, `a${i}`), create(g, `b${i}`)])))).flat();
-  for (const id of ids) {
-    for (const gateway of gateways) {
+  const created = async (via: GatewayProcess, i: number) => Promise.all(["a", "b", "c"].map(async (n) => ({ id: await create(via, `${n}${i}`), via })));
+  const ids = (await Promise.all(gateways.map(created))).flat();
+  // 12 created and 36 read: within the principal's quota of 60.
+  for (const { id, via } of ids) {
+    for (const gateway of gateways.filter((g) => g !== via)) {
       const res = await fetch(`${gateway.url}/v1/responses/${id}`, { headers: { "x-user": "sticky" } });
       assert.equal(res.status, 200, `${id} through ${gateway.url}: ${await res.text()}`);
     }
