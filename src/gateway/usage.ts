@@ -468,6 +468,10 @@ interface Scanner {
   streamedTokens(): number;
 }
 
+/** What {@link sseScanner}'s `charge` says of an event: passed on as it is, or removed. */
+const KEEP = Symbol("keep");
+const DROP = Symbol("drop");
+
 /** Events end at a blank line (`\n\n`, `\r\n\r\n`, `\r\r`: the SSE spec allows all three). */
 const EVENT_END = /\r\n\r\n|\n\n|\r\r/g;
 
@@ -492,27 +496,39 @@ function sseScanner(strip: boolean, onUsage: (tokens: TokenCount) => void): Scan
     if (values.length === 0) return event;
     if (!values[0]!.startsWith("[DONE]")) events++;
     if (!event.includes('"usage"')) return event;
-    const data = values.join("\n");
+    const outcome = charge(values.join("\n"));
+    if (outcome === KEEP) return event;
+    if (outcome === DROP) return "";
+    const others = lines.filter((l) => !l.startsWith("data:"));
+    return [...others, `data: ${outcome}`].join("\n");
+  }
+
+  /**
+   * The data of an event that may hold a usage: charges it, and says what
+   * becomes of the event: kept, dropped (the usage-only chunk the gateway
+   * asked for) or, for a content chunk that also carries the usage the
+   * gateway asked for, the data to send instead (that chunk without it).
+   */
+  function charge(data: string): typeof KEEP | typeof DROP | string {
     // Not JSON: nothing to count. (V8's parser does not recurse; only the top level and `usage` are read.)
     let json: unknown;
     try {
       json = JSON.parse(data);
     } catch {
-      return event;
+      return KEEP;
     }
     const used = usageOf(json);
-    if (used === undefined) return event;
+    if (used === undefined) return KEEP;
     onUsage(used);
-    if (!strip) return event;
+    if (!strip) return KEEP;
     const chunk = json as { choices?: unknown; usage?: unknown };
     // The extra chunk the gateway asked for: no choices, only usage. Dropped whole.
-    if (Array.isArray(chunk.choices) && chunk.choices.length === 0) return "";
+    if (Array.isArray(chunk.choices) && chunk.choices.length === 0) return DROP;
     // A server that puts usage on a content chunk: keep the content, remove the usage (unless nested past what
     // JSON.stringify, which recurses, can write again: then the client also sees the usage).
-    if (nestingExceeds(data, MAX_JSON_DEPTH)) return event;
+    if (nestingExceeds(data, MAX_JSON_DEPTH)) return KEEP;
     const { usage: _usage, ...rest } = chunk;
-    const others = lines.filter((l) => !l.startsWith("data:"));
-    return [...others, `data: ${JSON.stringify(rest)}`].join("\n");
+    return JSON.stringify(rest);
   }
 
   /** The events naming a usage in the piece {@link wholeEvents} reads: `[from, to)` pairs (kept between pieces: no allocation per piece). */
@@ -521,8 +537,9 @@ function sseScanner(strip: boolean, onUsage: (tokens: TokenCount) => void): Scan
   /**
    * A piece of whole events, each ending at `\n\n`, no `\r` (the usual
    * piece: one per token of every metered stream, or a few tokens' events
-   * together), read in one pass over its bytes ({@link readEvents}). Only
-   * an event naming a usage is decoded and parsed; the others pass as they
+   * together), searched as Latin-1 text ({@link readEvents}). Only an
+   * event naming a usage is decoded and parsed (a one-line event's data
+   * as it is, without splitting it into lines); the others pass as they
    * are, only counted. Returns the piece itself when nothing changed (the
    * usual case: `"usage":null`, which OpenAI puts on every chunk once usage
    * is asked for, names none), else it without the usage chunk, or
@@ -530,7 +547,8 @@ function sseScanner(strip: boolean, onUsage: (tokens: TokenCount) => void): Scan
    */
   function wholeEvents(chunk: Buffer): Buffer | undefined {
     named.length = 0;
-    const counted = readEvents(chunk, named);
+    const text = chunk.toString("latin1");
+    const counted = readEvents(text, named);
     if (counted === -1) return undefined;
     events += counted;
     if (named.length === 0) return chunk;
@@ -545,14 +563,28 @@ function sseScanner(strip: boolean, onUsage: (tokens: TokenCount) => void): Scan
         events++;
         continue;
       }
-      const event = chunk.toString("utf8", from, to);
-      const passed = pass(event);
-      if (passed === event) continue;
+      let passed: Buffer | undefined;
+      const at = dataValue(text, from);
+      // (`to` is where the event's blank line starts: its first line ends there when it has one line.)
+      if (at !== -1 && text.indexOf("\n", from) === to) {
+        // The usual event: one `data:` line, its value read as it is.
+        const data = chunk.toString("utf8", at, to);
+        if (!data.startsWith("[DONE]")) events++;
+        const outcome = charge(data);
+        if (outcome === KEEP) continue;
+        if (outcome !== DROP) passed = Buffer.from(`data: ${outcome}`, "utf8");
+      } else {
+        // Several lines (an `event:` or `id:` before the data): read line by line.
+        const event = chunk.toString("utf8", from, to);
+        const rewritten = pass(event);
+        if (rewritten === event) continue;
+        if (rewritten !== "") passed = Buffer.from(rewritten, "utf8");
+      }
       pieces ??= [];
       pieces.push(chunk.subarray(kept, from));
-      if (passed !== "") pieces.push(Buffer.from(passed, "utf8"));
+      if (passed) pieces.push(passed);
       // An event dropped whole takes its blank line with it.
-      kept = passed === "" ? to + 2 : to;
+      kept = passed ? to : to + 2;
     }
     if (!pieces) return chunk;
     pieces.push(chunk.subarray(kept));
@@ -604,13 +636,6 @@ function sseScanner(strip: boolean, onUsage: (tokens: TokenCount) => void): Scan
 const LF = 0x0a;
 const CR = 0x0d;
 const USAGE_KEY = Buffer.from('"usage"');
-const DONE_DATA = Buffer.from("[DONE]");
-const NULL_LITERAL = Buffer.from("null");
-/** `"usage"` after its first quote. */
-const USAGE_REST = USAGE_KEY.subarray(1);
-const D_LOWER = 0x64;
-const A_LOWER = 0x61;
-const T_LOWER = 0x74;
 const SPACE = 0x20;
 const TAB = 0x09;
 
@@ -619,64 +644,86 @@ function endsAtEventEnd(chunk: Buffer): boolean {
 }
 
 /**
- * One pass over a piece of server-sent events that must be whole events,
- * each ending at `\n\n`, with no `\r`: returns -1 when it is not. Else
- * the number of its events that hold a `data:` line whose value is not
- * `[DONE]` and name no usage, and appends to `named` where each event
- * that names a usage lies (`[from, to)`, without its blank line). An event
- * names a usage when it holds `"usage"` followed by anything but `: null`
- * (spaces allowed): a usage, or text the slow path must read.
+ * Reads a piece of server-sent events that must be whole events, each
+ * ending at `\n\n`, with no `\r`: returns -1 when it is not. `text` is
+ * the piece's bytes as Latin-1, one character per byte: V8 searches a
+ * string natively and fast (a short `Buffer#indexOf` costs a call into C++
+ * each time). Else returns the number of its events that hold a `data:`
+ * line whose value is not `[DONE]` and name no usage, and appends to
+ * `named` where each event that names a usage lies (`[from, to)`, without
+ * its blank line). An event names a usage when it holds `"usage"` followed
+ * by anything but `: null` (spaces allowed): a usage, or text the slow path
+ * must read.
  */
-function readEvents(chunk: Buffer, named: number[]): number {
-  const n = chunk.length;
-  if (n < 2 || chunk[n - 1] !== LF || chunk[n - 2] !== LF) return -1;
+function readEvents(text: string, named: number[]): number {
+  const n = text.length;
+  if (n < 2 || !text.endsWith("\n\n") || text.includes("\r")) return -1;
   let counted = 0;
-  let start = 0;
-  /** The event's first `data:` line: 0 none yet, 1 a value, 2 `[DONE]`. */
-  let data = dataLine(chunk, 0, 0);
-  let usage = false;
-  for (let i = 0; i < n; i++) {
-    const c = chunk[i]!;
-    // Most bytes are none of LF, CR, space or quote (all at or below 0x22).
-    if (c > QUOTE) continue;
-    if (c === QUOTE) {
-      if (usage || !startsWith(chunk, i + 1, USAGE_REST)) continue;
-      let j = i + USAGE_KEY.length;
-      while (chunk[j] === SPACE) j++;
-      if (chunk[j] !== COLON) usage = true;
-      else {
-        j++;
-        while (chunk[j] === SPACE) j++;
-        usage = !startsWith(chunk, j, NULL_LITERAL);
+  /** The next `"usage"` key at or after the current event's start; -1 when there is none. */
+  let key = usageKey(text, 0);
+  for (let start = 0; start < n; ) {
+    // Found: the piece ends with one.
+    const end = text.indexOf("\n\n", start);
+    let usage = false;
+    for (; key !== -1 && key < end; key = usageKey(text, key + USAGE_KEY.length)) {
+      if (namesUsage(text, key + USAGE_KEY.length)) {
+        usage = true;
+        break;
       }
-      i += USAGE_KEY.length - 1;
-    } else if (c === LF) {
-      if (chunk[i + 1] === LF) {
-        // A blank line: the event ends (an empty one, between two blank lines, holds nothing).
-        if (usage) named.push(start, i);
-        else if (data === 1) counted++;
-        start = i + 2;
-        data = 0;
-        usage = false;
-        i++;
-      }
-      data = dataLine(chunk, i + 1, data);
-    } else if (c === CR) return -1;
+    }
+    if (usage) {
+      named.push(start, end);
+      key = usageKey(text, end);
+    } else if (firstData(text, start, end) === DATA) counted++;
+    start = end + 2;
   }
   return counted;
 }
 
-/** The event's `data` state (see {@link readEvents}) once the line starting at `at` is read. */
-function dataLine(chunk: Buffer, at: number, data: number): number {
-  if (data !== 0 || chunk[at] !== D_LOWER || chunk[at + 1] !== A_LOWER || chunk[at + 2] !== T_LOWER || chunk[at + 3] !== A_LOWER || chunk[at + 4] !== COLON) return data;
-  return startsWith(chunk, chunk[at + 5] === SPACE ? at + 6 : at + 5, DONE_DATA) ? 2 : 1;
+/**
+ * Where the next `"usage"` in `text` starts, at or after `from`; -1 when
+ * there is none. (The word is searched for, then its quotes checked: V8
+ * finds a word that starts with a rare letter far faster than one that
+ * starts with a quote, of which JSON has many.)
+ */
+function usageKey(text: string, from: number): number {
+  for (let at = text.indexOf("usage", from + 1); at !== -1; at = text.indexOf("usage", at + 5)) {
+    if (text.charCodeAt(at - 1) === QUOTE && text.charCodeAt(at + 5) === QUOTE) return at - 1;
+  }
+  return -1;
 }
 
-/** True when `bytes` holds `prefix` at `at`. */
-function startsWith(bytes: Buffer, at: number, prefix: Buffer): boolean {
-  if (at + prefix.length > bytes.length) return false;
-  for (let k = 0; k < prefix.length; k++) if (bytes[at + k] !== prefix[k]) return false;
-  return true;
+/** True when what follows a `"usage"` key (from `at`) is anything but `: null` (spaces allowed). */
+function namesUsage(text: string, at: number): boolean {
+  let j = at;
+  while (text.charCodeAt(j) === SPACE) j++;
+  if (text.charCodeAt(j) !== COLON) return true;
+  j++;
+  while (text.charCodeAt(j) === SPACE) j++;
+  return !text.startsWith("null", j);
+}
+
+/** An event's first `data:` line: none, a value, or `[DONE]`. */
+const NO_DATA = 0;
+const DATA = 1;
+const DONE = 2;
+
+/** What the first `data:` line of the event in `[start, end)` holds (lines end at `\n`). */
+function firstData(text: string, start: number, end: number): number {
+  for (let line = start; line < end; ) {
+    const at = dataValue(text, line);
+    if (at !== -1) return text.startsWith("[DONE]", at) ? DONE : DATA;
+    const next = text.indexOf("\n", line);
+    if (next === -1 || next >= end) break;
+    line = next + 1;
+  }
+  return NO_DATA;
+}
+
+/** Where the value of the `data:` line starting at `at` starts (after `data:` and one space); -1 when that line is not one. */
+function dataValue(text: string, at: number): number {
+  if (!text.startsWith("data:", at)) return -1;
+  return text.charCodeAt(at + 5) === SPACE ? at + 6 : at + 5;
 }
 
 const QUOTE = 0x22;

@@ -60,7 +60,8 @@ test("SSE: the usage chunk is counted and removed, even split across reads", asy
 test("SSE: whole events pass untouched and are counted the same, however the stream is cut into reads", async () => {
   const plain = (word: string) => `data: ${JSON.stringify({ choices: [{ index: 0, delta: { content: word } }] })}\n\n`;
   const spaced = `data: {"choices":[{"index":0,"delta":{"content":"é"}}],"usage" :  null}\n\n`;
-  const events = [plain("a"), content("b"), spaced, ": a comment\n\n", plain("ü€"), usageChunk, "data: [DONE]\n\n"];
+  const named = `event: message\nid: 7\n${plain("c")}`;
+  const events = [plain("a"), content("b"), spaced, ": a comment\n\n", named, "\n", plain("ü€"), usageChunk, "data: [DONE]\n\n"];
   const expected = events.filter((e) => e !== usageChunk).join("");
   const whole = events.join("");
   const bytes = Buffer.from(whole);
@@ -76,10 +77,10 @@ test("SSE: whole events pass untouched and are counted the same, however the str
     const { out, recorded } = await run(reads, "text/event-stream", true);
     assert.equal(out, expected, `${reads.length} reads`);
     assert.deepEqual(recorded, [7], `${reads.length} reads`);
-    // Without a usage the estimate counts one token per data event (4 of them, [DONE] and the comment not counted).
+    // Without a usage the estimate counts one token per data event (5 of them, [DONE], the comment and the stray line end not counted).
     const estimate = { promptTokens: 0, maxTokens: undefined };
     const noUsage = reads === cut[0] ? events.filter((e) => e !== usageChunk).map((e) => Buffer.from(e)) : [Buffer.from(expected)];
-    assert.deepEqual((await run(noUsage, "text/event-stream", true, { estimate })).recorded, [4]);
+    assert.deepEqual((await run(noUsage, "text/event-stream", true, { estimate })).recorded, [5]);
   }
 });
 
@@ -93,6 +94,16 @@ test("SSE: usage on content chunks is removed and charged by what each adds, ali
     const { out, recorded } = await run(reads, "text/event-stream", true);
     assert.equal(out, expected, `${reads.length} reads`);
     assert.deepEqual(recorded, [3, 2, 2], `${reads.length} reads`);
+  }
+});
+
+test("SSE: a usage chunk with more lines than its data (event, id) goes whole, and is charged, in one read and in 5-byte reads", async () => {
+  const events = [content("a"), `event: chunk\nid: 9\n${usageChunk}`, "data: [DONE]\n\n"];
+  const bytes = Buffer.from(events.join(""));
+  for (const reads of [[bytes], Array.from({ length: Math.ceil(bytes.length / 5) }, (_, i) => bytes.subarray(i * 5, i * 5 + 5))]) {
+    const { out, recorded } = await run(reads, "text/event-stream", true);
+    assert.equal(out, content("a") + "data: [DONE]\n\n", `${reads.length} reads`);
+    assert.deepEqual(recorded, [7], `${reads.length} reads`);
   }
 });
 
