@@ -206,8 +206,8 @@ export interface MeterOptions {
  * client sees the same stream whether or not the upstream compressed it
  * (the gateway asks for it uncompressed; not every server listens).
  *
- * An answer the client gets unchanged, with no budget to hold for, is
- * returned itself, only watched: no stream in between.
+ * An answer the meter has nothing to read in (neither JSON nor events, and
+ * no estimate to charge) is returned itself: no stream in between.
  *
  * With a budget, when the client goes away (the returned stream is destroyed) before the
  * `usage` was read, the upstream's answer is read on, at most
@@ -262,7 +262,7 @@ export function meterUsageInto(upstream: Readable, res: Writable, options: Meter
 
 /** Where {@link meter} sends what the client gets. */
 interface MeterSink {
-  /** The client gets the upstream's own bytes, nothing removed or held back: connect them directly (the meter only watches). */
+  /** The meter has nothing to read: connect the client to the upstream directly. */
   direct(): void;
   /** The client gets what the meter writes; called once, before the first write. */
   open(): void;
@@ -329,22 +329,6 @@ function meter(upstream: Readable, options: MeterOptions, client: MeterSink): vo
     record({ total: Math.max(1, estimate.promptTokens + completion), prompt: estimate.promptTokens, completion });
   }
 
-  if (!hold && decoder === null && !(format === "sse" && options.stripUsageChunk)) {
-    // The client gets the upstream's bytes unchanged and nothing waits for a charge: the answer is only
-    // watched, no stream in between. Without a budget nothing is owed past the client: when it leaves, the
-    // answer is cut with it and charged what was read of it, else the estimate.
-    upstream.on("data", (chunk: Buffer) => {
-      received += chunk.length;
-      scanner?.push(chunk);
-    });
-    upstream.on("end", () => {
-      ended = true;
-      scanner?.end();
-      settle();
-    });
-    upstream.on("close", settle);
-    return client.direct();
-  }
   client.open();
   if (decoder) {
     decoder.on("data", (chunk: Buffer) => {
