@@ -131,7 +131,7 @@ function startProcess(command, args, { env = {}, stdoutFile } = {}) {
   const child = spawn(command, args, { stdio: ["ignore", stdout, "inherit"], env: { ...process.env, ...env } });
   if (typeof stdout === "number") closeSync(stdout);
   child.on("exit", (code, signal) => {
-    if (!stopping) console.error(`bench: ${args.join(" ")} exited (${code ?? signal})`);
+    if (!stopping && !child.stopped) console.error(`bench: ${args.join(" ")} exited (${code ?? signal})`);
   });
   children.push(child);
   return child;
@@ -232,7 +232,16 @@ async function startTollgate(
   await waitFor(`${url}/health`);
   // The first worker to listen answers /health; the supervisor logs `workers ready` (at info, which the bench's level hides) once all do.
   if (workers > 1) await waitForSettledTree(child.pid, workers);
-  return { url, pid: child.pid };
+  return { url, pid: child.pid, stop: () => stopChild(child) };
+}
+
+/** Stops a gateway started for one measurement (SIGTERM) and resolves once it has exited. */
+function stopChild(child) {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  child.stopped = true;
+  const exited = new Promise((resolve) => child.once("exit", resolve));
+  child.kill("SIGTERM");
+  return exited;
 }
 
 const work = mkdtempSync(join(tmpdir(), "tollgate-bench-"));
@@ -499,9 +508,19 @@ try {
     extra.large_prompts = { bytes: LARGE_PROMPT_BYTES, connections: CONNECTIONS, rows: largePrompts.rows };
   }
   if (want("uc")) {
+    // Fresh processes for every pair (see bench/usage-cost.mjs), each with files of its own.
+    let started = 0;
     const usageCost = await usageCostSection({
-      recorded: await fullAuthTarget(),
-      unrecorded: { id: "4n", name: NO_USAGE_NAME, headers: bearer, ...(await noUsageOnce()) },
+      recorded: async () => ({ id: "4", name: FULL_AUTH_NAME, headers: bearer, ...(await policyGateway(`uc-4-${++started}`, 30_000, sqliteQuota(`quota-uc-${started}`))) }),
+      unrecorded: async () => ({
+        id: "4n",
+        name: NO_USAGE_NAME,
+        headers: bearer,
+        ...(await startTollgate(`uc-4n-${++started}`, ["  auth:", jwtProvider(30_000), "    access_policy:", ...accessPolicyYaml(), ...sqliteQuota(`quota-uc-${started}`)], {
+          extra: [`storage: {type: sqlite, db_path: "${join(work, `uc-4n-${started}-records.db`)}"}`, "usage: {enabled: false}"],
+        })),
+      }),
+      control: "stream",
       bodies: {
         ...BODIES,
         "stream+usage": JSON.stringify({ model: BENCH_MODEL, messages: [{ role: "user", content: "Say hello" }], stream: true, stream_options: { include_usage: true } }),
@@ -509,7 +528,8 @@ try {
       measure,
       pairs: USAGE_COST_PAIRS,
       duration: QUICK ? DURATION : Math.min(DURATION, 3),
-      warmup: WARMUP,
+      // Each process is new: warmed up before its run, long enough for V8 to have compiled the request path.
+      warmup: Math.min(WARMUP, 1),
     });
     sections.push(...usageCost.lines);
     extra.usage_cost = { rows: usageCost.rows };

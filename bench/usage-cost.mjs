@@ -6,39 +6,56 @@
 // the median of those ratios is the figure: drift on a shared machine
 // (other tenants of the host, thermal) moves both runs of a pair alike,
 // where the main table's medians of three runs each can land a slow run of
-// one against a fast run of the other. The gateway's and the upstream's CPU
-// time per request are shown beside it: with usage on, a stream's upstream
-// also writes the usage chunk the gateway asks for. A third body, a stream
-// whose client asks for usage itself (`stream_options.include_usage`, as
-// the openai client can), has the upstream do the same work either way:
-// its ratio is the gateway's own cost of recording a stream.
+// one against a fast run of the other.
+//
+// Every pair has two gateway processes of its own, started for it and
+// stopped after it. Two processes of the same build and config differ by
+// several per cent in throughput for as long as they live (where V8 placed
+// and how it compiled the hot code, which core the scheduler favours):
+// with one process of each for the whole section, that difference lands in
+// every pair alike and the median keeps it. A control row, 4 against 4,
+// shows what is left of that noise: its median should be 1.00.
+//
+// The gateway's and the upstream's CPU time per request are shown beside
+// it: with usage on, a stream's upstream also writes the usage chunk the
+// gateway asks for. A third body, a stream whose client asks for usage
+// itself (`stream_options.include_usage`, as the openai client can), has
+// the upstream do the same work either way: its ratio is the gateway's own
+// cost of recording a stream.
 import { markdownTable } from "./support.mjs";
 
 /**
+ * @typedef {{id: string, name: string, url: string, headers: object, pid: number, stop: () => Promise<void>}} Gateway
  * @param {object} o
- * @param {{id: string, name: string, url: string, headers: object, pid: number}} o.recorded scenario 4
- * @param {{id: string, name: string, url: string, headers: object, pid: number}} o.unrecorded scenario 4n
+ * @param {() => Promise<Gateway>} o.recorded starts a gateway as scenario 4
+ * @param {() => Promise<Gateway>} o.unrecorded starts a gateway as scenario 4n
  * @param {Record<string, string>} o.bodies the request body of each kind of answer ("json", "stream", "stream+usage")
+ * @param {string} o.control the kind of answer of the control row (4 against 4)
  * @param {(run: object, duration: number) => Promise<{rps: number, seconds: number, non2xx: number, errors: number, cpu: {gateway?: number, upstream?: number}}>} o.measure
  * @param {number} o.pairs
  * @param {number} o.duration seconds per run
- * @param {number} o.warmup seconds, once per gateway and body
+ * @param {number} o.warmup seconds, once per gateway process before its run
  */
-export async function usageCostSection({ recorded, unrecorded, bodies, measure, pairs, duration, warmup }) {
+export async function usageCostSection({ recorded, unrecorded, bodies, control, measure, pairs, duration, warmup }) {
   const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
   const rows = [];
-  for (const kind of Object.keys(bodies)) {
-    const on = { ...recorded, kind, body: bodies[kind] };
-    const off = { ...unrecorded, kind, body: bodies[kind] };
-    if (warmup > 0) for (const r of [on, off]) await measure(r, warmup);
+  const kinds = [...Object.keys(bodies).map((kind) => ({ kind, label: kind, against: unrecorded })), { kind: control, label: `control: ${control}, 4 against 4`, against: recorded }];
+  for (const { kind, label, against } of kinds) {
     const results = { on: [], off: [] };
     for (let p = 0; p < pairs; p++) {
-      for (const [side, r] of p % 2 === 0 ? [["on", on], ["off", off]] : [["off", off], ["on", on]]) {
-        const result = await measure(r, duration);
-        if (result.non2xx > 0 || result.errors > 0) throw new Error(`usage cost: ${r.id} ${kind} had ${result.non2xx} non-2xx answers and ${result.errors} errors`);
-        results[side].push(result);
+      const gateways = { on: await recorded(), off: await against() };
+      try {
+        const runs = { on: { ...gateways.on, kind, body: bodies[kind] }, off: { ...gateways.off, kind, body: bodies[kind] } };
+        if (warmup > 0) for (const side of ["on", "off"]) await measure(runs[side], warmup);
+        for (const side of p % 2 === 0 ? ["on", "off"] : ["off", "on"]) {
+          const result = await measure(runs[side], duration);
+          if (result.non2xx > 0 || result.errors > 0) throw new Error(`usage cost: ${runs[side].id} ${kind} had ${result.non2xx} non-2xx answers and ${result.errors} errors`);
+          results[side].push(result);
+        }
+      } finally {
+        await Promise.all([gateways.on.stop(), gateways.off.stop()]);
       }
-      console.error(`usage cost, pair ${p + 1}/${pairs}, ${kind}: ${Math.round(results.on[p].rps)} / ${Math.round(results.off[p].rps)} req/s = ${(results.on[p].rps / results.off[p].rps).toFixed(3)}`);
+      console.error(`usage cost, pair ${p + 1}/${pairs}, ${label}: ${Math.round(results.on[p].rps)} / ${Math.round(results.off[p].rps)} req/s = ${(results.on[p].rps / results.off[p].rps).toFixed(3)}`);
     }
     const ratios = results.on.map((r, i) => r.rps / results.off[i].rps);
     // CPU seconds per request, in µs: the share of a core over the run, divided by the requests per second.
@@ -47,7 +64,7 @@ export async function usageCostSection({ recorded, unrecorded, bodies, measure, 
       return values.length ? Math.round(median(values)) : null;
     };
     rows.push({
-      response: kind,
+      response: label,
       pairs,
       ratio: Math.round(median(ratios) * 1000) / 1000,
       ratio_min: Math.round(Math.min(...ratios) * 1000) / 1000,
@@ -64,6 +81,8 @@ export async function usageCostSection({ recorded, unrecorded, bodies, measure, 
     "",
     `Scenario 4 (usage recorded) against 4n (\`usage: {enabled: false}\`), ${pairs} pair${pairs === 1 ? "" : "s"} of ${duration}-second runs back to back, in alternating order; ` +
       "the figure is the median of the pairs' throughput ratios (each pair's two runs share the machine's state of the moment). " +
+      "Each pair has two gateway processes of its own, started for it after the last pair's were stopped: two processes of one build differ by several per cent for as long as they live. " +
+      `The control row runs 4 against 4 the same way: how far its median is from 1.00 is the method's own noise. ` +
       "CPU per request: the gateway's process tree (its SQLite quota thread included) and the demo upstream, medians over the runs. " +
       "stream+usage: the client asks for usage itself (`stream_options.include_usage`), so the upstream writes the usage chunk in both runs and the gateway removes nothing.",
     "",
