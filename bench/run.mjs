@@ -315,10 +315,12 @@ try {
   // Scenario 4 records usage (the default); 4n does not: their throughput must be within 5 % (see also the section "uc").
   const NO_USAGE_NAME = "Tollgate as 4, usage recording off";
   let noUsage;
-  const noUsageOnce = async () =>
-    (noUsage ??= await startTollgate("jwt-policy-sqlite-no-usage", ["  auth:", jwtProvider(30_000), "    access_policy:", ...accessPolicyYaml(), ...sqliteQuota("quota-4n")], {
-      extra: [`storage: {type: sqlite, db_path: "${join(work, "jwt-policy-sqlite-no-usage-records.db")}"}`, "usage: {enabled: false}"],
-    }));
+  /** Scenario 4's gateway with `usage: {enabled: false}` (4n), its files under `name`. */
+  const noUsageGateway = (name) =>
+    startTollgate(name, ["  auth:", jwtProvider(30_000), "    access_policy:", ...accessPolicyYaml(), ...sqliteQuota(`quota-${name}`)], {
+      extra: [`storage: {type: sqlite, db_path: "${join(work, `${name}-records.db`)}"}`, "usage: {enabled: false}"],
+    });
+  const noUsageOnce = async () => (noUsage ??= await noUsageGateway("jwt-policy-sqlite-no-usage"));
   if (want("2")) add({ id: "2", name: BARE_NAME, headers: {}, stream: true, ...(await bareOnce()) });
   if (want("3")) {
     const storage = `storage: {type: sqlite, db_path: "${join(work, "keys.db")}"}`;
@@ -512,14 +514,7 @@ try {
     let started = 0;
     const usageCost = await usageCostSection({
       recorded: async () => ({ id: "4", name: FULL_AUTH_NAME, headers: bearer, ...(await policyGateway(`uc-4-${++started}`, 30_000, sqliteQuota(`quota-uc-${started}`))) }),
-      unrecorded: async () => ({
-        id: "4n",
-        name: NO_USAGE_NAME,
-        headers: bearer,
-        ...(await startTollgate(`uc-4n-${++started}`, ["  auth:", jwtProvider(30_000), "    access_policy:", ...accessPolicyYaml(), ...sqliteQuota(`quota-uc-${started}`)], {
-          extra: [`storage: {type: sqlite, db_path: "${join(work, `uc-4n-${started}-records.db`)}"}`, "usage: {enabled: false}"],
-        })),
-      }),
+      unrecorded: async () => ({ id: "4n", name: NO_USAGE_NAME, headers: bearer, ...(await noUsageGateway(`uc-4n-${++started}`)) }),
       control: "stream",
       bodies: {
         ...BODIES,
