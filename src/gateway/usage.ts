@@ -476,7 +476,7 @@ function sseScanner(strip: boolean, onUsage: (tokens: TokenCount) => void): Scan
   /** The event as it should reach the client ("" to drop it); charges its usage. */
   function pass(event: string): string {
     const lines = event.split(/\r\n|\n|\r/);
-    const values = lines.filter((l) => l.startsWith("data:")).map((l) => l.slice(l.startsWith("data: ") ? 6 : 5));
+    const values = lines.filter((l) => l.startsWith("data:")).map((l) => l.slice(dataValue(l, 0)));
     if (values.length === 0) return event;
     if (!values[0]!.startsWith("[DONE]")) events++;
     if (!event.includes('"usage"')) return event;
