@@ -453,6 +453,7 @@ interface Scanner {
 }
 
 /** What {@link sseScanner}'s `charge` says of an event: passed on as it is, or removed. */
+const EMPTY = Buffer.alloc(0);
 const KEEP = Symbol("keep");
 const DROP = Symbol("drop");
 
@@ -494,6 +495,12 @@ function sseScanner(strip: boolean, onUsage: (tokens: TokenCount) => void): Scan
    * gateway asked for, the data to send instead (that chunk without it).
    */
   function charge(data: string): typeof KEEP | typeof DROP | string {
+    // The usual usage chunk: its `usage` object parsed alone.
+    const only = usageOnlyChunk(data);
+    if (only !== undefined) {
+      onUsage(only);
+      return strip ? DROP : KEEP;
+    }
     // Not JSON: nothing to count. (V8's parser does not recurse; only the top level and `usage` are read.)
     let json: unknown;
     try {
@@ -530,7 +537,7 @@ function sseScanner(strip: boolean, onUsage: (tokens: TokenCount) => void): Scan
    * undefined when it is not such a piece.
    */
   function wholeEvents(chunk: Buffer): Buffer | undefined {
-    named.length = 0;
+    if (named.length > 0) named.length = 0;
     const text = chunk.toString("latin1");
     const counted = readEvents(text, named);
     if (counted === -1) return undefined;
@@ -565,14 +572,15 @@ function sseScanner(strip: boolean, onUsage: (tokens: TokenCount) => void): Scan
         if (rewritten !== "") passed = Buffer.from(rewritten, "utf8");
       }
       pieces ??= [];
-      pieces.push(chunk.subarray(kept, from));
+      if (from > kept) pieces.push(chunk.subarray(kept, from));
       if (passed) pieces.push(passed);
       // An event dropped whole takes its blank line with it.
       kept = passed ? to : to + 2;
     }
     if (!pieces) return chunk;
-    pieces.push(chunk.subarray(kept));
-    return Buffer.concat(pieces);
+    if (kept < chunk.length) pieces.push(chunk.subarray(kept));
+    // The usual piece that lost the usage chunk: nothing, or what came before it (no copy).
+    return pieces.length <= 1 ? (pieces[0] ?? EMPTY) : Buffer.concat(pieces);
   }
 
   return {
@@ -615,6 +623,50 @@ function sseScanner(strip: boolean, onUsage: (tokens: TokenCount) => void): Scan
     },
     streamedTokens: () => events + Math.ceil(unparsed / BYTES_PER_TOKEN),
   };
+}
+
+/** How a usage-only chunk ends when OpenAI-compatible servers write it (compact JSON): its last two top-level members. */
+const USAGE_ONLY_TAIL = '"choices":[],"usage":{';
+
+/**
+ * The usage of a usage-only chunk as OpenAI, vLLM and most servers write
+ * it: compact JSON ending in `"choices":[],"usage":{...}}`. Only the `usage`
+ * object is parsed, not the whole chunk. Both members are top-level: the
+ * `}` that closes `usage` is followed by the one that ends the chunk. (The
+ * tail cannot lie inside a string: a string's quotes are escaped.)
+ * Undefined for any other layout, or a `usage` with no total: then the
+ * whole chunk is parsed.
+ */
+function usageOnlyChunk(data: string): TokenCount | undefined {
+  const last = data.length - 1;
+  if (data.charCodeAt(last) !== CLOSE_OBJECT || data.charCodeAt(last - 1) !== CLOSE_OBJECT) return undefined;
+  const tail = data.lastIndexOf(USAGE_ONLY_TAIL);
+  if (tail === -1) return undefined;
+  const open = tail + USAGE_ONLY_TAIL.length - 1;
+  if (closingBrace(data, open) !== last - 1) return undefined;
+  try {
+    return usageCount(JSON.parse(data.slice(open, last)));
+  } catch {
+    return undefined;
+  }
+}
+
+/** Where the object opened at `open` in `text` closes (strings skipped); -1 when it does not. */
+function closingBrace(text: string, open: number): number {
+  let depth = 0;
+  for (let i = open; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === QUOTE) {
+      // To the string's closing quote, past escaped characters.
+      for (i++; i < text.length; i++) {
+        const d = text.charCodeAt(i);
+        if (d === BACKSLASH) i++;
+        else if (d === QUOTE) break;
+      }
+    } else if (c === OPEN_OBJECT) depth++;
+    else if (c === CLOSE_OBJECT && --depth === 0) return i;
+  }
+  return -1;
 }
 
 const LF = 0x0a;

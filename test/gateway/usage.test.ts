@@ -107,6 +107,33 @@ test("SSE: a usage chunk with more lines than its data (event, id) goes whole, a
   }
 });
 
+test("SSE: a usage chunk counts the same in every layout: details, braces and quotes in strings, spaces, another order, a broken usage", async () => {
+  const details = { prompt_tokens: 3, completion_tokens: 4, total_tokens: 7, prompt_tokens_details: { cached_tokens: 1 }, note: 'a } " { \\' };
+  const dropped = [
+    `data: ${JSON.stringify({ id: "c1", object: "chat.completion.chunk", choices: [], usage: details })}\n\n`,
+    `data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}\n\n`,
+    `data: ${JSON.stringify({ usage: details, choices: [] })}\n\n`,
+    `data: ${JSON.stringify({ choices: [], usage: details })} \n\n`,
+  ];
+  for (const chunk of dropped) {
+    const { out, recorded } = await run([content("a"), chunk, "data: [DONE]\n\n"], "text/event-stream", true);
+    assert.equal(out, content("a") + "data: [DONE]\n\n", chunk);
+    assert.deepEqual(recorded, [7], chunk);
+  }
+  // Not read as a usage: kept as it is, nothing counted (nested, not top-level; no total; not JSON; the tail inside a string).
+  const kept = [
+    `data: {"x":{"choices":[],"usage":{"total_tokens":7}}}\n\n`,
+    `data: {"choices":[],"usage":{}}\n\n`,
+    `data: {"choices":[],"usage":{"total_tokens":7,}}\n\n`,
+    `data: ${JSON.stringify({ choices: [{ index: 0, delta: { content: '"choices":[],"usage":{"total_tokens":7}}' } }], usage: null })}\n\n`,
+  ];
+  for (const chunk of kept) {
+    const { out, recorded } = await run([chunk, "data: [DONE]\n\n"], "text/event-stream", true);
+    assert.equal(out, chunk + "data: [DONE]\n\n", chunk);
+    assert.deepEqual(recorded, [], chunk);
+  }
+});
+
 test("SSE: a client that asked for usage keeps its chunk", async () => {
   const stream = content("a") + usageChunk + "data: [DONE]\n\n";
   const { out, recorded } = await run([stream], "text/event-stream; charset=utf-8", false);
