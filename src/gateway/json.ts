@@ -239,7 +239,38 @@ function literalEnd(bytes: Uint8Array, i: number): number {
 /** The value of a top-level member found by {@link scanJson}, parsed alone; undefined when absent. */
 export function memberValue(bytes: Buffer, scan: JsonScan, name: string): unknown {
   const span = scan.members?.get(name);
-  return span === undefined ? undefined : JSON.parse(bytes.toString("utf8", span.start, span.end));
+  if (span === undefined) return undefined;
+  const { start, end } = span;
+  // The usual members (`"stream": true`, a model's name) read without the parser.
+  switch (bytes[start]) {
+    case T:
+      if (end - start === 4) return true;
+      break;
+    case F:
+      if (end - start === 5) return false;
+      break;
+    case QUOTE:
+      if (plainString(bytes, start + 1, end - 1)) return bytes.toString("utf8", start + 1, end - 1);
+      break;
+  }
+  return JSON.parse(bytes.toString("utf8", start, end));
+}
+
+const T = 0x74;
+const F = 0x66;
+const QUOTE = 0x22;
+const BACKSLASH = 0x5c;
+/** Longest string value read without the parser. */
+const PLAIN_STRING_BYTES = 256;
+
+/** True when `bytes[from, to)` is a short string's text with nothing to unescape (no backslash, quote or control character). */
+function plainString(bytes: Uint8Array, from: number, to: number): boolean {
+  if (to < from || to - from > PLAIN_STRING_BYTES || bytes[to] !== QUOTE) return false;
+  for (let i = from; i < to; i++) {
+    const b = bytes[i]!;
+    if (b === BACKSLASH || b === QUOTE || b < 0x20) return false;
+  }
+  return true;
 }
 
 /**

@@ -303,11 +303,15 @@ export function jsonMember(body: BufferedBody, name: string): unknown {
  * are not a JSON object are returned unchanged.
  */
 export function withJsonMember(body: BufferedBody, name: string, value: unknown): BufferedBody {
+  return withJsonMemberText(body, name, JSON.stringify(value));
+}
+
+/** {@link withJsonMember} with the value given as its JSON text. */
+export function withJsonMemberText(body: BufferedBody, name: string, text: string): BufferedBody {
   const scan = body.json;
   if (!scan?.valid || scan.members === undefined || body.parts.length !== 1) return body;
   const bytes = body.parts[0]!;
   const span = scan.members.get(name);
-  const text = JSON.stringify(value);
   const parts =
     span !== undefined
       ? [bytes.subarray(0, span.start), Buffer.from(text, "utf8"), bytes.subarray(span.end)]

@@ -1,7 +1,7 @@
 import type { IncomingMessage } from "node:http";
 import { Readable, type Transform, type Writable } from "node:stream";
 import zlib from "node:zlib";
-import { jsonMember, mediaType, readJsonBody, withJsonMember, type BodyLimits, type BufferedBody } from "./request-body.js";
+import { jsonMember, mediaType, readJsonBody, withJsonMember, withJsonMemberText, type BodyLimits, type BufferedBody } from "./request-body.js";
 import { MAX_JSON_DEPTH, nestingExceeds, parseJsonWithin } from "./json.js";
 
 /**
@@ -114,6 +114,9 @@ export interface UsagePlan {
   readonly model?: string | undefined;
 }
 
+/** `stream_options` asking for usage, as JSON. */
+const INCLUDE_USAGE = JSON.stringify({ include_usage: true });
+
 const NOTHING: UsagePlan = { body: undefined, stripUsageChunk: false, estimate: undefined };
 
 /** Chat Completions and (legacy) Completions, under any prefix (`/v1/`, Llama Stack's `/v1/openai/v1/`). */
@@ -141,7 +144,9 @@ export async function prepareUsage(raw: IncomingMessage, path: string, body: Buf
   const given = jsonMember(read, "stream_options");
   const options = given && typeof given === "object" && !Array.isArray(given) ? (given as Record<string, unknown>) : {};
   if (options.include_usage === true) return { body: read, stripUsageChunk: false, estimate, model };
-  return { body: withJsonMember(read, "stream_options", { ...options, include_usage: true }), stripUsageChunk: true, estimate, model };
+  // The usual request, with no `stream_options`: the member is added as it is, encoded once.
+  const added = given === undefined ? withJsonMemberText(read, "stream_options", INCLUDE_USAGE) : withJsonMember(read, "stream_options", { ...options, include_usage: true });
+  return { body: added, stripUsageChunk: true, estimate, model };
 }
 
 /** The {@link UsageEstimate} of a request body. */

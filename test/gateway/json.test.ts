@@ -36,6 +36,16 @@ describe("scanJson", () => {
     assert.equal(scan("[1]").members, undefined);
   });
 
+  test("a member's value is what JSON.parse reads: literals, plain and escaped strings, long strings, numbers", () => {
+    const values = [true, false, null, "demo-small", "", "é ü €", 'a"b', "a\\b", "tab\there", "line\nend", "x".repeat(300), 0, -1.5, 1e21, { include_usage: true }, [true]];
+    for (const value of values) {
+      for (const text of [JSON.stringify({ v: value }), `{ "v" : ${JSON.stringify(value)} , "w": 1}`, `{"v":${JSON.stringify(value).replace(/[^\x00-\x7f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`)}}`]) {
+        const bytes = Buffer.from(text);
+        assert.deepEqual(memberValue(bytes, scanJson(bytes), "v"), JSON.parse(text).v, text);
+      }
+    }
+  });
+
   test("refuses nesting past the bound, whatever follows, and ignores brackets inside strings", () => {
     assert.equal(scan("[".repeat(MAX_JSON_DEPTH) + "]".repeat(MAX_JSON_DEPTH)).valid, true);
     assert.throws(() => scan("[".repeat(MAX_JSON_DEPTH + 1)), JsonTooDeepError);
