@@ -419,12 +419,12 @@ export async function startDemoUpstream(options: DemoUpstreamOptions = {}): Prom
       return;
     }
     const includeUsage = (body.stream_options as { include_usage?: unknown } | undefined)?.include_usage === true;
-    const base = { id, object: "chat.completion.chunk", created: CREATED, model: modelId, system_fingerprint: null };
-    const chunk = (delta: Record<string, unknown>, finish: string | null) => ({
-      ...base,
-      choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }],
-      ...(includeUsage ? { usage: null } : {}),
-    });
+    const object = "chat.completion.chunk";
+    // One object shape per kind of stream (no spread per chunk): the bench's upstream shares the machine with the gateway it measures.
+    const choices = (delta: Record<string, unknown>, finish: string | null) => [{ index: 0, delta, logprobs: null, finish_reason: finish }];
+    const chunk = includeUsage
+      ? (delta: Record<string, unknown>, finish: string | null) => ({ id, object, created: CREATED, model: modelId, system_fingerprint: null, choices: choices(delta, finish), usage: null })
+      : (delta: Record<string, unknown>, finish: string | null) => ({ id, object, created: CREATED, model: modelId, system_fingerprint: null, choices: choices(delta, finish) });
     const events: unknown[] = [chunk({ role: "assistant", content: "", refusal: null }, null)];
     const replyWords = words(reply);
     const contentEvents = numberHeader(req, "x-demo-stream-tokens") ?? replyWords.length;
@@ -433,7 +433,7 @@ export async function startDemoUpstream(options: DemoUpstreamOptions = {}): Prom
       events.push(chunk({ content: i === 0 ? word : ` ${word}` }, null));
     }
     events.push(chunk({}, "stop"));
-    if (includeUsage) events.push({ ...base, choices: [], usage });
+    if (includeUsage) events.push({ id, object, created: CREATED, model: modelId, system_fingerprint: null, choices: [], usage });
     await streamEvents(req, res, events);
   }
 
