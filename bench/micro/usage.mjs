@@ -10,7 +10,8 @@
 // per cent (see the section "What recording usage costs").
 import { Readable, Writable } from "node:stream";
 import { startDemoUpstream } from "../../dist/demo/upstream.js";
-import { meterUsageInto } from "../../dist/gateway/usage.js";
+import { scanJson } from "../../dist/gateway/json.js";
+import { meterUsageInto, prepareUsage } from "../../dist/gateway/usage.js";
 import { BENCH_MODEL, markdownTable } from "../support.mjs";
 
 const QUICK = process.env.BENCH_QUICK === "1";
@@ -80,6 +81,29 @@ for (let r = 0; r < ROUNDS; r++) {
   for (const kind of ["json", "stream"]) piped[kind].push(await time(kind, "pipe", ROUND_MS));
   for (const [i, v] of variants.entries()) added[i].push((await time(v.kind, v.how, ROUND_MS)) - piped[v.kind][r]);
 }
+// Before forwarding: the request read for its estimate and, for a stream, asked for usage (stream_options added).
+const prepared = [];
+for (const [label, body] of [
+  ["JSON request", { model: BENCH_MODEL, messages }],
+  ["streamed request (`stream_options` added)", { model: BENCH_MODEL, messages, stream: true }],
+]) {
+  const bytes = Buffer.from(JSON.stringify(body));
+  const buffered = { parts: [bytes], length: bytes.length, json: scanJson(bytes), contentType: "application/json" };
+  const raw = { method: "POST" };
+  const run = async (ms) => {
+    let n = 0;
+    const start = performance.now();
+    while (performance.now() - start < ms) {
+      for (let i = 0; i < 1000; i++) await prepareUsage(raw, "/v1/chat/completions", buffered, {});
+      n += 1000;
+    }
+    return ((performance.now() - start) * 1000) / n;
+  };
+  await run(ROUND_MS);
+  const times = [];
+  for (let r = 0; r < ROUNDS; r++) times.push(await run(ROUND_MS / 2));
+  prepared.push([label, median(times).toFixed(2)]);
+}
 const events = answers.stream.pieces.length;
 console.log(
   [
@@ -91,5 +115,9 @@ console.log(
       [["answer"], ["µs per answer, piped", "r"], ["µs added by the meter", "r"]],
       variants.map((v, i) => [v.label, median(piped[v.kind]).toFixed(2), median(added[i]).toFixed(2)]),
     ),
+    "",
+    "Before forwarding, a request the meter will read (`prepareUsage`: its estimate read, a stream asked for usage):",
+    "",
+    ...markdownTable([["request"], ["µs per request", "r"]], prepared),
   ].join("\n"),
 );
