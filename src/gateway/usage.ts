@@ -458,9 +458,10 @@ interface Scanner {
 }
 
 /** What {@link sseScanner}'s `charge` says of an event: passed on as it is, or removed. */
-const EMPTY = Buffer.alloc(0);
 const KEEP = Symbol("keep");
 const DROP = Symbol("drop");
+/** A piece of which nothing is passed on (it held only the usage chunk). */
+const EMPTY = Buffer.alloc(0);
 
 /** Events end at a blank line (`\n\n`, `\r\n\r\n`, `\r\r`: the SSE spec allows all three). */
 const EVENT_END = /\r\n\r\n|\n\n|\r\r/g;
@@ -638,7 +639,10 @@ const USAGE_ONLY_TAIL = '"choices":[],"usage":{';
  * it: compact JSON ending in `"choices":[],"usage":{...}}`. Only the `usage`
  * object is parsed, not the whole chunk. Both members are top-level: the
  * `}` that closes `usage` is followed by the one that ends the chunk. (The
- * tail cannot lie inside a string: a string's quotes are escaped.)
+ * tail cannot lie inside a string: a string's quotes are escaped.) What
+ * comes before the tail is not checked: a chunk that is not JSON but ends
+ * so is charged its usage, and removed when the gateway asked for it,
+ * where the whole chunk parsed would have been passed on uncounted.
  * Undefined for any other layout, or a `usage` with no total: then the
  * whole chunk is parsed.
  */
