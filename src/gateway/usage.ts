@@ -501,12 +501,6 @@ function sseScanner(strip: boolean, onUsage: (tokens: TokenCount) => void): Scan
    * gateway asked for, the data to send instead (that chunk without it).
    */
   function charge(data: string): typeof KEEP | typeof DROP | string {
-    // The usual usage chunk: its `usage` object parsed alone.
-    const only = usageOnlyChunk(data);
-    if (only !== undefined) {
-      onUsage(only);
-      return strip ? DROP : KEEP;
-    }
     // Not JSON: nothing to count. (V8's parser does not recurse; only the top level and `usage` are read.)
     let json: unknown;
     try {
@@ -564,10 +558,11 @@ function sseScanner(strip: boolean, onUsage: (tokens: TokenCount) => void): Scan
       const at = dataValue(text, from);
       // (`to` is where the event's blank line starts: its first line ends there when it has one line.)
       if (at !== -1 && text.indexOf("\n", from) === to) {
-        // The usual event: one `data:` line, its value read as it is.
-        const data = chunk.toString("utf8", at, to);
-        if (!data.startsWith("[DONE]")) events++;
-        const outcome = charge(data);
+        // The usual event: one `data:` line, its value read as it is (the usual usage chunk: its usage object alone).
+        if (!text.startsWith("[DONE]", at)) events++;
+        const only = usageOnlyChunk(chunk, text, at, to);
+        if (only) onUsage(only);
+        const outcome = only ? (strip ? DROP : KEEP) : charge(chunk.toString("utf8", at, to));
         if (outcome === KEEP) continue;
         if (outcome !== DROP) passed = Buffer.from(`data: ${outcome}`, "utf8");
       } else {
@@ -636,46 +631,30 @@ const USAGE_ONLY_TAIL = '"choices":[],"usage":{';
 
 /**
  * The usage of a usage-only chunk as OpenAI, vLLM and most servers write
- * it: compact JSON ending in `"choices":[],"usage":{...}}`. Only the `usage`
- * object is parsed, not the whole chunk. Both members are top-level: the
- * `}` that closes `usage` is followed by the one that ends the chunk. (The
- * tail cannot lie inside a string: a string's quotes are escaped.) What
- * comes before the tail is not checked: a chunk that is not JSON but ends
- * so is charged its usage, and removed when the gateway asked for it,
- * where the whole chunk parsed would have been passed on uncounted.
- * Undefined for any other layout, or a `usage` with no total: then the
- * whole chunk is parsed.
+ * it: compact JSON ending in `"choices":[],"usage":{...}}`, the data of the
+ * one-line event at `[at, to)` of the piece `bytes` (`text`: the same as
+ * Latin-1). Only the `usage` object is parsed, not the whole chunk: what
+ * lies between the tail's `{` and the chunk's last `}` must parse as one
+ * value. Both members are then top-level: the `}` that closes `usage` is
+ * followed by the one that ends the chunk. (The tail cannot lie inside a
+ * string: a string's quotes are escaped.) What comes before the tail is not checked: a chunk
+ * that is not JSON but ends so is charged its usage, and removed when the
+ * gateway asked for it, where the whole chunk parsed would have been passed
+ * on uncounted. Undefined for any other layout, or a `usage` with no
+ * total: then the whole chunk is parsed.
  */
-function usageOnlyChunk(data: string): TokenCount | undefined {
-  const last = data.length - 1;
-  if (data.charCodeAt(last) !== CLOSE_OBJECT || data.charCodeAt(last - 1) !== CLOSE_OBJECT) return undefined;
-  const tail = data.lastIndexOf(USAGE_ONLY_TAIL);
-  if (tail === -1) return undefined;
+function usageOnlyChunk(bytes: Buffer, text: string, at: number, to: number): TokenCount | undefined {
+  const last = to - 1;
+  if (text.charCodeAt(last) !== CLOSE_OBJECT || text.charCodeAt(last - 1) !== CLOSE_OBJECT) return undefined;
+  const tail = text.lastIndexOf(USAGE_ONLY_TAIL, last);
+  if (tail < at) return undefined;
   const open = tail + USAGE_ONLY_TAIL.length - 1;
-  if (closingBrace(data, open) !== last - 1) return undefined;
+  // One JSON value from `{` to the last `}` but one: the usage object, closed there (else this throws).
   try {
-    return usageCount(JSON.parse(data.slice(open, last)));
+    return usageCount(JSON.parse(bytes.toString("utf8", open, last)));
   } catch {
     return undefined;
   }
-}
-
-/** Where the object opened at `open` in `text` closes (strings skipped); -1 when it does not. */
-function closingBrace(text: string, open: number): number {
-  let depth = 0;
-  for (let i = open; i < text.length; i++) {
-    const c = text.charCodeAt(i);
-    if (c === QUOTE) {
-      // To the string's closing quote, past escaped characters.
-      for (i++; i < text.length; i++) {
-        const d = text.charCodeAt(i);
-        if (d === BACKSLASH) i++;
-        else if (d === QUOTE) break;
-      }
-    } else if (c === OPEN_OBJECT) depth++;
-    else if (c === CLOSE_OBJECT && --depth === 0) return i;
-  }
-  return -1;
 }
 
 const LF = 0x0a;
