@@ -637,11 +637,11 @@ const USAGE_ONLY_TAIL = '"choices":[],"usage":{';
  * lies between the tail's `{` and the chunk's last `}` must parse as one
  * value. Both members are then top-level: the `}` that closes `usage` is
  * followed by the one that ends the chunk. (The tail cannot lie inside a
- * string: a string's quotes are escaped.) What comes before the tail is not checked: a chunk
- * that is not JSON but ends so is charged its usage, and removed when the
- * gateway asked for it, where the whole chunk parsed would have been passed
- * on uncounted. Undefined for any other layout, or a `usage` with no
- * total: then the whole chunk is parsed.
+ * string: a string's quotes are escaped.) What comes before the tail is
+ * not checked: a chunk that is not JSON but ends so is charged its usage,
+ * and removed when the gateway asked for it, where the whole chunk parsed
+ * would have been passed on uncounted. Undefined for any other layout, or
+ * a `usage` with no total: then the whole chunk is parsed.
  */
 function usageOnlyChunk(bytes: Buffer, text: string, at: number, to: number): TokenCount | undefined {
   const last = to - 1;
