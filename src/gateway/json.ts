@@ -156,7 +156,7 @@ export function scanJson(bytes: Uint8Array, maxDepth = MAX_JSON_DEPTH): JsonScan
       state = END;
       return;
     }
-    if (depth === 1 && stack[0] === OBJECT) members!.set(keyName(bytes, keyStart, keyEnd), { start: valueStart, end: i });
+    if (depth === 1 && stack[0] === OBJECT) members!.set(stringText(bytes, keyStart, keyEnd), { start: valueStart, end: i });
     state = AFTER;
   }
 
@@ -167,10 +167,16 @@ export function scanJson(bytes: Uint8Array, maxDepth = MAX_JSON_DEPTH): JsonScan
   }
 }
 
-/** The decoded name of the key at `[start, end)` (quotes included); escapes such as `"mod\u0065l"` count as what they mean. */
-function keyName(bytes: Uint8Array, start: number, end: number): string {
+/**
+ * The decoded text of the valid JSON string at `[start, end)` (quotes
+ * included), a key or a value; escapes such as `"mod\u0065l"` count as
+ * what they mean.
+ */
+function stringText(bytes: Uint8Array, start: number, end: number): string {
   const raw = Buffer.from(bytes.buffer, bytes.byteOffset + start, end - start);
-  return raw.includes(0x5c) ? (JSON.parse(raw.toString("utf8")) as string) : raw.toString("utf8", 1, raw.length - 1);
+  // Nothing to unescape (the usual key or model name): its bytes as they are, without the parser.
+  for (let i = 1; i < raw.length - 1; i++) if (raw[i] === BACKSLASH) return JSON.parse(raw.toString("utf8")) as string;
+  return raw.toString("utf8", 1, raw.length - 1);
 }
 
 /** Offset after the string starting at `i` (its opening quote), or -1 when it is not a valid JSON string. */
@@ -250,8 +256,7 @@ export function memberValue(bytes: Buffer, scan: JsonScan, name: string): unknow
       if (end - start === 5) return false;
       break;
     case QUOTE:
-      if (plainString(bytes, start + 1, end - 1)) return bytes.toString("utf8", start + 1, end - 1);
-      break;
+      return stringText(bytes, start, end);
   }
   return JSON.parse(bytes.toString("utf8", start, end));
 }
@@ -260,18 +265,6 @@ const T = 0x74;
 const F = 0x66;
 const QUOTE = 0x22;
 const BACKSLASH = 0x5c;
-/** Longest string value read without the parser. */
-const PLAIN_STRING_BYTES = 256;
-
-/** True when `bytes[from, to)` is a short string's text with nothing to unescape (no backslash, quote or control character). */
-function plainString(bytes: Uint8Array, from: number, to: number): boolean {
-  if (to < from || to - from > PLAIN_STRING_BYTES || bytes[to] !== QUOTE) return false;
-  for (let i = from; i < to; i++) {
-    const b = bytes[i]!;
-    if (b === BACKSLASH || b === QUOTE || b < 0x20) return false;
-  }
-  return true;
-}
 
 /**
  * `JSON.parse(text)` for an answer the gateway inspects (an upstream's list,
