@@ -173,10 +173,10 @@ export function scanJson(bytes: Uint8Array, maxDepth = MAX_JSON_DEPTH): JsonScan
  * what they mean.
  */
 function stringText(bytes: Uint8Array, start: number, end: number): string {
-  const raw = Buffer.from(bytes.buffer, bytes.byteOffset + start, end - start);
+  const raw = Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
   // Nothing to unescape (the usual key or model name): its bytes as they are, without the parser.
-  for (let i = 1; i < raw.length - 1; i++) if (raw[i] === BACKSLASH) return JSON.parse(raw.toString("utf8")) as string;
-  return raw.toString("utf8", 1, raw.length - 1);
+  for (let i = start + 1; i < end - 1; i++) if (raw[i] === BACKSLASH) return JSON.parse(raw.toString("utf8", start, end)) as string;
+  return raw.toString("utf8", start + 1, end - 1);
 }
 
 /** Offset after the string starting at `i` (its opening quote), or -1 when it is not a valid JSON string. */
