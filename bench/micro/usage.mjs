@@ -13,6 +13,7 @@ import { startDemoUpstream } from "../../dist/demo/upstream.js";
 import { scanJson } from "../../dist/gateway/json.js";
 import { meterUsageInto, prepareUsage } from "../../dist/gateway/usage.js";
 import { BENCH_MODEL, markdownTable } from "../support.mjs";
+import { measureAsync } from "./_measure.mjs";
 
 const QUICK = process.env.BENCH_QUICK === "1";
 const ROUNDS = QUICK ? 3 : 9;
@@ -89,20 +90,8 @@ for (const [label, body] of [
 ]) {
   const bytes = Buffer.from(JSON.stringify(body));
   const buffered = { parts: [bytes], length: bytes.length, json: scanJson(bytes), contentType: "application/json" };
-  const raw = { method: "POST" };
-  const run = async (ms) => {
-    let n = 0;
-    const start = performance.now();
-    while (performance.now() - start < ms) {
-      for (let i = 0; i < 1000; i++) await prepareUsage(raw, "/v1/chat/completions", buffered, {});
-      n += 1000;
-    }
-    return ((performance.now() - start) * 1000) / n;
-  };
-  await run(ROUND_MS);
-  const times = [];
-  for (let r = 0; r < ROUNDS; r++) times.push(await run(ROUND_MS / 2));
-  prepared.push([label, median(times).toFixed(2)]);
+  const { opsPerSec } = await measureAsync(label, () => prepareUsage({ method: "POST" }, "/v1/chat/completions", buffered, {}));
+  prepared.push([label, (1e6 / opsPerSec).toFixed(2)]);
 }
 const events = answers.stream.pieces.length;
 console.log(
