@@ -39,6 +39,8 @@ export async function throwawaySentinel({ password, sentinelPassword }: { passwo
   const server = (port: number, ...args: string[]) =>
     redisProcess(port, [
       "--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir,
+      // The replica's first sync starts at once (Redis 7 waits 5 s by default for more replicas to share a diskless transfer).
+      "--repl-diskless-sync-delay", "0",
       ...(password === undefined ? [] : ["--requirepass", password, "--masterauth", password]),
       ...args,
     ]);
@@ -87,7 +89,8 @@ export async function throwawaySentinel({ password, sentinelPassword }: { passwo
   try {
     for (const s of servers) await s.start();
     for (const port of replicaPorts) {
-      await until("a replica to sync", async () => (await cli(port, "info", "replication")).includes("master_link_status:up"));
+      // Allowed longer than the other waits: a first sync on a loaded CI machine has taken over 20 s.
+      await until("a replica to sync", async () => (await cli(port, "info", "replication")).includes("master_link_status:up"), 60_000);
     }
     await sentinel.start();
     // SENTINEL FAILOVER needs a replica the sentinel knows of (learnt from the master's INFO).
