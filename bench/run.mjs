@@ -43,9 +43,9 @@
 //       for BENCH_STREAM_SECONDS, direct and through 2 and 4; delay per token, RSS, CPU
 //   lp  large prompts (bench/large-prompts.mjs): 1 MiB chat bodies through 1, 2 and 4
 //   obs what a log line, the metrics and tracing cost per request (bench/observability-cost.mjs)
-//   uc  what recording usage costs (bench/usage-cost.mjs, issue 17): 4 against 4n in BENCH_USAGE_ROUNDS (default 8)
+//   uc  what recording usage costs (bench/usage-cost.mjs, issue 17): 4 against 4n in BENCH_USAGE_ROUNDS (default 4)
 //       rounds of four new processes (4, 4n, 4, 4n), each warmed up by BENCH_USAGE_WARMUP (default 9) one-second runs,
-//       their runs in one-second slices taking turns; the median of the rounds' ratios
+//       then BENCH_USAGE_TURNS (default 10) turns per row in which each runs for a second; the median of the turns' ratios
 // and the report opens with issue 16's targets, met or missed. With
 // BENCH_DURATION <= 1 (CI's smoke run) they shrink: rates 250/500/1000, 200 streams for 2 s.
 //
@@ -105,7 +105,7 @@ const RATES = process.env.BENCH_RATES ? numbers(process.env.BENCH_RATES) : QUICK
 const STREAMS = process.env.BENCH_STREAMS ? numbers(process.env.BENCH_STREAMS) : QUICK ? [200] : [1000, 5000];
 const STREAM_SECONDS = Number(process.env.BENCH_STREAM_SECONDS ?? (QUICK ? 2 : 20));
 const TOKEN_EVERY_MS = 50;
-/** What recording usage costs (section "uc"): pairs of runs, 4 against 4n. */
+/** What recording usage costs (section "uc"): rounds of new processes, 4 against 4n. */
 const USAGE_COST_ROUNDS = Number(process.env.BENCH_USAGE_ROUNDS ?? (QUICK ? 1 : 4));
 /** Turns per row and round (section "uc"): one-second runs of each of the round's four processes. */
 const USAGE_COST_TURNS = Number(process.env.BENCH_USAGE_TURNS ?? 10);
@@ -761,10 +761,10 @@ function checkTargets(rows, extra) {
       }
     }
     // The section "uc" measures it in rounds of new processes; without it, from the main table's medians.
-    const paired = extra.usage_cost?.rows.find((r) => r.response === kind);
+    const measured = extra.usage_cost?.rows.find((r) => r.response === kind);
     const s4n = get("4n", kind);
-    if (paired) {
-      out.push({ met: paired.ratio >= 0.95, text: `scenario 4 (${kind}, usage recorded) throughput ≥ 0.95 × 4n (recording off), median of ${paired.turns} turns in ${paired.rounds} rounds: ${paired.ratio.toFixed(3)} × (control ${paired.control.toFixed(3)} ×)` });
+    if (measured) {
+      out.push({ met: measured.ratio >= 0.95, text: `scenario 4 (${kind}, usage recorded) throughput ≥ 0.95 × 4n (recording off), median of ${measured.turns} turns in ${measured.rounds} rounds: ${measured.ratio.toFixed(3)} × (control ${measured.control.toFixed(3)} ×)` });
     } else if (s4 && s4n) {
       out.push({ met: s4.rps >= 0.95 * s4n.rps, text: `scenario 4 (${kind}, usage recorded) throughput ≥ 0.95 × 4n (recording off): ${(s4.rps / s4n.rps).toFixed(2)} ×` });
     }
