@@ -1,8 +1,9 @@
 // What recording usage costs (issue 17), a section of `npm run bench`:
 // scenario 4's gateway (usage recorded, the default) against 4n (the same
 // with `usage: {enabled: false}`), for the JSON answer and the stream, in
-// `rounds` rounds of new processes: two of each, four in all. The figure is
-// the median over the rounds of the two 4s' throughput over the two 4ns'.
+// `rounds` rounds of new processes: two of each, four in all. In each of a
+// row's `turns` turns every process runs for `slice` seconds; the figure is
+// the median over all turns of the two 4s' throughput over the two 4ns'.
 //
 // Why so many processes, and why so long a warm-up, on this host:
 // - A new process takes several seconds of load to reach its steady speed
@@ -14,11 +15,10 @@
 //   taking turns so that each has the same history.
 // - Two warmed processes of one build still differ by several per cent for
 //   as long as they live, and this host's speed swings by ±15 % from one
-//   second to the next. So each row's runs are cut into one-second slices
-//   in which the four processes take turns (the order rotating), so that
-//   the swings fall on all alike, and every round compares two processes
-//   with two.
-// - The control: the same slices split the other way, one 4 and one 4n
+//   second to the next. So a row is many short turns in which the four
+//   processes take turns (the order rotating), so that the swings fall on
+//   all alike, and every turn compares two processes with two.
+// - The control: the same turns split the other way, one 4 and one 4n
 //   against the other 4 and 4n. Nothing differs between its halves but the
 //   processes and their moments, so how far its median lies from 1.00 is
 //   the method's own noise, for every row.
