@@ -118,10 +118,16 @@ export function createMetrics(): GatewayMetrics {
     labelNames: ["outcome"] as const,
     registers,
   });
+  /** Tokens counted since the last scrape: added to the counter when it is read, not on every answer (a call into prom-client per stream). */
+  let tokensSinceScrape = 0;
   const tokens = new Counter({
     name: "tollgate_llm_tokens_total",
     help: "LLM tokens counted from responses' usage",
     registers,
+    collect() {
+      if (tokensSinceScrape > 0) this.inc(tokensSinceScrape);
+      tokensSinceScrape = 0;
+    },
   });
   const overloads = new Counter({
     name: "tollgate_overloaded_total",
@@ -188,7 +194,7 @@ export function createMetrics(): GatewayMetrics {
       quotaStoreErrors.labels(outcome).inc();
     },
     tokens(count) {
-      if (count > 0) tokens.inc(count);
+      if (count > 0) tokensSinceScrape += count;
     },
     usageDropped(rows) {
       usageDrops.inc(rows);

@@ -106,7 +106,8 @@ export function createProxy({ own, metrics, log, proto, shutdown, usage: recorde
     // Token and spend budgets (stage 5) and usage recording: a streamed completion is asked to report
     // usage (usage.ts); the answer must be readable, so it is asked for uncompressed.
     const metered = context.recordTokens || context.recordSpend || (recorder && context.user);
-    const usage = metered && method === "POST" ? await prepareUsage(raw, context.path, body, limits) : undefined;
+    const planned = metered && method === "POST" ? prepareUsage(raw, context.path, body, limits) : undefined;
+    const usage = planned instanceof Promise ? await planned : planned;
     const sent: Sent = { body: usage?.body ?? body, inspectResponse: usage !== undefined || guarded?.inspectResponse === true, path };
     // Where it goes: the one upstream; the one a resource it names was created through; those serving its model (404 model_not_found when none).
     const sticky = guarded?.upstream === undefined ? undefined : router.named(guarded.upstream);

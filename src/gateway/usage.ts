@@ -134,9 +134,14 @@ export function isInference(method: string | undefined, path: string): boolean {
  * needs, and for a streamed completion makes sure the upstream will report
  * usage. `body` is the buffered body when an earlier stage read it.
  */
-export async function prepareUsage(raw: IncomingMessage, path: string, body: BufferedBody | undefined, limits: BodyLimits): Promise<UsagePlan> {
+export function prepareUsage(raw: IncomingMessage, path: string, body: BufferedBody | undefined, limits: BodyLimits): UsagePlan | Promise<UsagePlan> {
   if (!isInference(raw.method, path)) return NOTHING;
-  const read = body ?? (await readJsonBody(raw, limits));
+  // The usual request: its body was read by an earlier stage (the policy on its model), and nothing here waits.
+  return body ? planOf(path, body) : readJsonBody(raw, limits).then((read) => planOf(path, read));
+}
+
+/** {@link prepareUsage} of an inference request whose body is read. */
+function planOf(path: string, read: BufferedBody): UsagePlan {
   const estimate = estimateOf(read);
   const named = jsonMember(read, "model");
   const model = typeof named === "string" ? named : undefined;
@@ -149,10 +154,19 @@ export async function prepareUsage(raw: IncomingMessage, path: string, body: Buf
   return { body: added, stripUsageChunk: true, estimate, model };
 }
 
+/** The members that may bound a request's answer, the first one set counting (Chat Completions, legacy Completions, Responses). */
+const MAX_TOKENS_MEMBERS = ["max_completion_tokens", "max_tokens", "max_output_tokens"] as const;
+
 /** The {@link UsageEstimate} of a request body. */
 function estimateOf(body: BufferedBody): UsageEstimate {
-  const limits = ["max_completion_tokens", "max_tokens", "max_output_tokens"].map((name) => jsonMember(body, name));
-  const max = limits.find((v): v is number => typeof v === "number" && Number.isFinite(v) && v >= 0);
+  let max: number | undefined;
+  for (const name of MAX_TOKENS_MEMBERS) {
+    const v = jsonMember(body, name);
+    if (typeof v === "number" && Number.isFinite(v) && v >= 0) {
+      max = v;
+      break;
+    }
+  }
   // `n` choices may each use up to the maximum.
   const n = jsonMember(body, "n");
   const choices = typeof n === "number" && Number.isInteger(n) && n > 1 ? n : 1;
@@ -364,22 +378,52 @@ function meter(upstream: Readable, options: MeterOptions, client: MeterSink): vo
   /** Runs `then` once the decoder has given all it will (at once when it already failed). */
   const afterDecoder = (then: () => void) => (decoder!.closed ? then() : decoder!.once("close", then));
 
+  /** What one read of the upstream's socket gave, not yet read by the scanner (see {@link readBatch}). */
+  const batch: Buffer[] = [];
+  /**
+   * The pieces of an answer that came in one read of the upstream's socket
+   * (an HTTP client hands over each chunk of a chunked body by itself, one
+   * per token of a stream, all in one go), read and written on as one: one
+   * scan, one write to the client. Runs once they are all in (before the
+   * next read), and before the answer's end or cut is handled.
+   */
+  function readBatch() {
+    if (batch.length === 0) return;
+    const chunk = batch.length === 1 ? batch[0]! : Buffer.concat(batch);
+    batch.length = 0;
+    let forClient: Buffer | string;
+    try {
+      forClient = scanner!.push(chunk);
+    } catch (err) {
+      // Not on an upstream's event any more: a fault here would end the process. The answer is cut instead (and charged the estimate).
+      upstream.destroy(err as Error);
+      return;
+    }
+    if (clientGone) {
+      // Charged: nobody reads the rest.
+      if (seen) upstream.destroy();
+    } else if (forClient.length > 0 && !client.write(forClient)) upstream.pause();
+  }
   upstream.on("data", (chunk: Buffer) => {
     received += chunk.length;
     if (clientGone) {
       drained += chunk.length;
       if (drained > drain.maxBytes) return void upstream.destroy();
     }
+    if (!decoder && scanner) {
+      if (batch.push(chunk) === 1) process.nextTick(readBatch);
+      return;
+    }
     // Re-encoded, the client's bytes come from the encoder.
-    let forClient: Buffer | string = encoder ? "" : chunk;
+    const forClient: Buffer | string = encoder ? "" : chunk;
     if (decoder) decoder.write(chunk);
-    else if (scanner) forClient = scanner.push(chunk);
     if (clientGone) {
       // Charged: nobody reads the rest.
       if (seen) upstream.destroy();
     } else if (forClient.length > 0 && !client.write(forClient)) upstream.pause();
   });
   upstream.on("end", () => {
+    readBatch();
     ended = true;
     if (!decoder) {
       const rest = scanner?.end() ?? "";
@@ -405,10 +449,12 @@ function meter(upstream: Readable, options: MeterOptions, client: MeterSink): vo
     decoder.end();
   });
   upstream.on("error", (err) => {
+    readBatch();
     if (!clientGone) client.destroy(err);
   });
   upstream.on("close", () => {
     if (ended) return;
+    readBatch();
     // Cut (by the upstream, a bound, or the client's departure on a route without usage).
     decoder?.destroy();
     encoder?.destroy();
@@ -649,12 +695,74 @@ function usageOnlyChunk(bytes: Buffer, text: string, at: number, to: number): To
   const tail = text.lastIndexOf(USAGE_ONLY_TAIL, last);
   if (tail < at) return undefined;
   const open = tail + USAGE_ONLY_TAIL.length - 1;
+  const flat = flatUsage(text, open, last - 1);
+  if (flat !== NOT_FLAT) return flat;
   // One JSON value from `{` to the last `}` but one: the usage object, closed there (else this throws).
   try {
     return usageCount(JSON.parse(bytes.toString("utf8", open, last)));
   } catch {
     return undefined;
   }
+}
+
+/** What {@link flatUsage} returns for a text it does not read: the caller parses it. */
+const NOT_FLAT = Symbol("not flat");
+const ZERO = 0x30;
+const NINE = 0x39;
+/** Integers of up to this many digits are exact in a double. */
+const MAX_DIGITS = 15;
+
+/**
+ * The {@link usageCount} of the usual `usage` object, read without a JSON
+ * parse: `text` from `open` (its `{`) to `close` (its `}`) is compact JSON
+ * whose members are all `"name":integer` or `"name":null`, as vLLM,
+ * llama.cpp, Ollama and most servers write it
+ * (`{"prompt_tokens":9,"completion_tokens":12,"total_tokens":21}`, in any
+ * order). Duplicates: the last counts, as in `JSON.parse`. Anything else (a
+ * space, a nested object, a fraction, an escape in a name, a number too
+ * long to be exact) is {@link NOT_FLAT}: the caller parses it. `text` may be
+ * UTF-8 read as Latin-1: a name with other bytes is not one of ours, and no
+ * byte of a multi-byte character is a quote or a backslash.
+ */
+function flatUsage(text: string, open: number, close: number): TokenCount | undefined | typeof NOT_FLAT {
+  if (text.charCodeAt(open) !== OPEN_OBJECT || text.charCodeAt(close) !== CLOSE_OBJECT) return NOT_FLAT;
+  // -1: absent or null.
+  let prompt = -1;
+  let completion = -1;
+  let total = -1;
+  let input = -1;
+  let output = -1;
+  for (let at = open + 1; at < close; ) {
+    if (text.charCodeAt(at) !== QUOTE) return NOT_FLAT;
+    const nameEnd = text.indexOf('"', at + 1);
+    if (nameEnd === -1 || nameEnd >= close || text.charCodeAt(nameEnd + 1) !== COLON) return NOT_FLAT;
+    const from = nameEnd + 2;
+    let value = -1;
+    let end = from;
+    if (text.startsWith("null", from)) end = from + 4;
+    else {
+      for (let c = text.charCodeAt(end); c >= ZERO && c <= NINE; c = text.charCodeAt(++end)) value = (value === -1 ? 0 : value * 10) + (c - ZERO);
+      // Not an integer (a fraction, an exponent, a sign, a string), not exact, or a leading zero (not JSON).
+      if (end === from || end - from > MAX_DIGITS || (text.charCodeAt(from) === ZERO && end - from > 1)) return NOT_FLAT;
+    }
+    if (end !== close && text.charCodeAt(end) !== COMMA) return NOT_FLAT;
+    const name = text.slice(at + 1, nameEnd);
+    if (name === "prompt_tokens") prompt = value;
+    else if (name === "completion_tokens") completion = value;
+    else if (name === "total_tokens") total = value;
+    else if (name === "input_tokens") input = value;
+    else if (name === "output_tokens") output = value;
+    // An escape may spell one of them (`prompt\u005ftokens`): the parse tells.
+    else if (name.includes("\\")) return NOT_FLAT;
+    at = end + 1;
+    if (end === close - 1) return NOT_FLAT;
+  }
+  const promptPart = prompt !== -1 ? prompt : input;
+  const completionPart = completion !== -1 ? completion : output;
+  if (total === -1 && promptPart === -1 && completionPart === -1) return undefined;
+  const inPrompt = Math.max(0, promptPart);
+  const inCompletion = Math.max(0, completionPart);
+  return { total: total !== -1 ? total : inPrompt + inCompletion, prompt: inPrompt, completion: inCompletion };
 }
 
 const LF = 0x0a;
@@ -837,6 +945,8 @@ function lastUsage(whole: Buffer): TokenCount | typeof NO_USAGE | undefined {
   // What follows the value: more members at its level, then the `}` of its object, the answer's last byte but spaces.
   const close = closingOf(whole, end + 1, -1);
   if (close === -1 || whole[close] !== CLOSE_OBJECT || skipSpace(whole, close + 1) !== whole.length) return undefined;
+  const flat = flatUsage(whole.toString("latin1", start, end + 1), 0, end - start);
+  if (flat !== NOT_FLAT) return flat ?? NO_USAGE;
   let value: unknown;
   try {
     value = JSON.parse(whole.toString("utf8", start, end + 1));

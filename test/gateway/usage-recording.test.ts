@@ -18,6 +18,7 @@ import type { RecordStore, UsageRow } from "../../src/core/stores/types.js";
 import { eventually } from "../support/eventually.js";
 import { startGateway, type GatewayProcess } from "../support/gateway.js";
 import { scopedPostgres, type ScopedPostgres } from "../support/postgres.js";
+import { parsePrometheus } from "../support/prometheus.js";
 import { requireService } from "../support/services.js";
 import { startUpstreamProcess, type UpstreamProcess } from "../support/upstream.js";
 
@@ -79,6 +80,13 @@ test("two gateways on one PostgreSQL record every forwarded request once, with t
   assert.equal(undeclared.status, 404);
   // One more on the second gateway, then SIGTERM at once: it must still be written.
   await client(second!, key).chat.completions.create(ask);
+  // The tokens are also in each gateway's metrics: 11 answers of 6 tokens (2 prompt, 4 completion).
+  let tokens = 0;
+  for (const gateway of [first!, second!]) {
+    const metrics = parsePrometheus(await (await fetch(`${gateway.url}/metrics`)).text());
+    tokens += metrics.value("tollgate_llm_tokens_total");
+  }
+  assert.equal(tokens, 66);
   assert.equal(await second!.stop("SIGTERM"), 0);
 
   const expected: UsageRow = { principal: "alice", key: record.id, model: "demo-small", upstream: "default", requests: 11, prompt_tokens: 22, completion_tokens: 44, cost: 0.11 };

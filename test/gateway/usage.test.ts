@@ -134,6 +134,55 @@ test("SSE: a usage chunk counts the same in every layout: details, braces and qu
   }
 });
 
+test("a usage object is counted as JSON.parse reads it, in a stream's usage chunk and at a JSON answer's end, whatever its members", async () => {
+  const usages = [
+    `{"prompt_tokens":9,"completion_tokens":12,"total_tokens":21}`,
+    `{"total_tokens":21,"completion_tokens":12,"prompt_tokens":9}`,
+    `{"prompt_tokens":9,"completion_tokens":12}`,
+    `{"input_tokens":5,"output_tokens":6}`,
+    `{"prompt_tokens":9,"input_tokens":5,"output_tokens":6,"completion_tokens":null}`,
+    `{"prompt_tokens":9,"total_tokens":30,"total_tokens":21}`,
+    `{"prompt_tokens":9,"completion_tokens":12,"total_tokens":null,"prompt_tokens_details":null}`,
+    `{"total_tokens":0}`,
+    `{"cached":3}`,
+    `{}`,
+    `{"prompt\u005ftokens":9,"completion_tokens":1}`,
+    `{"prompt_tokens":9,"completion_tokens":1.5}`,
+    `{"prompt_tokens":9,"completion_tokens":1e1}`,
+    `{"prompt_tokens":-9,"completion_tokens":3}`,
+    `{"prompt_tokens":9, "completion_tokens":3}`,
+    `{"prompt_tokens":123456789012345678,"completion_tokens":3}`,
+    `{"prompt_tokens":"9","completion_tokens":3}`,
+    `{"prompt_tokens":9,"completion_tokens":3,"note":"\\"}`,
+    `{"prompt_tokens":9,"details":{"completion_tokens":99},"completion_tokens":3}`,
+    `{"prompt_tokens":09,"completion_tokens":3}`,
+    `{"prompt_tokens":9,"completion_tokens":3,}`,
+    `{"prompt_tokens":9,,"completion_tokens":3}`,
+    `{"prompt_tokens":9,"completion_tokens":}`,
+    `{"prompt_tokens":nul,"completion_tokens":3}`,
+    `{"prompt_tokens":9,"completion_tokens":3,"é":1}`,
+  ];
+  /** What an uncompressed answer is charged (at once: nothing to wait for). */
+  const charged = async (answer: string, contentType: string) => {
+    const recorded: TokenCount[] = [];
+    await buffer(meterUsage(Readable.from([Buffer.from(answer)]), { contentType, contentEncoding: undefined, stripUsageChunk: true, estimate: undefined, record: (n) => recorded.push(n) }));
+    return recorded;
+  };
+  for (const usage of usages) {
+    let expected: TokenCount[] = [];
+    try {
+      const counted = usageCount(JSON.parse(usage));
+      // A usage of no tokens charges nothing.
+      if (counted !== undefined && counted.total > 0) expected = [counted];
+    } catch {
+      expected = [];
+    }
+    const stream = content("a") + `data: {"id":"c","choices":[],"usage":${usage}}\n\n` + "data: [DONE]\n\n";
+    assert.deepEqual(await charged(stream, "text/event-stream"), expected, `stream: ${usage}`);
+    assert.deepEqual(await charged(`{"id":"c","usage":${usage},"service_tier":"default"}`, "application/json"), expected, `JSON: ${usage}`);
+  }
+});
+
 test("SSE: a client that asked for usage keeps its chunk", async () => {
   const stream = content("a") + usageChunk + "data: [DONE]\n\n";
   const { out, recorded } = await run([stream], "text/event-stream; charset=utf-8", false);
