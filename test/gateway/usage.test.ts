@@ -503,6 +503,33 @@ test("with a budget the client has the answer's end only once its charge is stor
   assert.equal((await run([answer], "application/json", false, { record: () => new Promise(() => {}) })).out, answer);
 });
 
+test("into the client's response: what one read of the upstream gives reaches the client at once, as one write, and nothing waits for the next", async () => {
+  const writes: string[] = [];
+  const client = new Writable({
+    write(chunk: Buffer, _encoding, callback) {
+      writes.push(chunk.toString());
+      callback();
+    },
+  });
+  const upstream = new PassThrough();
+  const recorded: number[] = [];
+  meterUsageInto(upstream, client, { contentType: "text/event-stream", contentEncoding: undefined, stripUsageChunk: true, estimate: undefined, record: (n) => recorded.push(n.total) });
+  // Three events in one go (as an HTTP client hands over the chunks of one socket read), the usage chunk among them.
+  upstream.write(content("a"));
+  upstream.write(usageChunk);
+  upstream.write(content("b"));
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.deepEqual(writes, [content("a") + content("b")]);
+  assert.deepEqual(recorded, [7]);
+  // The next read: written as it comes, before the answer ends.
+  upstream.write(content("c"));
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.deepEqual(writes, [content("a") + content("b"), content("c")]);
+  upstream.end("data: [DONE]\n\n");
+  await once(client, "finish");
+  assert.equal(writes.join(""), content("a") + content("b") + content("c") + "data: [DONE]\n\n");
+});
+
 test("into the client's response: the stripped stream, in order, under backpressure; a budgeted client that leaves is read on", async () => {
   // A slow client: a 64-byte buffer, each write acknowledged on the next turn.
   const received: Buffer[] = [];
