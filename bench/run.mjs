@@ -130,6 +130,22 @@ const BODIES = {
 
 let stopping = false;
 const children = [];
+// Stopped from outside (SIGTERM, Ctrl-C): the gateways and upstreams it started stop with it, and its files go.
+for (const [signal, code] of [
+  ["SIGTERM", 143],
+  ["SIGINT", 130],
+]) {
+  process.once(signal, () => {
+    stopping = true;
+    for (const c of children) c.kill("SIGTERM");
+    try {
+      rmSync(work, { recursive: true, force: true });
+    } catch {
+      // Stopped before it was made.
+    }
+    process.exit(code);
+  });
+}
 /** Starts a child process; its stdout is dropped unless `stdoutFile` names a file to write it to. */
 function startProcess(command, args, { env = {}, stdoutFile } = {}) {
   const stdout = stdoutFile ? openSync(stdoutFile, "a") : "ignore";
