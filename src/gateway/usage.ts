@@ -726,44 +726,34 @@ const MAX_DIGITS = 15;
  */
 function flatUsage(text: string, open: number, close: number): TokenCount | undefined | typeof NOT_FLAT {
   if (text.charCodeAt(open) !== OPEN_OBJECT || text.charCodeAt(close) !== CLOSE_OBJECT) return NOT_FLAT;
-  // -1: absent or null.
-  let prompt = -1;
-  let completion = -1;
-  let total = -1;
-  let input = -1;
-  let output = -1;
+  /** The members {@link usageCount} reads, as they were found. */
+  const members: Record<string, number | null> = {};
   for (let at = open + 1; at < close; ) {
     if (text.charCodeAt(at) !== QUOTE) return NOT_FLAT;
     const nameEnd = text.indexOf('"', at + 1);
     if (nameEnd === -1 || nameEnd >= close || text.charCodeAt(nameEnd + 1) !== COLON) return NOT_FLAT;
     const from = nameEnd + 2;
-    let value = -1;
+    let value: number | null = null;
     let end = from;
     if (text.startsWith("null", from)) end = from + 4;
     else {
-      for (let c = text.charCodeAt(end); c >= ZERO && c <= NINE; c = text.charCodeAt(++end)) value = (value === -1 ? 0 : value * 10) + (c - ZERO);
+      for (let c = text.charCodeAt(end); c >= ZERO && c <= NINE; c = text.charCodeAt(++end)) value = (value ?? 0) * 10 + (c - ZERO);
       // Not an integer (a fraction, an exponent, a sign, a string), not exact, or a leading zero (not JSON).
       if (end === from || end - from > MAX_DIGITS || (text.charCodeAt(from) === ZERO && end - from > 1)) return NOT_FLAT;
     }
-    if (end !== close && text.charCodeAt(end) !== COMMA) return NOT_FLAT;
+    // A trailing comma is not JSON.
+    if (end === close - 1 || (end !== close && text.charCodeAt(end) !== COMMA)) return NOT_FLAT;
     const name = text.slice(at + 1, nameEnd);
-    if (name === "prompt_tokens") prompt = value;
-    else if (name === "completion_tokens") completion = value;
-    else if (name === "total_tokens") total = value;
-    else if (name === "input_tokens") input = value;
-    else if (name === "output_tokens") output = value;
+    if (USAGE_MEMBERS.has(name)) members[name] = value;
     // An escape may spell one of them (`prompt\u005ftokens`): the parse tells.
     else if (name.includes("\\")) return NOT_FLAT;
     at = end + 1;
-    if (end === close - 1) return NOT_FLAT;
   }
-  const promptPart = prompt !== -1 ? prompt : input;
-  const completionPart = completion !== -1 ? completion : output;
-  if (total === -1 && promptPart === -1 && completionPart === -1) return undefined;
-  const inPrompt = Math.max(0, promptPart);
-  const inCompletion = Math.max(0, completionPart);
-  return { total: total !== -1 ? total : inPrompt + inCompletion, prompt: inPrompt, completion: inCompletion };
+  return usageCount(members);
 }
+
+/** The members of a `usage` object that {@link usageCount} reads. */
+const USAGE_MEMBERS: ReadonlySet<string> = new Set(["prompt_tokens", "completion_tokens", "total_tokens", "input_tokens", "output_tokens"]);
 
 const LF = 0x0a;
 const CR = 0x0d;
