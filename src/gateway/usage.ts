@@ -399,6 +399,10 @@ function meter(upstream: Readable, options: MeterOptions, client: MeterSink): vo
       upstream.destroy(err as Error);
       return;
     }
+    passOn(forClient);
+  }
+  /** Writes what the client gets of a read (pausing the upstream while the client is behind); once it left and the usage is charged, stops reading. */
+  function passOn(forClient: Buffer | string) {
     if (clientGone) {
       // Charged: nobody reads the rest.
       if (seen) upstream.destroy();
@@ -414,13 +418,9 @@ function meter(upstream: Readable, options: MeterOptions, client: MeterSink): vo
       if (batch.push(chunk) === 1) process.nextTick(readBatch);
       return;
     }
-    // Re-encoded, the client's bytes come from the encoder.
-    const forClient: Buffer | string = encoder ? "" : chunk;
     if (decoder) decoder.write(chunk);
-    if (clientGone) {
-      // Charged: nobody reads the rest.
-      if (seen) upstream.destroy();
-    } else if (forClient.length > 0 && !client.write(forClient)) upstream.pause();
+    // Re-encoded, the client's bytes come from the encoder.
+    passOn(encoder ? "" : chunk);
   });
   upstream.on("end", () => {
     readBatch();
